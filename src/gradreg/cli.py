@@ -1,0 +1,162 @@
+"""The ``gradreg`` command line. Options of ``gradreg train`` are derived from the fields of
+:class:`gradreg.config.TrainConfig`; any option left out takes the paper's value for the
+chosen dataset."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Optional
+
+from .config import DATASETS, MODELS_FOR, TrainConfig, paper_config, parse_regularizer
+
+# Fields the CLI sets through dedicated options (or not at all).
+_SPECIAL = {"dataset", "regularizers"}
+_HELP = {
+    "model": "model (default: the dataset's paper model)",
+    "train_size": "training-set size; 'none' for the whole pool",
+    "seed": "seed of the data subset, init, batch order and random draws",
+    "dropout": "LeNet dropout rate; 'none' removes it",
+    "steps": "training steps",
+    "lr_milestones": "lr decay points as fractions of the steps",
+    "weight_decay": "wd in wd * 1/2 ||w||^2 (conv/dense weights)",
+    "loss": "data loss: cross_entropy or half_sse",
+    "device": "cpu or cuda",
+    "eval_every": "learning-curve sampling period in steps (0: final only)",
+    "checkpoint_every": "checkpoint period in steps (0: never)",
+}
+
+
+def _optional(parse):
+    def conv(text: str):
+        return None if text.lower() == "none" else parse(text)
+
+    conv.__name__ = parse.__name__
+    return conv
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """One ``--option`` per TrainConfig field. Options not given are absent from the
+    namespace (``SUPPRESS``), so the preset's value applies and ``none`` can mean None."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _SPECIAL:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint)
+        help_ = _HELP.get(f.name, f.name.replace("_", " "))
+        if hint is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        elif typing.get_origin(hint) is tuple:
+            p.add_argument(flag, type=float, nargs="+", default=argparse.SUPPRESS, help=help_)
+        elif type(None) in args:
+            p.add_argument(flag, type=_optional(base), default=argparse.SUPPRESS, metavar=base.__name__.upper(), help=help_)
+        else:
+            p.add_argument(flag, type=base, default=argparse.SUPPRESS, help=help_)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The paper's preset for ``args.dataset`` with every given option applied."""
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SPECIAL and hasattr(args, f.name)
+    }
+    overrides["regularizers"] = tuple(parse_regularizer(s) for s in args.reg)
+    if "lr_milestones" in overrides:
+        overrides["lr_milestones"] = tuple(overrides["lr_milestones"])
+    return paper_config(args.dataset, **overrides)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _dry_run_splits(cfg: TrainConfig, data_dir):
+    from . import data as D
+    from .train import load_splits
+
+    s = load_splits(cfg, data_dir, cfg.device)
+    return D.Splits(s.x_train, s.y_train, s.x_dev[:200], s.y_dev[:200], s.x_test[:200], s.y_test[:200], s.mean, s.std)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = config_from_args(args)
+    splits = None
+    if args.dry_run:
+        small = None if cfg.dataset in ("sin", "sin2") else min(cfg.train_size or 100, 100)
+        cfg = cfg.replace(train_size=small, steps=min(cfg.steps, 5), eval_every=0, eval_batch_size=100)
+        splits = _dry_run_splits(cfg, args.data_dir)
+    out = args.out
+    if out is None:
+        tag = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        out = Path("runs") / f"{cfg.dataset}-{cfg.model}-seed{cfg.seed}-{tag}.json"
+    checkpoint = args.checkpoint
+    if checkpoint is None and (cfg.checkpoint_every or args.resume):
+        checkpoint = Path(out).with_suffix(".ckpt")
+    result = train(
+        cfg,
+        data_dir=args.data_dir,
+        checkpoint=checkpoint,
+        resume=args.resume,
+        progress=False if args.quiet else None,
+        splits=splits,
+    )
+    write_json_atomic(Path(out), result.to_dict())
+    print(result.summary() + f"  -> {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradreg", description="Input-gradient regularization: train, sweep, report.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train one model with the paper's settings", description=cmd_train.__doc__)
+    t.add_argument("--dataset", required=True, choices=DATASETS)
+    t.add_argument(
+        "--reg", action="append", default=[], metavar="NAME=WEIGHT[,OPT=V...]",
+        help="a regularizer, repeatable: datagrad=50, spectreg=0.03, frobreg=0.03, jacreg=1, onehot=0.3, "
+        "randomonehot=0.3, cp=0.5; options after commas, e.g. spectreg=0.03,projection=example",
+    )
+    add_config_options(t)
+    t.add_argument("--data-dir", default=None, help="dataset directory (else $GRADREG_DATA_DIR, else the user cache)")
+    t.add_argument("--out", type=Path, default=None, help="result JSON (default: runs/<dataset>-<model>-seed<S>-<hash>.json)")
+    t.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default: beside --out)")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
+    t.add_argument("--dry-run", action="store_true", help="a few steps on a tiny slice, to check the set-up")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        if getattr(args, "model", None) is not None and args.model not in MODELS_FOR[args.dataset]:
+            parser.error(f"--model {args.model!r} does not fit --dataset {args.dataset}; valid: {', '.join(MODELS_FOR[args.dataset])}")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        parser.exit(2, f"gradreg {args.command}: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

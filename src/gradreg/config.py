@@ -1,0 +1,189 @@
+"""Run configuration: one frozen dataclass, with the paper's settings as presets.
+
+The presets are the settings behind the published numbers (``shared/paper/REFERENCE.md``),
+which differ from the paper's text in places: MNIST used Adam with lr 1e-3 (not 0.1), CIFAR
+SGD with lr 0.01 (not 0.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from . import regularizers as R
+
+DATASETS = ("mnist", "cifar10", "sin", "sin2")
+MODELS_FOR = {"mnist": ("lenet5",), "cifar10": ("resnet_cifar",), "sin": ("mlp_sin",), "sin2": ("mlp_sin",)}
+OPTIMIZERS = ("adam", "sgd_nesterov")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one training run. Defaults: the paper's MNIST LeNet run
+    (use :func:`paper_config` for the other datasets)."""
+
+    # --- what is trained
+    dataset: str = "mnist"
+    model: str = "lenet5"
+    train_size: Optional[int] = 2000  # None: the whole training pool
+    seed: int = 1  # data subset, init, batch order, dropout and projection draws
+    regularizers: tuple[R.Regularizer, ...] = ()
+    # --- model options
+    dropout: Optional[float] = 0.5  # LeNet only; None removes it
+    batchnorm: bool = False  # LeNet: BatchNorm on the 84 hidden units instead of dropout
+    bn_batch_stats_at_eval: bool = False  # the original's BN always used batch statistics
+    # --- optimization
+    optimizer: str = "adam"  # "adam" (betas 0.9, 0.999) or "sgd_nesterov" (momentum 0.9)
+    lr: float = 1e-3
+    steps: int = 10_000
+    batch_size: int = 50
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of `steps`
+    lr_gamma: float = 0.1  # lr multiplied by this at each milestone
+    weight_decay: float = 5e-4  # wd * 1/2 ||w||^2 in the loss, conv/dense weights only
+    loss: str = "cross_entropy"  # "half_sse" for SIN: 1/2 sum over the batch
+    augment: bool = False  # CIFAR: random 4-px translation + horizontal flip
+    # --- data options (see gradreg.data)
+    per_set_standardization: bool = False  # the original's per-set statistics (a bug)
+    dev_is_test: bool = False  # CIFAR: the original's test-as-dev (leaks test data)
+    # --- bookkeeping
+    device: str = "cpu"
+    eval_every: int = 500  # learning-curve sampling period, steps (0: only at the end)
+    eval_batch_size: int = 1000
+    penalty_window: int = 100  # penalties are averaged over the last this many steps
+    checkpoint_every: int = 0  # steps between checkpoints (0: none)
+
+    def __post_init__(self) -> None:
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("model", self.model, MODELS_FOR[self.dataset])
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("steps", "batch_size", "eval_batch_size", "penalty_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.train_size is not None and self.train_size < 1:
+            raise ValueError(f"train_size must be >= 1, got {self.train_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        regs = tuple(self.regularizers)
+        for r in regs:
+            if not isinstance(r, R.Regularizer):
+                raise TypeError(f"regularizers must be gradreg regularizers, got {type(r).__name__}")
+        object.__setattr__(self, "regularizers", regs)
+        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["regularizers"] = [regularizer_to_dict(r) for r in self.regularizers]
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["regularizers"] = tuple(regularizer_from_dict(r) for r in d.get("regularizers", ()))
+        d["lr_milestones"] = tuple(d.get("lr_milestones", (0.5, 0.75)))
+        return cls(**d)
+
+
+def _choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; valid choices: {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------- presets
+
+PAPER = {
+    # REFERENCE.md: Adam 1e-3, batch 50, 10k steps, x0.1 at 50%/75%, L2 5e-4 in the loss.
+    "mnist": dict(dataset="mnist", model="lenet5", train_size=2000, optimizer="adam", lr=1e-3, steps=10_000,
+                  batch_size=50, weight_decay=5e-4, loss="cross_entropy", dropout=0.5, eval_every=500),
+    # Nesterov SGD 0.9, batch 128, 50k steps, lr 0.01, x0.1 at 50%/75%, wd 0.003; BN always
+    # on batch statistics in the original.
+    "cifar10": dict(dataset="cifar10", model="resnet_cifar", train_size=2000, optimizer="sgd_nesterov", lr=0.01,
+                    steps=50_000, batch_size=128, weight_decay=0.003, loss="cross_entropy", dropout=None,
+                    bn_batch_stats_at_eval=True, eval_every=1000, eval_batch_size=500),
+    # Adam 0.01, same piecewise decay, 10k steps, batch 50, 1/2 sum of squared errors.
+    "sin": dict(dataset="sin", model="mlp_sin", train_size=None, optimizer="adam", lr=0.01, steps=10_000,
+                batch_size=50, weight_decay=0.0, loss="half_sse", dropout=None, eval_every=500),
+}
+PAPER["sin2"] = dict(PAPER["sin"], dataset="sin2")
+
+
+def paper_config(dataset: str, **overrides: Any) -> TrainConfig:
+    """The paper's settings for ``dataset``, with ``overrides`` applied."""
+    _choice("dataset", dataset, DATASETS)
+    return TrainConfig(**{**PAPER[dataset], **overrides})
+
+
+# --------------------------------------------------------------------------- regularizer specs
+
+ALIASES = {
+    "datagrad": "DataGrad", "dg": "DataGrad",
+    "spectreg": "SpectReg", "spect": "SpectReg", "sr": "SpectReg",
+    "frobreg": "FrobReg", "frob": "FrobReg",
+    "jacreg": "JacReg", "jac": "JacReg",
+    "onehot": "OneHot",
+    "randomonehot": "RandomOneHot", "random_onehot": "RandomOneHot", "rndonehot": "RandomOneHot",
+    "cp": "ConfidencePenalty", "confidence": "ConfidencePenalty", "confidencepenalty": "ConfidencePenalty",
+}
+
+
+def regularizer_to_dict(r: R.Regularizer) -> dict:
+    return {"name": r.name, **dataclasses.asdict(r)}
+
+
+def regularizer_from_dict(d: dict) -> R.Regularizer:
+    d = dict(d)
+    name = d.pop("name")
+    if name not in R.REGULARIZERS:
+        raise ValueError(f"unknown regularizer {name!r}; valid: {', '.join(R.REGULARIZERS)}")
+    return R.REGULARIZERS[name](**d)
+
+
+def _coerce(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_regularizer(spec: str) -> R.Regularizer:
+    """``"datagrad=50"``, ``"cp=0.5"``, ``"spectreg=0.03,projection=example,n_proj=4"``."""
+    head, *opts = spec.split(",")
+    name, sep, weight = head.partition("=")
+    key = name.strip().lower()
+    if key not in ALIASES:
+        close = difflib.get_close_matches(key, ALIASES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown regularizer {name!r}{hint}; valid names: {', '.join(sorted(ALIASES))}")
+    if not sep:
+        raise ValueError(f"regularizer {spec!r} needs a weight, e.g. {key}=0.1")
+    try:
+        w = float(weight)
+    except ValueError:
+        raise ValueError(f"regularizer {spec!r}: weight {weight!r} is not a number") from None
+    kwargs = {}
+    for opt in opts:
+        k, sep, v = opt.partition("=")
+        if not sep:
+            raise ValueError(f"regularizer option {opt!r} must be key=value")
+        kwargs[k.strip()] = _coerce(v.strip())
+    cls = R.REGULARIZERS[ALIASES[key]]
+    valid = {f.name for f in dataclasses.fields(cls)} - {"weight"}
+    for k in kwargs:
+        if k not in valid:
+            raise ValueError(f"{cls.__name__} has no option {k!r}; valid options: {', '.join(sorted(valid)) or 'none'}")
+    return cls(w, **kwargs)

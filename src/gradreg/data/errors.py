@@ -1,0 +1,71 @@
+"""Exceptions raised by :mod:`gradreg.data`.
+
+All of them name the file concerned, so a bad or missing dataset is never silent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A data file exists but is unusable: corrupt, truncated, or of the wrong format."""
+
+
+class ChecksumError(DataError):
+    """The SHA-256 of a file's decompressed bytes differs from the expected one."""
+
+    def __init__(self, path: str | Path, expected: str, actual: str):
+        self.path = Path(path)
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path}: SHA-256 of the decompressed bytes is {actual}, expected {expected}; "
+            "the file is corrupt or not the official one (delete it and fetch it again)"
+        )
+
+    def __reduce__(self):  # picklable across processes despite the custom signature
+        return type(self), (self.path, self.expected, self.actual)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data file is missing from every place it was looked for (and could not be downloaded).
+
+    ``searched`` lists every path tried, in order; ``reasons`` says why downloading did not
+    happen or failed.
+    """
+
+    def __init__(self, name: str, searched: Sequence[Path], reasons: Sequence[str] = ()):
+        self.name = name
+        self.searched = tuple(Path(p) for p in searched)
+        self.reasons = tuple(reasons)
+        lines = [f"data file {name!r} not found; looked for:"]
+        lines += [f"  {p}" for p in self.searched]
+        lines += [f"  ({r})" for r in self.reasons]
+        lines.append(
+            "Pass data_dir= (CLI: --data-dir) or set GRADREG_DATA_DIR to a directory holding "
+            "mnist/ and cifar10/cifar-10-batches-bin/, or allow download=True."
+        )
+        super().__init__("\n".join(lines))
+
+    def __str__(self) -> str:  # FileNotFoundError's default __str__ would show the errno tuple
+        return self.args[0]
+
+    def __reduce__(self):
+        return type(self), (self.name, self.searched, self.reasons)
+
+
+class DownloadError(OSError):
+    """Every URL tried for a file failed (network or server error); ``reasons`` says how."""
+
+    def __init__(self, name: str, reasons: Sequence[str]):
+        self.name = name
+        self.reasons = tuple(reasons)
+        super().__init__(f"could not download {name}: " + "; ".join(self.reasons))
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return type(self), (self.name, self.reasons)
