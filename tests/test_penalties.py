@@ -443,3 +443,19 @@ def test_regularizers_are_frozen():
     reg = gr.DataGrad(50.0)
     with pytest.raises(Exception):
         reg.weight = 1.0
+
+
+def test_shared_projection_spectreg_vanishes_under_train_mode_batchnorm_before_the_last_layer():
+    """A finding, not a bug: with BatchNorm (training mode) feeding the final dense layer, as
+    in the paper's LeNet-BN, sum_i <z_i, r> = <W sum_i BN(h)_i, r> + B <b, r> does not depend
+    on x (BN outputs sum to B*beta over the batch), so every batch-shared projection -- SpectReg
+    with projection="batch", RandomOneHot with "batch", and the basis vectors of exact FrobReg --
+    is 0 up to rounding under the batch-sum convention. Per-example projections do not vanish."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 5)).train()
+    x, y = torch.randn(16, 6), torch.randint(0, 5, (16,))
+    frob = gr.penalty(model, x, y, gr.FrobReg(1.0))
+    shared = gr.penalty(model, x, y, gr.SpectReg(1.0), generator=torch.Generator().manual_seed(0))
+    per_example = gr.penalty(model, x, y, gr.SpectReg(1.0, projection="example"), generator=torch.Generator().manual_seed(0))
+    assert per_example > 1e-3
+    assert shared < 1e-20 * per_example and frob < 1e-20 * per_example

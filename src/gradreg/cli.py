@@ -86,23 +86,13 @@ def write_json_atomic(path: Path, obj) -> None:
             tmp.unlink()
 
 
-def _dry_run_splits(cfg: TrainConfig, data_dir):
-    from . import data as D
-    from .train import load_splits
-
-    s = load_splits(cfg, data_dir, cfg.device)
-    return D.Splits(s.x_train, s.y_train, s.x_dev[:200], s.y_dev[:200], s.x_test[:200], s.y_test[:200], s.mean, s.std)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     cfg = config_from_args(args)
-    splits = None
     if args.dry_run:
         small = None if cfg.dataset in ("sin", "sin2") else min(cfg.train_size or 100, 100)
-        cfg = cfg.replace(train_size=small, steps=min(cfg.steps, 5), eval_every=0, eval_batch_size=100)
-        splits = _dry_run_splits(cfg, args.data_dir)
+        cfg = cfg.replace(train_size=small, steps=min(cfg.steps, 5), eval_every=0, eval_batch_size=100, eval_limit=200)
     out = args.out
     if out is None:
         tag = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
@@ -116,7 +106,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint=checkpoint,
         resume=args.resume,
         progress=False if args.quiet else None,
-        splits=splits,
     )
     write_json_atomic(Path(out), result.to_dict())
     print(result.summary() + f"  -> {out}")

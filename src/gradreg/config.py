@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "cpu"
     eval_every: int = 500  # learning-curve sampling period, steps (0: only at the end)
     eval_batch_size: int = 1000
+    eval_limit: Optional[int] = None  # evaluate on the first N dev/test examples only (quick checks)
     penalty_window: int = 100  # penalties are averaged over the last this many steps
     checkpoint_every: int = 0  # steps between checkpoints (0: none)
 
@@ -64,6 +65,8 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError(f"eval_limit must be >= 1 or None, got {self.eval_limit}")
         if self.train_size is not None and self.train_size < 1:
             raise ValueError(f"train_size must be >= 1, got {self.train_size}")
         if not self.lr > 0:

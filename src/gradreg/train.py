@@ -76,6 +76,8 @@ class RunResult:
     torch_version: str = torch.__version__
     device: str = "cpu"
     steps_done: int = 0
+    ensemble_size: int = 1  # members trained together (wall time and steps/s are per member)
+    error: Optional[str] = None  # set when an ensemble member diverged (a single run raises)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -323,7 +325,8 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
 
 
 def _curve_point(model, data, step, window, metric, cfg, device) -> dict:
-    dev = evaluate(model, data.x_dev.to(device), data.y_dev.to(device), metric, cfg.eval_batch_size)
-    test = evaluate(model, data.x_test.to(device), data.y_test.to(device), metric, cfg.eval_batch_size)
+    n = cfg.eval_limit
+    dev = evaluate(model, data.x_dev[:n].to(device), data.y_dev[:n].to(device), metric, cfg.eval_batch_size)
+    test = evaluate(model, data.x_test[:n].to(device), data.y_test[:n].to(device), metric, cfg.eval_batch_size)
     train_loss = sum(v[0] for v in window) / len(window) if window else float("nan")
     return {"step": step, "train_loss": train_loss, "dev": dev, "test": test}

@@ -1,0 +1,486 @@
+"""Train many runs at once: the ensemble engine.
+
+``train_many(configs)`` takes a list of :class:`~gradreg.config.TrainConfig` and returns one
+:class:`~gradreg.train.RunResult` per config, in order. Configs that share the architecture,
+dataset, steps and batch size (they may differ in seed, training-set size, regularizers and
+their weights, weight decay and learning rate) are trained together as one packed model
+(:mod:`gradreg.pack`): grouped convolutions and batched matmuls, one forward and one
+backward pass per step for all members.
+
+Independence. A member's result does not depend on K or on its neighbours: members share no
+parameters, no statistics and no random stream. Each member draws, from streams derived from
+its own seed exactly as :func:`gradreg.train.train` does, its training subset, init, batch
+order, dropout masks, SpectReg/RandomOneHot projections and augmentation. On CPU a member
+therefore follows the same trajectory as a single run, up to floating-point summation order
+(grouped vs. plain convolution kernels). On CUDA, dropout masks come from per-member
+generators, a different stream than ``train``'s fused kernel: same distribution, different
+masks.
+
+Strategies: ``"packed"`` (above), ``"sequential"`` (one :func:`~gradreg.train.train` after the
+other) and ``"auto"``: packed where the architecture packs (all three paper models do, BN
+included, since BatchNorm over packed channels keeps each member's statistics separate), else
+sequential with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import data as D
+from . import penalties as P
+from . import regularizers as R
+from .config import TrainConfig
+from .core import batch_data_loss, per_example_loss
+from .pack import NotPackable, PackedModel
+from .train import RunResult, build_model, piecewise_lr, stream_seed, train
+
+STRATEGIES = ("auto", "packed", "sequential")
+# Fields that members of one ensemble may differ in; every other field must be equal.
+MEMBER_FIELDS = ("seed", "train_size", "regularizers", "weight_decay", "lr")
+
+
+def ensemble_key(cfg: TrainConfig) -> tuple:
+    """Configs with equal keys can be trained as one packed ensemble."""
+    d = cfg.to_dict()
+    for f in MEMBER_FIELDS:
+        d.pop(f)
+    return tuple(sorted((k, repr(v)) for k, v in d.items()))
+
+
+def default_max_members(device: torch.device, model: str) -> int:
+    """How many members one packed chunk holds by default. On 2 CPU cores the gain
+    saturates after a few members; on a GPU, LeNet and the MLP fit hundreds."""
+    if device.type == "cpu":
+        return 8
+    return {"lenet5": 512, "mlp_sin": 1024, "resnet_cifar": 16}[model]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@functools.lru_cache(maxsize=2)
+def _raw_dataset(dataset: str, data_dir: Optional[str]):
+    if dataset == "mnist":
+        x, y = D.load_mnist("train", data_dir)
+        xt, yt = D.load_mnist("test", data_dir)
+        return x[:, None], y, xt[:, None], yt
+    x, y = D.load_cifar10("train", data_dir)
+    xt, yt = D.load_cifar10("test", data_dir)
+    return x, y, xt, yt
+
+
+def _lut(mean: float, std: float) -> np.ndarray:
+    # the same float64-then-float32 table as gradreg.data.splits.standardize
+    return ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(np.float32)
+
+
+@dataclass
+class EnsembleData:
+    """Member-indexed data on the device. Image datasets are kept as uint8 and standardized
+    per member through a 256-entry table (bit-identical to the single run's float32
+    tensors); SIN is shared float data."""
+
+    pool_x: Tensor  # (N, *in), uint8 or float
+    pool_y: Tensor
+    train_idx: list  # per member: indices of its training subset into the pool (CPU, int64)
+    luts: Optional[Tensor]  # (K, 256) per-member standardization of training images
+    sets: dict  # "dev"/"test" -> (x, y, luts or None)
+
+    def inputs(self, raw: Tensor, luts: Optional[Tensor], dtype) -> Tensor:
+        """(K, b, *in) raw values -> standardized floats of ``dtype``."""
+        if luts is None:
+            return raw.to(dtype)
+        k = raw.shape[0]
+        return luts.gather(1, raw.reshape(k, -1).long()).view(raw.shape).to(dtype)
+
+
+def ensemble_data(cfgs: Sequence[TrainConfig], data_dir, device: torch.device) -> EnsembleData:
+    c0 = cfgs[0]
+    if c0.dataset in ("sin", "sin2"):
+        s = (D.make_sin if c0.dataset == "sin" else D.make_sin2)(device=device)
+        for c in cfgs:
+            if c.train_size is not None and c.train_size != len(s.x_train):
+                raise ValueError(f"{c.dataset} has a fixed training set of {len(s.x_train)} points; use train_size=None")
+        idx = [torch.arange(len(s.x_train)) for _ in cfgs]
+        return EnsembleData(s.x_train, s.y_train, idx, None, {"dev": (s.x_dev, s.y_dev, None), "test": (s.x_test, s.y_test, None)})
+
+    x, y, xt, yt = _raw_dataset(c0.dataset, None if data_dir is None else str(data_dir))
+    if c0.dataset == "mnist":
+        pool, dev = (x[: D.splits.MNIST_POOL], y[: D.splits.MNIST_POOL]), (x[D.splits.MNIST_POOL :], y[D.splits.MNIST_POOL :])
+    elif c0.dev_is_test:
+        pool, dev = (x, y), (xt, yt)
+    else:
+        pool, dev = (x[: D.splits.CIFAR10_POOL], y[: D.splits.CIFAR10_POOL]), (x[D.splits.CIFAR10_POOL :], y[D.splits.CIFAR10_POOL :])
+    idx, luts, dev_luts, test_luts = [], [], [], []
+    for c in cfgs:
+        n = len(pool[0]) if c.train_size is None else c.train_size
+        i = D.training_subset_indices(len(pool[0]), n, c.seed)
+        mean, std = D.pixel_mean_std(pool[0][i])
+        idx.append(torch.from_numpy(i.astype(np.int64)))
+        luts.append(_lut(mean, std))
+        dev_luts.append(_lut(*D.pixel_mean_std(dev[0])) if c.per_set_standardization else luts[-1])
+        test_luts.append(_lut(*D.pixel_mean_std(xt)) if c.per_set_standardization else luts[-1])
+
+    def t(a, dtype=None):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
+    labels = lambda a: t(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return EnsembleData(
+        t(pool[0]), labels(pool[1]), idx, t(np.stack(luts)),
+        {"dev": (t(dev[0]), labels(dev[1]), t(np.stack(dev_luts))), "test": (t(xt), labels(yt), t(np.stack(test_luts)))},
+    )
+
+
+# --------------------------------------------------------------------------- regularizers
+
+
+def _kind(reg: R.Regularizer) -> tuple:
+    """A regularizer without its weight: members with equal kinds share one computation."""
+    return (type(reg),) + tuple((f.name, getattr(reg, f.name)) for f in dataclasses.fields(reg) if f.name != "weight")
+
+
+def _kinds(cfgs: Sequence[TrainConfig]) -> list[tuple]:
+    """Ordered (kind, occurrence) slots across members; occurrence counts repeats of a kind
+    within one member."""
+    slots: list[tuple] = []
+    for c in cfgs:
+        seen: dict = {}
+        for r in c.regularizers:
+            k = _kind(r)
+            seen[k] = seen.get(k, 0) + 1
+            if (k, seen[k]) not in slots:
+                slots.append((k, seen[k]))
+    return slots
+
+
+def _member_slots(cfg: TrainConfig, slots: list) -> list[tuple[int, R.Regularizer]]:
+    """(slot index, regularizer) for each of the member's regularizers, in its list order."""
+    seen: dict = {}
+    out = []
+    for r in cfg.regularizers:
+        k = _kind(r)
+        seen[k] = seen.get(k, 0) + 1
+        out.append((slots.index((k, seen[k])), r))
+    return out
+
+
+def _norm(v: Tensor, norm: str) -> Tensor:
+    """Per (member, example) norm of ``v`` (K, B, ...) -> (K, B)."""
+    flat = v.flatten(2)
+    return flat.pow(2).sum(2) if norm == "l2" else flat.abs().sum(2)
+
+
+def _draw(reg: R.Regularizer, b: int, m: int, gen: torch.Generator, device, dtype) -> Optional[Tensor]:
+    """A member's random projection for one regularizer, drawn as the single run draws it."""
+    if isinstance(reg, R.SpectReg):
+        return P.gaussian_projections(reg.n_proj, b, m, projection=reg.projection, normalize=reg.normalize,
+                                      generator=gen, device=device, dtype=dtype)
+    if isinstance(reg, R.RandomOneHot):
+        return P.random_onehot_projections(b, m, projection=reg.projection, generator=gen, device=device, dtype=dtype)
+    return None
+
+
+def _slot_penalty(kind: tuple, x: Tensor, logits: Tensor, y: Tensor, pel: Tensor, draws: Optional[Tensor]) -> Tensor:
+    """Per (member, example) penalty of one regularizer kind for all members, (K, B)."""
+    cls, opts = kind[0], dict(kind[1:])
+    k, b, m = logits.shape
+    if cls is R.DataGrad:
+        (g,) = torch.autograd.grad(pel.sum(), x, create_graph=True, retain_graph=True)
+        return _norm(g, opts["norm"])
+    if cls is R.ConfidencePenalty:
+        return P.confidence_penalty(logits.reshape(k * b, m)).view(k, b)
+    if cls in (R.FrobReg, R.JacReg):
+        out = logits if cls is R.FrobReg else torch.softmax(logits, dim=2)
+        eye = torch.eye(m, device=x.device, dtype=logits.dtype).view(m, 1, 1, m).expand(m, k, b, m)
+        return P.input_vjps(out, x, eye, method=opts["method"]).pow(2).flatten(3).sum(3).sum(0)
+    if cls is R.OneHot:
+        r = torch.nn.functional.one_hot(y, m).to(logits.dtype)
+        return _norm(P.input_vjp(logits, x, r), opts["norm"])
+    if cls is R.RandomOneHot:
+        return _norm(P.input_vjp(logits, x, draws), opts["norm"])
+    if cls is R.SpectReg:  # draws: (n_proj, K, B, m)
+        if draws.shape[0] == 1:
+            return _norm(P.input_vjp(logits, x, draws[0]), opts["norm"])
+        v = P.input_vjps(logits, x, draws)
+        return _norm(v.flatten(0, 1), opts["norm"]).view(draws.shape[0], k, b).mean(0)
+    raise NotPackable(f"no packed penalty for {cls.__name__}")
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+class PackedOptimizer:
+    """Adam or Nesterov SGD over packed parameters, with one learning rate per member.
+
+    The arithmetic follows ``torch.optim.Adam`` / ``torch.optim.SGD`` (dampening 0)."""
+
+    def __init__(self, params: list[Tensor], kind: str, k: int):
+        self.params, self.kind, self.k = params, kind, k
+        self.t = 0
+        self.state = [dict() for _ in params]
+
+    def step(self, lr: Tensor) -> None:
+        self.t += 1
+        with torch.no_grad():
+            for p, st in zip(self.params, self.state):
+                if p.grad is None:
+                    continue
+                g = p.grad
+                lr_p = lr.view(-1, *([1] * (p.dim() - 1))).to(p.dtype)
+                if self.kind == "adam":
+                    b1, b2, eps = 0.9, 0.999, 1e-8
+                    if not st:
+                        st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                    st["m"].lerp_(g, 1 - b1)
+                    st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                    bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+                    denom = (st["v"].sqrt() / math.sqrt(bc2)).add_(eps)
+                    p.sub_((lr_p / bc1) * st["m"] / denom)
+                else:
+                    if "buf" not in st:
+                        st["buf"] = g.clone()
+                    else:
+                        st["buf"].mul_(0.9).add_(g)
+                    p.sub_(lr_p * g.add(st["buf"], alpha=0.9))
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class MemberOutcome:
+    """One finished member: its index in the input list, its result, and (when asked for)
+    its final weights under the single model's parameter names."""
+
+    index: int
+    result: RunResult
+    state_dict: Optional[dict] = None
+
+
+def iter_train_many(
+    configs: Sequence[TrainConfig],
+    *,
+    data_dir=None,
+    strategy: str = "auto",
+    max_members: Optional[int] = None,
+    dtype: torch.dtype = torch.float32,
+    progress: Optional[bool] = False,
+    keep_weights: bool = False,
+) -> Iterator[MemberOutcome]:
+    """Train ``configs`` and yield each member's outcome as soon as its chunk finishes.
+
+    Configs are grouped by :func:`ensemble_key`; each group is split into chunks of at most
+    ``max_members`` (default :func:`default_max_members`). ``dtype`` is the packed
+    strategy's compute dtype (float64 for exactness tests).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not valid; valid choices: {', '.join(STRATEGIES)}")
+    configs = list(configs)
+    for i, c in enumerate(configs):
+        if not isinstance(c, TrainConfig):
+            raise TypeError(f"configs[{i}] is a {type(c).__name__}, not a TrainConfig")
+    groups: dict = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(ensemble_key(c), []).append(i)
+    for indices in groups.values():
+        c0 = configs[indices[0]]
+        device = torch.device(c0.device)
+        cap = max_members or default_max_members(device, c0.model)
+        use = strategy
+        if strategy == "auto":
+            try:
+                PackedModel([build_model(c0, torch.Generator().manual_seed(0))])
+                use = "packed"
+            except NotPackable as e:
+                warnings.warn(f"{c0.model}: {e}; training its {len(indices)} runs sequentially")
+                use = "sequential"
+        for start in range(0, len(indices), cap):
+            chunk = indices[start : start + cap]
+            if use == "sequential":
+                for i in chunk:
+                    yield MemberOutcome(i, train(configs[i], data_dir=data_dir, progress=progress))
+            else:
+                for j, (res, sd) in enumerate(_train_packed([configs[i] for i in chunk], data_dir, dtype, progress, keep_weights)):
+                    yield MemberOutcome(chunk[j], res, sd)
+
+
+def train_many(configs: Sequence[TrainConfig], **kwargs) -> list[RunResult]:
+    """One :class:`RunResult` per config, in input order (see :func:`iter_train_many`)."""
+    out: list = [None] * len(configs)
+    for o in iter_train_many(configs, **kwargs):
+        out[o.index] = o.result
+    return out
+
+
+def _train_packed(cfgs: list[TrainConfig], data_dir, dtype, progress, keep_weights):
+    c0 = cfgs[0]
+    device = torch.device(c0.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available; use device='cpu'")
+    k = len(cfgs)
+    metric = "accuracy" if c0.loss == "cross_entropy" else "mse"
+    data = ensemble_data(cfgs, data_dir, device)
+
+    singles = [build_model(c, torch.Generator().manual_seed(stream_seed(c.seed, "init"))) for c in cfgs]
+    model = PackedModel(singles).to(device=device, dtype=dtype)
+    del singles
+    model.train()
+    model.set_dropout_generators(
+        [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "dropout")) for c in cfgs]
+    )
+    decayed = model.decayed_parameters()
+    opt = PackedOptimizer(list(model.parameters()), c0.optimizer, k)
+    samplers = [D.BatchSampler(len(i), c0.batch_size, torch.Generator().manual_seed(stream_seed(c.seed, "batches")))
+                for c, i in zip(cfgs, data.train_idx)]
+    proj_gens = [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "projections")) for c in cfgs]
+    aug_gens = [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "augment")) for c in cfgs]
+
+    slots = _kinds(cfgs)
+    member_slots = [_member_slots(c, slots) for c in cfgs]
+    weights = torch.zeros(k, len(slots), device=device, dtype=dtype)
+    for mi, ms in enumerate(member_slots):
+        for s, r in ms:
+            weights[mi, s] = r.weight
+    present = weights.new_zeros(k, len(slots), dtype=torch.bool)
+    for mi, ms in enumerate(member_slots):
+        for s, _ in ms:
+            present[mi, s] = True
+    wd = torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype)
+    base_lr = torch.tensor([c.lr for c in cfgs], device=device, dtype=torch.float64)
+    random_slots = [i for i, (kind, _) in enumerate(slots) if kind[0] in (R.SpectReg, R.RandomOneHot)]
+
+    n_terms = 1 + len(slots)
+    window = torch.zeros(c0.penalty_window, k, n_terms, device=device, dtype=torch.float64)
+    first_bad = torch.full((k,), -1, device=device, dtype=torch.long)
+    bad_term = torch.full((k,), -1, device=device, dtype=torch.long)
+    curves: list[list] = [[] for _ in cfgs]
+
+    def evaluate_all() -> dict:
+        model.eval()
+        out = {}
+        with torch.no_grad():
+            for name, (xs, ys, luts) in data.sets.items():
+                xs, ys = xs[: c0.eval_limit], ys[: c0.eval_limit]
+                total = torch.zeros(k, dtype=torch.float64, device=device)
+                for i in range(0, len(xs), c0.eval_batch_size):
+                    raw = xs[i : i + c0.eval_batch_size]
+                    xb = data.inputs(raw.unsqueeze(0).expand(k, *raw.shape), luts, dtype)
+                    logits = model(xb)
+                    yb = ys[i : i + c0.eval_batch_size]
+                    if metric == "accuracy":
+                        total += (logits.argmax(2) == yb).sum(1)
+                    else:
+                        total += (logits - yb.view(1, *yb.shape).to(dtype)).pow(2).flatten(1).sum(1)
+                out[name] = (total / (len(xs) if metric == "accuracy" else ys.numel())).tolist()
+        model.train()
+        return out
+
+    def curve_point(step: int) -> None:
+        n = min(step, c0.penalty_window)
+        means = window[:n].mean(0)[:, 0].tolist() if n else [float("nan")] * k
+        ev = evaluate_all()
+        for mi in range(k):
+            curves[mi].append({"step": step, "train_loss": means[mi], "dev": ev["dev"][mi], "test": ev["test"][mi]})
+
+    from tqdm.auto import tqdm
+    import sys
+
+    bar = tqdm(total=c0.steps, disable=(not sys.stderr.isatty()) if progress is None else not progress,
+               desc=f"ensemble x{k}", leave=False)
+    t0 = time.perf_counter()
+    for step in range(c0.steps):
+        lr = base_lr * piecewise_lr(step, 1.0, c0.steps, c0.lr_milestones, c0.lr_gamma)
+        pool_idx = torch.stack([ti[next(s)] for ti, s in zip(data.train_idx, samplers)]).to(device)
+        raw = data.pool_x[pool_idx]
+        yb = data.pool_y[pool_idx]
+        xb = data.inputs(raw, data.luts, dtype)
+        if c0.augment:
+            xb = torch.stack([D.random_translate_flip(xb[mi], aug_gens[mi]) for mi in range(k)])
+        b, m_out = xb.shape[1], None
+        x = xb.detach().requires_grad_(True)
+        logits = model(x)
+        m_out = logits.shape[2]
+        pel = per_example_loss(logits.reshape(k * b, m_out), yb.reshape(k * b, *yb.shape[2:]), c0.loss).view(k, b)
+        data_loss = pel.sum(1) if c0.loss == "half_sse" else pel.mean(1)  # (K,), as batch_data_loss
+        # random projections, drawn per member in its own regularizer order
+        draws = {s: None for s in random_slots}
+        if random_slots:
+            per_slot: dict = {s: [None] * k for s in random_slots}
+            for mi, ms in enumerate(member_slots):
+                for s, r in ms:
+                    d = _draw(r, b, m_out, proj_gens[mi], device, dtype)
+                    if d is not None:
+                        per_slot[s][mi] = d
+            for s in random_slots:
+                kind = slots[s][0]
+                shape = (dict(kind[1:])["n_proj"], b, m_out) if kind[0] is R.SpectReg else (b, m_out)
+                rows = [d if d is not None else torch.zeros(shape, device=device, dtype=dtype) for d in per_slot[s]]
+                stacked = torch.stack(rows)  # (K, [n_proj,] B, m)
+                draws[s] = stacked.transpose(0, 1) if kind[0] is R.SpectReg else stacked
+        pens = [
+            _slot_penalty(kind, x, logits, yb, pel, draws.get(si)).mean(1) for si, (kind, _) in enumerate(slots)
+        ]
+        pen = torch.stack(pens, 1) if pens else data_loss.new_zeros(k, 0)  # (K, S)
+        total = data_loss + (weights * pen).sum(1)
+        if decayed and bool((wd != 0).any()):
+            total = total + wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in decayed)
+        terms = torch.cat([data_loss.detach().unsqueeze(1), pen.detach()], 1)
+        finite = torch.isfinite(terms) | ~torch.cat([present.new_ones(k, 1), present], 1)
+        newly = (first_bad < 0) & ~finite.all(1)
+        bad_term = torch.where(newly, (~finite).long().argmax(1), bad_term)
+        first_bad = torch.where(newly, torch.full_like(first_bad, step), first_bad)
+        for p in model.parameters():
+            p.grad = None
+        total.sum().backward()
+        opt.step(lr)
+        window[step % c0.penalty_window] = terms.to(torch.float64)
+        done = step + 1
+        if c0.eval_every and done % c0.eval_every == 0 and done != c0.steps:
+            curve_point(done)
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    curve_point(c0.steps)
+    # Window rows are in ring order; the mean does not care.
+    n = min(c0.steps, c0.penalty_window)
+    means = window[:n].mean(0).tolist()
+    bad = first_bad.tolist()
+    bad_t = bad_term.tolist()
+    term_names = ["loss"] + [slots[s][0][0].__name__ for s in range(len(slots))]
+    names_dev = f"{device}" if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
+    for mi, c in enumerate(cfgs):
+        pen_names = {}
+        for s, r in member_slots[mi]:
+            key, nn_ = r.name, 2
+            while key in pen_names.values() or key == "loss":
+                key, nn_ = f"{r.name}#{nn_}", nn_ + 1
+            pen_names[s] = key
+        res = RunResult(
+            config=c.to_dict(),
+            metric=metric,
+            dev=curves[mi][-1]["dev"],
+            test=curves[mi][-1]["test"],
+            train_loss=means[mi][0],
+            penalties={pen_names[s]: means[mi][1 + s] for s, _ in member_slots[mi]},
+            weight_norm_sq=float(sum(p[mi].detach().double().pow(2).sum() for p in decayed)),
+            wall_time_s=elapsed / k,
+            steps_per_s=c0.steps * k / elapsed,
+            curve=curves[mi],
+            device=names_dev,
+            steps_done=c0.steps,
+            ensemble_size=k,
+        )
+        if bad[mi] >= 0:
+            res.error = f"step {bad[mi]}: the {term_names[bad_t[mi]]!r} term is not finite; this member diverged"
+        sd = {n: v.detach().cpu().clone() for n, v in model.member_state_dict(mi).items()} if keep_weights else None
+        yield res, sd
