@@ -86,6 +86,7 @@ def test_member_trajectory_does_not_depend_on_its_ensemble():
         torch.testing.assert_close(inside.state_dict[name], w, rtol=1e-9, atol=1e-12)
     assert inside.result.penalties == pytest.approx(alone.result.penalties, rel=1e-9)
     assert inside.result.dev == alone.result.dev and inside.result.test == alone.result.test
+    assert inside.result.grad_norms == pytest.approx(alone.result.grad_norms, rel=1e-9)
 
 
 @needs_mnist
@@ -103,6 +104,7 @@ def test_single_member_engine_matches_gradreg_train(arch):
     assert b.weight_norm_sq == pytest.approx(a.weight_norm_sq, rel=1e-5)
     # SpectReg under BatchNorm is ~1e-11 (see test_spectreg_vanishes_under_batchnorm): abs
     assert b.penalties == pytest.approx(a.penalties, rel=1e-3, abs=1e-8)
+    assert b.grad_norms == pytest.approx(a.grad_norms, rel=1e-3)
     for pa, pb in zip(a.curve, b.curve):
         assert pa["step"] == pb["step"]
         assert pb["dev"] == pytest.approx(pa["dev"], abs=2e-3) and pb["test"] == pytest.approx(pa["test"], abs=2e-3)
@@ -120,6 +122,8 @@ def test_sin_ensemble_matches_single_runs_and_keeps_input_order():
         single = train(c)
         assert r.test == pytest.approx(single.test, rel=1e-3)
         assert r.penalties == pytest.approx(single.penalties, rel=1e-3)
+        assert r.grad_norms == pytest.approx(single.grad_norms, rel=1e-3)
+        assert r.fit == pytest.approx(single.fit, rel=1e-3, abs=1e-4) and len(r.fit) == 900
     assert [r.ensemble_size for r in results] == [3, 3, 3, 1]
 
 

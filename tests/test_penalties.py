@@ -71,7 +71,7 @@ def test_frobreg_matches_brute_force(case):
     model, x, y, m = case
     J = per_example_jacobian(model, x)
     expected = J.flatten(2).pow(2).sum((1, 2)).mean()
-    for method in ("batched", "loop"):
+    for method in ("auto", "batched", "loop"):
         rel_close(gr.penalty(model, x, y, gr.FrobReg(1.0, method=method)), expected)
 
 
@@ -79,7 +79,7 @@ def test_jacreg_matches_brute_force(case):
     model, x, y, m = case
     J = per_example_jacobian(lambda v: torch.softmax(model(v), 1), x)
     expected = J.flatten(2).pow(2).sum((1, 2)).mean()
-    for method in ("batched", "loop"):
+    for method in ("auto", "batched", "loop"):
         rel_close(gr.penalty(model, x, y, gr.JacReg(1.0, method=method)), expected)
 
 
@@ -134,7 +134,7 @@ def test_projected_jacobian_matches_brute_force(case, shared, norm):
     rs = torch.randn(3, len(x), m)
     vs = torch.einsum("bmd,kbm->kbd", J, rs)
     expected_k = (vs.pow(2).sum(2) if norm == "l2" else vs.abs().sum(2)).mean(0)
-    for method in ("batched", "loop"):
+    for method in ("auto", "batched", "loop"):
         rel_close(P.projected_jacobian_mean(fwd.logits, fwd.x, rs, norm, method), expected_k)
 
 
@@ -433,7 +433,7 @@ def test_invalid_options_list_the_valid_choices():
         gr.SpectReg(1.0, projection="pixel")
     with pytest.raises(ValueError, match="n_proj must be an integer >= 1"):
         gr.SpectReg(1.0, n_proj=0)
-    with pytest.raises(ValueError, match="valid choices: 'batched', 'loop'"):
+    with pytest.raises(ValueError, match="valid choices: 'auto', 'batched', 'loop'"):
         gr.FrobReg(1.0, method="vmap")
     with pytest.raises(TypeError):
         gr.Regularizer(1.0)  # abstract

@@ -112,6 +112,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    command = "gradreg " + " ".join(args.argv)
+    result = run_bench(args.device, args.quick, command)
+    if args.json is not None:
+        write_json_atomic(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradreg", description="Input-gradient regularization: train, sweep, report.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -131,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="a few steps on a tiny slice, to check the set-up")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="measure regularizer cost and ensemble speed, side by side")
+    b.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    b.add_argument("--quick", action="store_true", help="fewer repetitions (under two minutes on 2 CPU cores)")
+    b.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    b.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -138,6 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command == "train":
         if getattr(args, "model", None) is not None and args.model not in MODELS_FOR[args.dataset]:
             parser.error(f"--model {args.model!r} does not fit --dataset {args.dataset}; valid: {', '.join(MODELS_FOR[args.dataset])}")

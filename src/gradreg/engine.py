@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,10 +36,12 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from . import data as D
 from . import penalties as P
 from . import regularizers as R
+from . import smoothness as S
 from .config import TrainConfig
 from .core import batch_data_loss, per_example_loss
 from .pack import NotPackable, PackedModel
@@ -267,6 +270,20 @@ class MemberOutcome:
     state_dict: Optional[dict] = None
 
 
+def plan_chunks(configs: Sequence[TrainConfig], max_members: Optional[int] = None) -> list[list[int]]:
+    """Indices of ``configs`` split into the packed chunks the engine would train: grouped by
+    :func:`ensemble_key`, at most ``max_members`` (default :func:`default_max_members`) each."""
+    groups: dict = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(ensemble_key(c), []).append(i)
+    chunks = []
+    for indices in groups.values():
+        c0 = configs[indices[0]]
+        cap = max_members or default_max_members(torch.device(c0.device), c0.model)
+        chunks += [indices[s : s + cap] for s in range(0, len(indices), cap)]
+    return chunks
+
+
 def iter_train_many(
     configs: Sequence[TrainConfig],
     *,
@@ -322,6 +339,110 @@ def train_many(configs: Sequence[TrainConfig], **kwargs) -> list[RunResult]:
     return out
 
 
+class PackedTrainer:
+    """K members' packed model, optimizer and per-member random streams; :meth:`step` does
+    one training step on a member-major batch. Used by the engine and by ``gradreg bench``."""
+
+    def __init__(self, cfgs: Sequence[TrainConfig], device: torch.device, dtype: torch.dtype):
+        c0 = cfgs[0]
+        self.cfgs, self.c0, self.k, self.device, self.dtype = list(cfgs), c0, len(cfgs), device, dtype
+        singles = [build_model(c, torch.Generator().manual_seed(stream_seed(c.seed, "init"))) for c in cfgs]
+        self.model = PackedModel(singles).to(device=device, dtype=dtype)
+        self.model.train()
+        self.model.set_dropout_generators(
+            [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "dropout")) for c in cfgs]
+        )
+        self.decayed = self.model.decayed_parameters()
+        self.opt = PackedOptimizer(list(self.model.parameters()), c0.optimizer, self.k)
+        self.proj_gens = [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "projections")) for c in cfgs]
+        self.aug_gens = [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "augment")) for c in cfgs]
+        self.slots = _kinds(cfgs)
+        self.member_slots = [_member_slots(c, self.slots) for c in cfgs]
+        k, n_slots = self.k, len(self.slots)
+        weights = torch.zeros(k, n_slots, dtype=dtype)
+        present = torch.zeros(k, 1 + n_slots, dtype=torch.bool)
+        present[:, 0] = True
+        for mi, ms in enumerate(self.member_slots):
+            for s, r in ms:
+                weights[mi, s] = r.weight
+                present[mi, 1 + s] = True
+        self.weights, self.present = weights.to(device), present.to(device)
+        self.wd = torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype)
+        self.any_wd = any(c.weight_decay for c in cfgs)
+        self.base_lr = torch.tensor([c.lr for c in cfgs], device=device, dtype=torch.float64)
+        self.random_slots = [i for i, (kind, _) in enumerate(self.slots) if kind[0] in (R.SpectReg, R.RandomOneHot)]
+
+    def _draws(self, b: int, m: int) -> dict:
+        """Random projections, drawn per member from its own generator in its own
+        regularizer order (as a single run draws them); zeros where a member lacks the slot."""
+        per_slot: dict = {s: [None] * self.k for s in self.random_slots}
+        for mi, ms in enumerate(self.member_slots):
+            for s, r in ms:
+                d = _draw(r, b, m, self.proj_gens[mi], self.device, self.dtype)
+                if d is not None:
+                    per_slot[s][mi] = d
+        draws = {}
+        for s in self.random_slots:
+            kind = self.slots[s][0]
+            spect = kind[0] is R.SpectReg
+            shape = (dict(kind[1:])["n_proj"], b, m) if spect else (b, m)
+            rows = [d if d is not None else torch.zeros(shape, device=self.device, dtype=self.dtype) for d in per_slot[s]]
+            stacked = torch.stack(rows)  # (K, [n_proj,] B, m)
+            draws[s] = stacked.transpose(0, 1) if spect else stacked
+        return draws
+
+    def step(self, xb: Tensor, yb: Tensor, step: int) -> Tensor:
+        """One step on ``xb`` (K, B, *in), ``yb`` (K, B[, ...]). Returns the detached terms
+        (K, 1 + slots): the data loss, then each slot's unweighted penalty."""
+        c0, k = self.c0, self.k
+        lr = self.base_lr * piecewise_lr(step, 1.0, c0.steps, c0.lr_milestones, c0.lr_gamma)
+        if c0.augment:
+            xb = torch.stack([D.random_translate_flip(xb[mi], self.aug_gens[mi]) for mi in range(k)])
+        b = xb.shape[1]
+        x = xb.detach().requires_grad_(True)
+        logits = self.model(x)
+        m = logits.shape[2]
+        pel = per_example_loss(logits.reshape(k * b, m), yb.reshape(k * b, *yb.shape[2:]), c0.loss).view(k, b)
+        data_loss = pel.sum(1) if c0.loss == "half_sse" else pel.mean(1)  # as core.batch_data_loss
+        draws = self._draws(b, m) if self.random_slots else {}
+        pens = [_slot_penalty(kind, x, logits, yb, pel, draws.get(si)).mean(1) for si, (kind, _) in enumerate(self.slots)]
+        pen = torch.stack(pens, 1) if pens else data_loss.new_zeros(k, 0)  # (K, S)
+        total = data_loss + (self.weights * pen).sum(1)
+        if self.any_wd:
+            total = total + self.wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in self.decayed)
+        for p in self.model.parameters():
+            p.grad = None
+        total.sum().backward()
+        self.opt.step(lr)
+        return torch.cat([data_loss.detach().unsqueeze(1), pen.detach()], 1)
+
+
+def _final_probes(trainer: PackedTrainer, data: EnsembleData, cfgs, metric: str):
+    """Per member: mean ||J_g||_F at its smoothness points (as :func:`gradreg.train.smoothness_points`
+    picks them) and, for regression, its predictions on the test grid."""
+    model, k, dtype = trainer.model, trainer.k, trainer.dtype
+    n = S.N_POINTS
+    x_test, _, test_luts = data.sets["test"]
+    pts: dict = {"train": [], "test": [], "off_manifold": []}
+    for mi, c in enumerate(cfgs):
+        lut_tr = None if data.luts is None else data.luts[mi : mi + 1]
+        lut_te = None if test_luts is None else test_luts[mi : mi + 1]
+        pts["train"].append(data.inputs(data.pool_x[data.train_idx[mi][:n].to(data.pool_x.device)].unsqueeze(0), lut_tr, dtype)[0])
+        pts["test"].append(data.inputs(x_test[:n].unsqueeze(0), lut_te, dtype)[0])
+        a, b, t = S.interpolation_draws(len(x_test), n, torch.Generator().manual_seed(stream_seed(c.seed, "smoothness")))
+        xa = data.inputs(x_test[a.to(x_test.device)].unsqueeze(0), lut_te, dtype)[0]
+        xb = data.inputs(x_test[b.to(x_test.device)].unsqueeze(0), lut_te, dtype)[0]
+        pts["off_manifold"].append(S.interpolate(xa, xb, t.to(xa.device)))
+    model.eval()
+    norms = {key: S.jacobian_frobenius_norms(model, torch.stack(v), lead=2).mean(1).tolist() for key, v in pts.items()}
+    fits = None
+    if metric == "mse":
+        with torch.no_grad():
+            fits = model(data.inputs(x_test.unsqueeze(0).expand(k, *x_test.shape), None, dtype)).flatten(1).tolist()
+    model.train()
+    return [{key: norms[key][mi] for key in norms} for mi in range(k)], fits
+
+
 def _train_packed(cfgs: list[TrainConfig], data_dir, dtype, progress, keep_weights):
     c0 = cfgs[0]
     device = torch.device(c0.device)
@@ -330,41 +451,16 @@ def _train_packed(cfgs: list[TrainConfig], data_dir, dtype, progress, keep_weigh
     k = len(cfgs)
     metric = "accuracy" if c0.loss == "cross_entropy" else "mse"
     data = ensemble_data(cfgs, data_dir, device)
-
-    singles = [build_model(c, torch.Generator().manual_seed(stream_seed(c.seed, "init"))) for c in cfgs]
-    model = PackedModel(singles).to(device=device, dtype=dtype)
-    del singles
-    model.train()
-    model.set_dropout_generators(
-        [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "dropout")) for c in cfgs]
-    )
-    decayed = model.decayed_parameters()
-    opt = PackedOptimizer(list(model.parameters()), c0.optimizer, k)
+    trainer = PackedTrainer(cfgs, device, dtype)
+    model, decayed, slots, member_slots = trainer.model, trainer.decayed, trainer.slots, trainer.member_slots
     samplers = [D.BatchSampler(len(i), c0.batch_size, torch.Generator().manual_seed(stream_seed(c.seed, "batches")))
                 for c, i in zip(cfgs, data.train_idx)]
-    proj_gens = [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "projections")) for c in cfgs]
-    aug_gens = [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "augment")) for c in cfgs]
-
-    slots = _kinds(cfgs)
-    member_slots = [_member_slots(c, slots) for c in cfgs]
-    weights = torch.zeros(k, len(slots), device=device, dtype=dtype)
-    for mi, ms in enumerate(member_slots):
-        for s, r in ms:
-            weights[mi, s] = r.weight
-    present = weights.new_zeros(k, len(slots), dtype=torch.bool)
-    for mi, ms in enumerate(member_slots):
-        for s, _ in ms:
-            present[mi, s] = True
-    wd = torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype)
-    base_lr = torch.tensor([c.lr for c in cfgs], device=device, dtype=torch.float64)
-    random_slots = [i for i, (kind, _) in enumerate(slots) if kind[0] in (R.SpectReg, R.RandomOneHot)]
 
     n_terms = 1 + len(slots)
     window = torch.zeros(c0.penalty_window, k, n_terms, device=device, dtype=torch.float64)
     first_bad = torch.full((k,), -1, device=device, dtype=torch.long)
     bad_term = torch.full((k,), -1, device=device, dtype=torch.long)
     curves: list[list] = [[] for _ in cfgs]
-
     def evaluate_all() -> dict:
         model.eval()
         out = {}
@@ -392,57 +488,16 @@ def _train_packed(cfgs: list[TrainConfig], data_dir, dtype, progress, keep_weigh
         for mi in range(k):
             curves[mi].append({"step": step, "train_loss": means[mi], "dev": ev["dev"][mi], "test": ev["test"][mi]})
 
-    from tqdm.auto import tqdm
-    import sys
-
     bar = tqdm(total=c0.steps, disable=(not sys.stderr.isatty()) if progress is None else not progress,
                desc=f"ensemble x{k}", leave=False)
     t0 = time.perf_counter()
     for step in range(c0.steps):
-        lr = base_lr * piecewise_lr(step, 1.0, c0.steps, c0.lr_milestones, c0.lr_gamma)
         pool_idx = torch.stack([ti[next(s)] for ti, s in zip(data.train_idx, samplers)]).to(device)
-        raw = data.pool_x[pool_idx]
-        yb = data.pool_y[pool_idx]
-        xb = data.inputs(raw, data.luts, dtype)
-        if c0.augment:
-            xb = torch.stack([D.random_translate_flip(xb[mi], aug_gens[mi]) for mi in range(k)])
-        b, m_out = xb.shape[1], None
-        x = xb.detach().requires_grad_(True)
-        logits = model(x)
-        m_out = logits.shape[2]
-        pel = per_example_loss(logits.reshape(k * b, m_out), yb.reshape(k * b, *yb.shape[2:]), c0.loss).view(k, b)
-        data_loss = pel.sum(1) if c0.loss == "half_sse" else pel.mean(1)  # (K,), as batch_data_loss
-        # random projections, drawn per member in its own regularizer order
-        draws = {s: None for s in random_slots}
-        if random_slots:
-            per_slot: dict = {s: [None] * k for s in random_slots}
-            for mi, ms in enumerate(member_slots):
-                for s, r in ms:
-                    d = _draw(r, b, m_out, proj_gens[mi], device, dtype)
-                    if d is not None:
-                        per_slot[s][mi] = d
-            for s in random_slots:
-                kind = slots[s][0]
-                shape = (dict(kind[1:])["n_proj"], b, m_out) if kind[0] is R.SpectReg else (b, m_out)
-                rows = [d if d is not None else torch.zeros(shape, device=device, dtype=dtype) for d in per_slot[s]]
-                stacked = torch.stack(rows)  # (K, [n_proj,] B, m)
-                draws[s] = stacked.transpose(0, 1) if kind[0] is R.SpectReg else stacked
-        pens = [
-            _slot_penalty(kind, x, logits, yb, pel, draws.get(si)).mean(1) for si, (kind, _) in enumerate(slots)
-        ]
-        pen = torch.stack(pens, 1) if pens else data_loss.new_zeros(k, 0)  # (K, S)
-        total = data_loss + (weights * pen).sum(1)
-        if decayed and bool((wd != 0).any()):
-            total = total + wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in decayed)
-        terms = torch.cat([data_loss.detach().unsqueeze(1), pen.detach()], 1)
-        finite = torch.isfinite(terms) | ~torch.cat([present.new_ones(k, 1), present], 1)
+        terms = trainer.step(data.inputs(data.pool_x[pool_idx], data.luts, dtype), data.pool_y[pool_idx], step)
+        finite = torch.isfinite(terms) | ~trainer.present
         newly = (first_bad < 0) & ~finite.all(1)
         bad_term = torch.where(newly, (~finite).long().argmax(1), bad_term)
         first_bad = torch.where(newly, torch.full_like(first_bad, step), first_bad)
-        for p in model.parameters():
-            p.grad = None
-        total.sum().backward()
-        opt.step(lr)
         window[step % c0.penalty_window] = terms.to(torch.float64)
         done = step + 1
         if c0.eval_every and done % c0.eval_every == 0 and done != c0.steps:
@@ -451,6 +506,7 @@ def _train_packed(cfgs: list[TrainConfig], data_dir, dtype, progress, keep_weigh
     bar.close()
     elapsed = time.perf_counter() - t0
     curve_point(c0.steps)
+    grad_norms, fits = _final_probes(trainer, data, cfgs, metric)
     # Window rows are in ring order; the mean does not care.
     n = min(c0.steps, c0.penalty_window)
     means = window[:n].mean(0).tolist()
@@ -479,6 +535,8 @@ def _train_packed(cfgs: list[TrainConfig], data_dir, dtype, progress, keep_weigh
             device=names_dev,
             steps_done=c0.steps,
             ensemble_size=k,
+            grad_norms=grad_norms[mi],
+            fit=None if fits is None else fits[mi],
         )
         if bad[mi] >= 0:
             res.error = f"step {bad[mi]}: the {term_names[bad_t[mi]]!r} term is not finite; this member diverged"

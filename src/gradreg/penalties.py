@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Norm = Literal["l2", "l1"]
-Method = Literal["batched", "loop"]
+Method = Literal["auto", "batched", "loop"]
 Projection = Literal["batch", "example"]
 
 NORMS = ("l2", "l1")
-METHODS = ("batched", "loop")
+METHODS = ("auto", "batched", "loop")
 PROJECTIONS = ("batch", "example")
 
 
@@ -75,8 +75,17 @@ def input_vjp(outputs: Tensor, x: Tensor, cotangent: Tensor, *, create_graph: bo
     return _grad_or_zeros(g, x)
 
 
+def resolve_method(method: Method, device: torch.device) -> str:
+    """``"auto"`` is ``"batched"`` on accelerators, where one vmapped call saves m-1 launch
+    sequences, and ``"loop"`` on CPU, where ``gradreg bench`` measured the vmapped backward
+    slower than the loop (same FLOPs, worse kernels under vmap)."""
+    if method == "auto":
+        return "loop" if device.type == "cpu" else "batched"
+    return method
+
+
 def input_vjps(
-    outputs: Tensor, x: Tensor, cotangents: Tensor, *, method: Method = "batched", create_graph: bool = True
+    outputs: Tensor, x: Tensor, cotangents: Tensor, *, method: Method = "auto", create_graph: bool = True
 ) -> Tensor:
     """``K`` vector-Jacobian products at once: ``cotangents`` is ``(K, B, m)``, the result
     ``(K, *x.shape)``.
@@ -84,8 +93,9 @@ def input_vjps(
     ``"batched"`` makes one vmapped backward call (``is_grads_batched=True``): one launch
     sequence for all K products, which wins where kernel launches dominate (GPUs).
     ``"loop"`` makes K ordinary backward calls. Both do the same FLOPs, K times those of
-    one backward pass.
+    one backward pass. ``"auto"``: see :func:`resolve_method`.
     """
+    method = resolve_method(method, x.device)
     if method == "batched":
         (g,) = torch.autograd.grad(
             outputs,
@@ -133,7 +143,7 @@ def projected_jacobian(logits: Tensor, x: Tensor, r: Tensor, norm: Norm = "l2") 
 
 
 def projected_jacobian_mean(
-    logits: Tensor, x: Tensor, r: Tensor, norm: Norm = "l2", method: Method = "batched"
+    logits: Tensor, x: Tensor, r: Tensor, norm: Norm = "l2", method: Method = "auto"
 ) -> Tensor:
     """``mean_k ||J_g(x_i)^T r_{k,i}||^2`` over K projections ``r`` of shape ``(K, B, m)``."""
     if r.shape[0] == 1:
@@ -142,7 +152,7 @@ def projected_jacobian_mean(
     return per_example_norm(vjps.flatten(0, 1), norm).view(r.shape[0], -1).mean(0)
 
 
-def frobenius(outputs: Tensor, x: Tensor, method: Method = "batched") -> Tensor:
+def frobenius(outputs: Tensor, x: Tensor, method: Method = "auto") -> Tensor:
     """Exact ``||J(x_i)||_F^2 = sum_k ||J(x_i)^T e_k||^2`` of ``outputs`` (B, m) w.r.t. ``x``.
 
     Cost: m vector-Jacobian products, i.e. m backward passes' FLOPs (about m/2 times a
@@ -153,12 +163,12 @@ def frobenius(outputs: Tensor, x: Tensor, method: Method = "batched") -> Tensor:
     return vjps.pow(2).flatten(2).sum(2).sum(0)
 
 
-def frobreg(logits: Tensor, x: Tensor, method: Method = "batched") -> Tensor:
+def frobreg(logits: Tensor, x: Tensor, method: Method = "auto") -> Tensor:
     """FrobReg: ``||J_g(x_i)||_F^2``, the squared Frobenius norm of the logits' Jacobian."""
     return frobenius(logits, x, method)
 
 
-def jacreg(logits: Tensor, x: Tensor, method: Method = "batched") -> Tensor:
+def jacreg(logits: Tensor, x: Tensor, method: Method = "auto") -> Tensor:
     """JacReg (Sokolic et al. 2017): ``||J_f(x_i)||_F^2``, the squared Frobenius norm of the
     Jacobian of the softmax probabilities ``f = softmax(g)``."""
     return frobenius(torch.softmax(logits, dim=1), x, method)

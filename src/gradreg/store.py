@@ -359,6 +359,35 @@ class Store:
 
         return self._write(insert, "write to")
 
+    def link(self, experiment: str, configs: Iterable[dict]) -> None:
+        """Add already-stored runs of ``configs`` to ``experiment`` (one transaction)."""
+        keys = [run_key(c) for c in configs]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR IGNORE INTO memberships (experiment, run_key) "
+                "SELECT ?, run_key FROM runs WHERE run_key = ?", [(experiment, k) for k in keys]
+            )
+
+        self._write(insert, "write to")
+
+    def put_plan(self, experiment: str, plan: dict) -> None:
+        """Store the experiment's plan (its cells and the run keys of each), which reports
+        are rebuilt from. A later plan for the same experiment replaces it."""
+        text = _canonical_json(plan)
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"plan:{experiment}", text),
+            ),
+            "write to",
+        )
+
+    def plan(self, experiment: str) -> Optional[dict]:
+        """The stored plan of ``experiment``, or None."""
+        row = self._read(lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (f"plan:{experiment}",)).fetchone())
+        return None if row is None else json.loads(row[0])
+
     # ------------------------------------------------------------------ reading
 
     def has(self, config: dict, *, include_errors: bool = True) -> bool:

@@ -26,6 +26,7 @@ from torch import nn
 
 from . import data as D
 from . import models as M
+from . import smoothness as S
 from .config import TrainConfig
 from .core import regularized_loss
 
@@ -76,6 +77,8 @@ class RunResult:
     torch_version: str = torch.__version__
     device: str = "cpu"
     steps_done: int = 0
+    grad_norms: dict = field(default_factory=dict)  # mean ||J_g||_F at train/test/off-manifold points
+    fit: Optional[list] = None  # regression only: predictions on the test grid (SIN figures)
     ensemble_size: int = 1  # members trained together (wall time and steps/s are per member)
     error: Optional[str] = None  # set when an ensemble member diverged (a single run raises)
 
@@ -305,6 +308,7 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
 
     final = _curve_point(model, data, cfg.steps, window, metric, cfg, device)
     curve.append(final)
+    grad_norms, fit = _final_probes(model, data, cfg, metric, device)
     names = names or ["loss"] + [r.name for r in regs]
     means = [sum(col) / len(col) for col in zip(*window)] if window else [float("nan")] * len(names)
     steps_run = cfg.steps - start
@@ -321,7 +325,31 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
         curve=curve,
         device=str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         steps_done=cfg.steps,
+        grad_norms=grad_norms,
+        fit=fit,
     )
+
+
+def smoothness_points(cfg: TrainConfig, x_train: torch.Tensor, x_test: torch.Tensor) -> dict:
+    """The points of :mod:`gradreg.smoothness` for a run: the first N training and test
+    inputs, and N interpolations between test inputs drawn from the run's own stream."""
+    n = S.N_POINTS
+    a, b, t = S.interpolation_draws(len(x_test), n, torch.Generator().manual_seed(stream_seed(cfg.seed, "smoothness")))
+    a, b = a.to(x_test.device), b.to(x_test.device)
+    return {"train": x_train[:n], "test": x_test[:n], "off_manifold": S.interpolate(x_test[a], x_test[b], t.to(x_test.device))}
+
+
+def _final_probes(model, data, cfg, metric, device) -> tuple[dict, Optional[list]]:
+    was = model.training
+    model.eval()
+    points = smoothness_points(cfg, data.x_train.to(device), data.x_test.to(device))
+    norms = {k: float(S.jacobian_frobenius_norms(model, v).mean()) for k, v in points.items()}
+    fit = None
+    if metric == "mse":
+        with torch.no_grad():
+            fit = model(data.x_test.to(device)).flatten().tolist()
+    model.train(was)
+    return norms, fit
 
 
 def _curve_point(model, data, step, window, metric, cfg, device) -> dict:

@@ -1,0 +1,305 @@
+"""The paper's experiments as declarative specs: ``spec -> runs -> store -> report``.
+
+An :class:`Experiment` is a set of :class:`Cell` s (a table cell or a point of a figure).
+A cell holds the configs it may pick from -- one *candidate* per lambda of its grid, each
+trained at every seed of the profile. The report picks, per cell, the candidate with the
+best mean dev score over the seeds (accuracy up, MSE down) and reports that candidate's test
+score as mean (std) over the seeds, as the paper does (section 6.1).
+
+A :class:`Profile` scales an experiment: seeds, steps, which part of the lambda grid. Profiles
+are data: ``paper`` is the paper's protocol, ``quick`` a few-minute check on 2 CPU cores.
+
+Confidence-penalty weights: the paper's code summed the penalty over the batch, ours is a
+per-example mean, so every CP weight and grid here is the paper's times the batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from . import regularizers as R
+from .config import TrainConfig, paper_config
+from .paper_data import LAMBDA_GRIDS, TABLES
+
+REG_CLASSES = {"DataGrad": R.DataGrad, "SpectReg": R.SpectReg, "JacReg": R.JacReg, "FrobReg": R.FrobReg, "CP": R.ConfidencePenalty}
+PAPER_GRIDS = dict(LAMBDA_GRIDS, FrobReg=LAMBDA_GRIDS["SpectReg"])
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much of the paper's protocol to run."""
+
+    name: str
+    seeds: tuple[int, ...]
+    steps: dict  # dataset -> steps, or None for the paper's
+    grid: str  # "full": the paper's lambda grids; "coarse": the tuned lambda and its neighbours two grid steps away
+    eval_limit: Optional[int] = None
+    train_sizes: tuple[int, ...] = (500, 1000, 2000, 5000, 10000, 20000)  # Figure 2's x axis
+
+
+PROFILES = {
+    "paper": Profile("paper", tuple(range(1, 11)), {}, "full"),
+    "quick": Profile("quick", (1, 2), {"mnist": 500, "sin": 1000, "sin2": 1000, "cifar10": 20}, "coarse",
+                     eval_limit=2000, train_sizes=(500, 2000, 5000)),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell or figure point: ``candidates`` are (lambda, config without seed)."""
+
+    row: str
+    col: str
+    candidates: tuple  # ((lam or None, TrainConfig), ...)
+    x: Optional[float] = None  # for figures: the x coordinate (train size, lambda, ...)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    kind: str  # "table" or "figure"
+    metric: str  # "accuracy" or "mse"
+    cells: tuple
+    seeds: tuple
+    paper_table: Optional[str] = None  # key of gradreg.paper_data.TABLES
+    baseline_col: Optional[str] = None  # significance: every cell vs. this column of its row
+    comparisons: tuple = ()  # explicit (row, col) pairs to test instead, as Table 6 does
+    description: str = ""
+
+    def runs(self) -> list[TrainConfig]:
+        """Every config to train (deduplicated, in a stable order)."""
+        seen, out = set(), []
+        for cell in self.cells:
+            for _, cfg in cell.candidates:
+                for s in self.seeds:
+                    c = cfg.replace(seed=s)
+                    if c not in seen:
+                        seen.add(c)
+                        out.append(c)
+        return out
+
+    def plan(self) -> dict:
+        """What the report needs, as data: cells, candidates and the run keys per seed."""
+        from .store import run_key
+
+        return {
+            "name": self.name, "title": self.title, "kind": self.kind, "metric": self.metric,
+            "paper_table": self.paper_table, "baseline_col": self.baseline_col,
+            "comparisons": [list(map(list, c)) for c in self.comparisons], "seeds": list(self.seeds),
+            "description": self.description,
+            "cells": [
+                {"row": c.row, "col": c.col, "x": c.x,
+                 "candidates": [{"lambda": lam, "runs": [run_key(cfg.replace(seed=s).to_dict()) for s in self.seeds]}
+                                for lam, cfg in c.candidates]}
+                for c in self.cells
+            ],
+        }
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def grid_for(reg: str, tuned: float, profile: Profile, batch: int = 50) -> tuple:
+    """The lambdas to try for ``reg``: the paper's grid, or (coarse) the tuned value and its
+    neighbours two grid steps away. CP grids are converted to per-example weights (x batch)."""
+    scale = batch if reg == "CP" else 1
+    grid = PAPER_GRIDS[reg]
+    if profile.grid == "full":
+        return tuple(g * scale for g in grid)
+    nearest = min(range(len(grid)), key=lambda i: abs(grid[i] - tuned) / tuned)
+    picks = sorted({max(nearest - 2, 0), nearest, min(nearest + 2, len(grid) - 1)})
+    return tuple(grid[i] * scale for i in picks)
+
+
+def reg(name: str, lam: float) -> R.Regularizer:
+    return REG_CLASSES[name](float(lam))
+
+
+def _base(dataset: str, profile: Profile, device: str, **kw) -> TrainConfig:
+    steps = profile.steps.get(dataset)
+    extra = {} if steps is None else {"steps": steps, "eval_every": max(steps // 10, 1)}
+    return paper_config(dataset, device=device, eval_limit=profile.eval_limit, **extra, **kw)
+
+
+def tuned_cell(row: str, col: str, base: TrainConfig, name: Optional[str], tuned: Optional[float], profile: Profile,
+               fixed: tuple = (), x: Optional[float] = None) -> Cell:
+    """A cell that tunes regularizer ``name`` over its grid (``name=None``: no tuning),
+    with ``fixed`` regularizers always on."""
+    if name is None:
+        return Cell(row, col, ((None, base.replace(regularizers=tuple(fixed))),), x)
+    lams = grid_for(name, tuned, profile, base.batch_size)
+    return Cell(row, col, tuple((lam, base.replace(regularizers=tuple(fixed) + (reg(name, lam),))) for lam in lams), x)
+
+
+def fixed_cell(row: str, col: str, base: TrainConfig, regs: tuple, lam=None, x=None) -> Cell:
+    return Cell(row, col, ((lam, base.replace(regularizers=regs)),), x)
+
+
+# --------------------------------------------------------------------------- the experiments
+
+
+def table1(p: Profile, device: str) -> Experiment:
+    rows = {"LeNet unregularized": dict(dropout=None), "LeNet Batchnorm": dict(dropout=None, batchnorm=True),
+            "LeNet Dropout": dict(dropout=0.5)}
+    w = TABLES["table1"].weights
+    cells = []
+    for row, kw in rows.items():
+        base = _base("mnist", p, device, **kw)
+        cells.append(tuned_cell(row, "NoGR", base, None, None, p))
+        cells.append(tuned_cell(row, "SpectReg", base, "SpectReg", w[(row, "SpectReg")]["SpectReg"], p))
+        cells.append(tuned_cell(row, "DataGrad", base, "DataGrad", w[(row, "DataGrad")]["DataGrad"], p))
+    return Experiment("table1", "MNIST-2000: dropout, BatchNorm and gradient regularization", "table", "accuracy",
+                      tuple(cells), p.seeds, "table1", baseline_col="NoGR")
+
+
+def table2(p: Profile, device: str) -> Experiment:
+    base = _base("mnist", p, device)
+    cp = reg("CP", 0.01 * base.batch_size)
+    cells = [
+        tuned_cell("No CP", "No GR", base, None, None, p),
+        tuned_cell("No CP", "SpectReg", base, "SpectReg", 0.03, p),
+        tuned_cell("No CP", "DataGrad", base, "DataGrad", 50, p),
+        tuned_cell("CP", "No GR", base, "CP", 0.01, p),
+        tuned_cell("CP", "SpectReg", base, "SpectReg", 0.03, p, fixed=(cp,)),
+        tuned_cell("CP", "DataGrad", base, "DataGrad", 10, p, fixed=(cp,)),  # re-tuned with CP on
+    ]
+    return Experiment("table2", "MNIST-2000: confidence penalty with and without gradient regularization", "table",
+                      "accuracy", tuple(cells), p.seeds, "table2", baseline_col="No GR",
+                      description="CP is fixed at its tuned weight (0.01 x B) where combined; the other regularizer is re-tuned.")
+
+
+def table3(p: Profile, device: str) -> Experiment:
+    base = _base("cifar10", p, device)
+    cells = [
+        tuned_cell("ResNet", "Baseline", base, None, None, p),
+        tuned_cell("ResNet", "SpectReg", base, "SpectReg", 0.003, p),
+        tuned_cell("ResNet", "DataGrad", base, "DataGrad", 1, p),
+        tuned_cell("ResNet", "CP", base, "CP", 0.003, p),
+    ]
+    return Experiment("table3", "CIFAR-10 with 2000 training images", "table", "accuracy", tuple(cells), p.seeds,
+                      "table3", baseline_col="Baseline")
+
+
+def table4(p: Profile, device: str) -> Experiment:
+    cells = []
+    for row, wd in (("no WD", 0.0), ("WD=0.0005", 5e-4)):
+        base = _base("mnist", p, device, weight_decay=wd)
+        cells.append(tuned_cell(row, "NoGR", base, None, None, p))
+        cells.append(tuned_cell(row, "SpectReg", base, "SpectReg", 0.03, p))
+        cells.append(tuned_cell(row, "DataGrad", base, "DataGrad", 50, p))
+    return Experiment("table4", "MNIST-2000: weight decay versus gradient regularization", "table", "accuracy",
+                      tuple(cells), p.seeds, "table4", baseline_col="NoGR")
+
+
+def table5(p: Profile, device: str) -> Experiment:
+    base = _base("cifar10", p, device, train_size=None, augment=True)
+    lams = (0, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
+    cells = []
+    for row in ("SpectReg", "DataGrad"):
+        for lam in lams:
+            regs = () if lam == 0 else (reg(row, lam),)
+            cells.append(fixed_cell(row, f"{lam:g}", base, regs, lam=lam, x=lam))
+    seeds = p.seeds[:1]  # the paper: one run per cell
+    return Experiment("table5", "Full CIFAR-10 with augmentation: lambda sweeps", "table", "accuracy", tuple(cells),
+                      seeds, "table5", description="One run per cell, as in the paper; no tuning.")
+
+
+def table6(p: Profile, device: str) -> Experiment:
+    base = _base("mnist", p, device)
+    cells = [
+        tuned_cell("LeNet", "SpectReg", base, "SpectReg", 0.03, p),
+        tuned_cell("LeNet", "JacReg", base, "JacReg", 1, p),
+        tuned_cell("LeNet", "FrobReg", base, "FrobReg", 0.03, p),
+    ]
+    pairs = ((("LeNet", "SpectReg"), ("LeNet", "JacReg")), (("LeNet", "SpectReg"), ("LeNet", "FrobReg")),
+             (("LeNet", "FrobReg"), ("LeNet", "JacReg")))
+    return Experiment("table6", "MNIST-2000: SpectReg vs. JacReg vs. FrobReg", "table", "accuracy", tuple(cells),
+                      p.seeds, "table6", comparisons=pairs)
+
+
+SIN_LAMBDAS = (0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10)
+
+
+def table7(p: Profile, device: str) -> Experiment:
+    base = _base("sin", p, device)
+    cells = [fixed_cell("SpectReg", f"{lam:g}", base, () if lam == 0 else (reg("SpectReg", lam),), lam=lam, x=lam)
+             for lam in SIN_LAMBDAS]
+    return Experiment("table7", "SIN: test MSE against the SpectReg weight", "table", "mse", tuple(cells), p.seeds,
+                      "table7", description="The paper's table gives one number per lambda; we report mean (std) over "
+                      "init seeds (the data seed is fixed at 10).")
+
+
+def fig2(p: Profile, device: str) -> Experiment:
+    methods = (("Baseline", None, None), ("DataGrad", "DataGrad", 50), ("CP", "CP", 0.01), ("SpectReg", "SpectReg", 0.03),
+               ("JacReg", "JacReg", 1))
+    cells = []
+    for n in p.train_sizes:
+        base = _base("mnist", p, device, train_size=n)
+        for label, name, tuned in methods:
+            cells.append(tuned_cell(label, str(n), base, name, tuned, p, x=n))
+    return Experiment("fig2", "MNIST: test accuracy against training-set size", "figure", "accuracy", tuple(cells),
+                      p.seeds, baseline_col=None)
+
+
+def fig3(p: Profile, device: str) -> Experiment:
+    base = _base("cifar10", p, device, train_size=None, augment=True)
+    cells = [fixed_cell("Baseline", "curve", base, ()), fixed_cell("DataGrad", "curve", base, (reg("DataGrad", 0.01),), lam=0.01)]
+    return Experiment("fig3", "Full CIFAR-10 with augmentation: learning curves", "figure", "accuracy", tuple(cells),
+                      p.seeds[:1])
+
+
+FIG4_WEIGHT_DECAYS = (0.0, 0.0001, 0.0005, 0.001, 0.005, 0.01)
+
+
+def fig4(p: Profile, device: str) -> Experiment:
+    lams = PAPER_GRIDS["DataGrad"] if p.grid == "full" else (0.01, 1, 10, 50, 100)
+    cells = []
+    for wd in FIG4_WEIGHT_DECAYS:
+        base = _base("mnist", p, device, weight_decay=wd)
+        for lam in (0,) + tuple(lams):
+            cells.append(fixed_cell(f"wd={wd:g}", f"{lam:g}", base, () if lam == 0 else (reg("DataGrad", lam),), lam=lam, x=lam))
+    return Experiment("fig4", "MNIST-2000: DataGrad weight against accuracy and weight norm", "figure", "accuracy",
+                      tuple(cells), p.seeds)
+
+
+FIT_LAMBDAS = (0, 0.003, 0.03, 0.3, 3)
+
+
+def fig5(p: Profile, device: str) -> Experiment:
+    base = _base("sin", p, device)
+    cells = [fixed_cell("SpectReg", f"{lam:g}", base, () if lam == 0 else (reg("SpectReg", lam),), lam=lam, x=lam)
+             for lam in FIT_LAMBDAS]
+    return Experiment("fig5", "SIN: fitted functions for several SpectReg weights", "figure", "mse", tuple(cells), p.seeds[:1])
+
+
+def fig6(p: Profile, device: str) -> Experiment:
+    e = fig5(p, device)
+    return dataclasses.replace(e, name="fig6", title="SIN: zoom into the fits of Figure 5")
+
+
+def sin2(p: Profile, device: str) -> Experiment:
+    cells = []
+    for ds in ("sin", "sin2"):
+        base = _base(ds, p, device)
+        for lam in (0, 0.03):
+            cells.append(fixed_cell(ds.upper(), f"{lam:g}", base, () if lam == 0 else (reg("SpectReg", lam),), lam=lam, x=lam))
+    return Experiment("sin2", "SIN2: duplicated points (x, y), (x + 0.001, y)", "figure", "mse", tuple(cells), p.seeds[:1],
+                      description="The paper: the network still fits SIN2, so optimization, not bandwidth, keeps "
+                      "solutions smooth. We report the training loss and fits on both datasets.")
+
+
+EXPERIMENTS: dict[str, Callable[[Profile, str], Experiment]] = {
+    "table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
+    "table7": table7, "fig2": fig2, "fig3": fig3, "fig4": fig4, "fig5": fig5, "fig6": fig6, "sin2": sin2,
+}
+
+
+def build(name: str, profile: str = "quick", device: str = "cpu") -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    return EXPERIMENTS[name](PROFILES[profile], device)
