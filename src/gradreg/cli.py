@@ -123,6 +123,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _executor(args: argparse.Namespace):
+    if args.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(address=args.ray_address, data_dir=args.data_dir, max_members=args.max_members)
+    from .sweep import InProcessExecutor
+
+    return InProcessExecutor(data_dir=args.data_dir, max_members=args.max_members, progress=False if args.quiet else None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiments import build
+    from .report import write_report
+    from .sweep import STORE_NAME, run_experiment
+
+    exp = build(args.name, args.profile, args.device)
+    out = Path(args.out)
+    command = "gradreg " + " ".join(args.argv)
+    exp_plan = exp.plan()
+    summary = run_experiment(exp, out, _executor(args), log=print)
+    # The plan records the command that made it, for the report's header.
+    from .store import Store
+
+    with Store(out / STORE_NAME) as store:
+        store.put_plan(exp.name, exp_plan | {"command": command, "profile": args.profile})
+    paths = write_report(out / STORE_NAME, exp.name, out)
+    print(f"{exp.name}: trained {summary.trained} runs in {summary.wall_time_s:.1f} s "
+          f"({summary.already_stored} were stored already); report: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .sweep import STORE_NAME
+
+    store = Path(args.out) / STORE_NAME
+    if not store.exists():
+        raise FileNotFoundError(f"no result store at {store}; run `gradreg run {args.name} --out {args.out}` first")
+    for p in write_report(store, args.name, args.out):
+        print(p)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .experiments import EXPERIMENTS, PROFILES, build
+
+    for name in EXPERIMENTS:
+        counts = ", ".join(f"{p}: {len(build(name, p).runs())} runs" for p in PROFILES)
+        print(f"{name:7s} {build(name, 'quick').title}  ({counts})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradreg", description="Input-gradient regularization: train, sweep, report.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -148,6 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer repetitions (under two minutes on 2 CPU cores)")
     b.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     b.set_defaults(func=cmd_bench)
+
+    from .experiments import EXPERIMENTS, PROFILES
+
+    r = sub.add_parser("run", help="run one of the paper's experiments: sweep, store, report")
+    r.add_argument("name", choices=list(EXPERIMENTS))
+    r.add_argument("--profile", default="quick", choices=list(PROFILES), help="paper: 10 seeds, full steps and grids; quick: minutes on a CPU")
+    r.add_argument("--out", default="results", help="directory of the result store and the reports")
+    r.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--executor", default="inprocess", choices=("inprocess", "ray"))
+    r.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
+    r.add_argument("--max-members", type=int, default=None, help="cap on the runs trained together in one ensemble")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="rebuild an experiment's report from the store")
+    rp.add_argument("name", choices=list(EXPERIMENTS))
+    rp.add_argument("--out", default="results")
+    rp.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="the experiments and their sizes")
+    ls.set_defaults(func=cmd_list)
     return parser
 
 

@@ -1,0 +1,179 @@
+"""PNG figures drawn headless (matplotlib's Agg backend) from report summaries, with the
+paper's published numbers as reference points wherever the paper gives them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .paper_data import FACTS, TABLES
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    tmp.replace(path)
+    return path
+
+
+def _lam_x(lams: list) -> tuple[np.ndarray, float]:
+    """Log-scale x positions; lambda 0 is drawn one decade left of the smallest positive."""
+    pos = [v for v in lams if v and v > 0]
+    zero_at = (min(pos) / 10) if pos else 1e-4
+    return np.array([v if v and v > 0 else zero_at for v in lams], dtype=float), zero_at
+
+
+def sweep_plot(plan, summaries, out_dir: Path, scale: float, ylabel: str) -> Path:
+    """A lambda sweep (Tables 5 and 7): ours with std bars, the paper's numbers as crosses."""
+    plt = _plt()
+    table = TABLES.get(plan.get("paper_table") or "")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row in dict.fromkeys(s.row for s in summaries):
+        ss = [s for s in summaries if s.row == row]
+        xs, _ = _lam_x([s.x for s in ss])
+        ax.errorbar(xs, [s.mean * scale for s in ss], yerr=[0 if math.isnan(s.std) else s.std * scale for s in ss],
+                    marker="o", capsize=3, label=f"{row} (ours)")
+        if table is not None:
+            px = [x for x, s in zip(xs, ss) if (s.row, s.col) in table.cells]
+            py = [table.cells[(s.row, s.col)].mean for s in ss if (s.row, s.col) in table.cells]
+            ax.plot(px, py, "x", markersize=9, label=f"{row} (paper)")
+    ax.set_xscale("log")
+    if plan["metric"] == "mse":
+        ax.set_yscale("log")
+    ax.set_xlabel("λ (leftmost point: λ = 0)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(plan["title"], fontsize=10)
+    ax.legend(fontsize=8)
+    path = _save(fig, out_dir / f"{plan['name']}.png")
+    plt.close(fig)
+    return path
+
+
+def fig2_plot(plan, summaries, out_dir: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row in dict.fromkeys(s.row for s in summaries):
+        ss = sorted((s for s in summaries if s.row == row), key=lambda s: s.x)
+        ax.errorbar([s.x for s in ss], [100 * s.mean for s in ss],
+                    yerr=[0 if math.isnan(s.std) else 100 * s.std for s in ss], marker="o", capsize=3, label=row)
+    # The paper prints numbers for N = 2000 only (Tables 1, 2, 6): reference points there.
+    refs = {"Baseline": TABLES["table1"].cells[("LeNet Dropout", "NoGR")],
+            "DataGrad": TABLES["table1"].cells[("LeNet Dropout", "DataGrad")],
+            "SpectReg": TABLES["table1"].cells[("LeNet Dropout", "SpectReg")],
+            "CP": TABLES["table2"].cells[("CP", "No GR")], "JacReg": TABLES["table6"].cells[("LeNet", "JacReg")]}
+    for i, (label, cell) in enumerate(refs.items()):
+        ax.plot([2000], [cell.mean], "x", color=f"C{i}", markersize=9)
+    ax.plot([], [], "kx", label="paper, N=2000 (Tables 1, 2, 6)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training-set size")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(plan["title"], fontsize=10)
+    ax.legend(fontsize=8)
+    path = _save(fig, out_dir / "fig2.png")
+    plt.close(fig)
+    return path
+
+
+def fig3_plot(plan, summaries, out_dir: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    t5 = TABLES["table5"].cells
+    refs = {"Baseline": t5[("DataGrad", "0")], "DataGrad": t5[("DataGrad", "0.01")]}
+    for i, s in enumerate(summaries):
+        ax.plot([p["step"] for p in s.curve], [100 * p["test"] for p in s.curve], color=f"C{i}", label=f"{s.row} (ours)")
+        if s.row in refs and s.curve:
+            ax.plot([s.curve[-1]["step"]], [refs[s.row].mean], "x", color=f"C{i}", markersize=9, label=f"{s.row}, paper final (Table 5)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(plan["title"], fontsize=10)
+    ax.legend(fontsize=8)
+    path = _save(fig, out_dir / "fig3.png")
+    plt.close(fig)
+    return path
+
+
+def fig4_plot(plan, summaries, out_dir: Path) -> Path:
+    plt = _plt()
+    rows = list(dict.fromkeys(s.row for s in summaries))
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), squeeze=False)
+    transition = FACTS["figure4_phase_transition_datagrad_lambda"].value
+    for ax, row in zip(axes.flat, rows):
+        ss = sorted((s for s in summaries if s.row == row), key=lambda s: s.x or 0)
+        xs, _ = _lam_x([s.x for s in ss])
+        ax.plot(xs, [s.weight_norm_sq for s in ss], "k-o", markersize=3)
+        ax.set_xscale("log")
+        ax.set_ylabel("Σ‖w‖² (black)", fontsize=8)
+        ax2 = ax.twinx()
+        ax2.plot(xs, [100 * s.mean for s in ss], "b-o", markersize=3)
+        ax2.set_ylabel("test accuracy % (blue)", fontsize=8, color="b")
+        ax.axvline(transition, color="gray", linestyle="--", linewidth=1)
+        ax.set_title(f"{row}; dashed: paper's transition ≈ {transition:g}", fontsize=8)
+        ax.set_xlabel("DataGrad λ (leftmost: 0)", fontsize=8)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    fig.suptitle(plan["title"], fontsize=10)
+    fig.tight_layout()
+    path = _save(fig, out_dir / "fig4.png")
+    plt.close(fig)
+    return path
+
+
+def sin_fits_plot(plan, summaries, out_dir: Path, name: str, xlim=None) -> Path:
+    from .data import make_sin
+
+    plt = _plt()
+    sin = make_sin()
+    grid = sin.x_test.flatten().numpy()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(sin.x_train.flatten().numpy(), sin.y_train.flatten().numpy(), "k.", label="SIN training points")
+    ax.plot(grid, np.sin(5 * grid), "k--", linewidth=1, label="sin(5x)")
+    for i, s in enumerate(summaries):
+        if s.fit is None:
+            continue
+        label = f"{s.row} λ={s.col}"
+        ax.plot(grid, s.fit, color=f"C{i}", linewidth=1.2, label=f"{label} (MSE {s.mean:.2e})")
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+        inside = (grid >= xlim[0]) & (grid <= xlim[1])
+        lo, hi = np.sin(5 * grid[inside]).min(), np.sin(5 * grid[inside]).max()
+        ax.set_ylim(lo - 0.3, hi + 0.3)
+    ax.set_title(plan["title"], fontsize=10)
+    ax.legend(fontsize=7)
+    path = _save(fig, out_dir / f"{name}.png")
+    plt.close(fig)
+    return path
+
+
+def draw_figures(plan: dict, summaries: list, out_dir) -> list[Path]:
+    """The PNGs of an experiment (none for the accuracy tables, whose report is the table)."""
+    out_dir = Path(out_dir)
+    name = plan["name"]
+    if name == "table7":
+        return [sweep_plot(plan, summaries, out_dir, 1e5, "test MSE (x1e-5)")]
+    if name == "table5":
+        return [sweep_plot(plan, summaries, out_dir, 100, "test accuracy (%)")]
+    if name == "fig2":
+        return [fig2_plot(plan, summaries, out_dir)]
+    if name == "fig3":
+        return [fig3_plot(plan, summaries, out_dir)]
+    if name == "fig4":
+        return [fig4_plot(plan, summaries, out_dir)]
+    if name == "fig5":
+        return [sin_fits_plot(plan, summaries, out_dir, "fig5")]
+    if name == "fig6":
+        return [sin_fits_plot(plan, summaries, out_dir, "fig6", xlim=(0.2, 0.7))]
+    if name == "sin2":
+        return [sin_fits_plot(plan, summaries, out_dir, "sin2")]
+    return []

@@ -1,0 +1,168 @@
+"""Train a sweep on a Ray cluster: one Ray task per packed chunk.
+
+``RayExecutor`` is an :class:`gradreg.sweep.Executor`. It splits the runs into the same
+chunks as the in-process executor (:func:`gradreg.engine.plan_chunks`), so every run is
+trained with the same ensemble neighbours and, on CPU, gives bitwise the same result. Each
+chunk is one Ray task; the driver stores a chunk's runs as soon as its task finishes, so a
+killed driver loses at most the chunks still in flight, and a rerun trains only those.
+
+Failures:
+
+- A worker process that dies (killed, out of memory, its node lost) is a *system* failure:
+  Ray reruns its chunk from the start, up to ``max_retries`` times.
+- A Python exception raised while training (a bad config, missing data) is not retried, since
+  it would only fail again. The other chunks still run and are stored; then the first error is
+  raised, with a note that says how many chunks failed.
+
+Ray is an optional dependency (``pip install 'gradreg[ray]'``), imported only when a sweep
+runs. On a multi-node cluster every node needs the same gradreg and torch, and ``data_dir``
+must name a directory that exists on every node.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from .config import TrainConfig
+from .engine import plan_chunks
+from .train import RunResult
+
+__all__ = ["RayExecutor", "RAY_MISSING"]
+
+RAY_MISSING = "the ray executor needs Ray: pip install 'gradreg[ray]'"
+
+# The object store of a local cluster that this executor starts. Tasks pass only config
+# dicts and result dicts (kilobytes each), and Ray's default (30% of RAM) would pin memory
+# that training needs on a small machine.
+LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(RAY_MISSING) from e
+    return ray
+
+
+def train_chunk(config_dicts: list[dict], data_dir: Optional[str], max_members: Optional[int], num_threads: int) -> list[dict]:
+    """The body of one Ray task: train one packed chunk in this process and return each
+    member's ``RunResult.to_dict()``, in the order of ``config_dicts``."""
+    from .engine import train_many
+
+    torch.set_num_threads(num_threads)  # the CPUs Ray reserved for this task, not the whole node's
+    configs = [TrainConfig.from_dict(d) for d in config_dicts]
+    return [r.to_dict() for r in train_many(configs, data_dir=data_dir, max_members=max_members)]
+
+
+@dataclass
+class RayExecutor:
+    """Trains each packed chunk as one Ray task (see the module docstring).
+
+    Args:
+      address: the Ray cluster to attach to (``"auto"``, ``"ray://host:10001"``, ...). None: the
+        cluster in ``RAY_ADDRESS`` if set, else a new local cluster on this machine's CPUs
+        (and GPUs), which :meth:`run` shuts down when it returns. A Ray already initialized in
+        this process is used as it is and left running.
+      data_dir: the data directory on the workers (None: their ``GRADREG_DATA_DIR`` or cache).
+      max_members: the chunk size cap (None: :func:`gradreg.engine.default_max_members`). A
+        chunk is the unit of parallelism: an experiment of n runs gives about n / max_members
+        tasks.
+      num_cpus_per_task: CPUs Ray reserves per chunk; the task uses that many torch threads.
+      num_gpus_per_task: GPUs Ray reserves per chunk (fractions share a GPU). 0: one GPU for a
+        chunk on CUDA, none for a chunk on CPU.
+      max_retries: how often a chunk whose worker died is rerun before the sweep fails.
+    """
+
+    address: Optional[str] = None
+    data_dir: Optional[str] = None
+    max_members: Optional[int] = None
+    num_cpus_per_task: float = 1
+    num_gpus_per_task: float = 0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.num_cpus_per_task > 0:
+            raise ValueError(f"num_cpus_per_task must be > 0, got {self.num_cpus_per_task}")
+        if not self.num_gpus_per_task >= 0:
+            raise ValueError(f"num_gpus_per_task must be >= 0, got {self.num_gpus_per_task}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_members is not None and self.max_members < 1:
+            raise ValueError(f"max_members must be >= 1 or None, got {self.max_members}")
+
+    def run(self, configs: Sequence[TrainConfig], on_result) -> None:
+        """Train ``configs``; call ``on_result(index, result)`` in this process for every
+        member of a chunk as soon as that chunk's task finishes."""
+        configs = list(configs)
+        if not configs:
+            return
+        ray = _import_ray()
+        for i, c in enumerate(configs):
+            device = torch.device(c.device)
+            if device.type == "cuda" and device.index not in (None, 0):
+                raise ValueError(
+                    f"configs[{i}] asks for device {c.device!r}; Ray gives each task its own GPU, which the "
+                    "task sees as cuda:0. Use device 'cuda'."
+                )
+        chunks = plan_chunks(configs, self.max_members)
+        data_dir = None if self.data_dir is None else os.path.abspath(os.path.expanduser(str(self.data_dir)))
+        threads = max(1, int(self.num_cpus_per_task))
+
+        started = self._connect(ray)
+        pending: dict = {}
+        try:
+            task = ray.remote(train_chunk)
+            for n, chunk in enumerate(chunks):
+                on_cuda = torch.device(configs[chunk[0]].device).type == "cuda"  # a chunk shares one device
+                gpus = self.num_gpus_per_task or (1 if on_cuda else 0)
+                ref = task.options(
+                    name=f"gradreg-chunk-{n}", num_cpus=self.num_cpus_per_task, num_gpus=gpus,
+                    max_retries=self.max_retries, retry_exceptions=False,
+                ).remote([configs[i].to_dict() for i in chunk], data_dir, self.max_members, threads)
+                pending[ref] = chunk
+
+            failed: list = []
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    chunk = pending.pop(ref)
+                    try:
+                        dicts = ray.get(ref)
+                    except ray.exceptions.RayError as e:  # a training error, or a worker dead for good
+                        failed.append(e)
+                        continue
+                    for i, d in zip(chunk, dicts):
+                        on_result(i, RunResult(**d))
+            if failed:
+                first = failed[0]
+                if hasattr(first, "add_note"):  # Python >= 3.11
+                    first.add_note(
+                        f"gradreg: {len(failed)} of {len(chunks)} chunks failed; the runs of the other chunks are "
+                        "stored, and a rerun trains only the missing ones"
+                    )
+                raise first
+        except BaseException:
+            for ref in pending:  # on Ctrl-C or a store error, free the cluster
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+            raise
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _connect(self, ray) -> bool:
+        """Initialize Ray unless it already is; True when this call did (and so shuts it down)."""
+        if ray.is_initialized():
+            return False
+        if self.address is None and not os.environ.get("RAY_ADDRESS"):
+            ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, ignore_reinit_error=True)
+        else:
+            ray.init(address=self.address, ignore_reinit_error=True)
+        return True

@@ -1,0 +1,268 @@
+"""Reports rebuilt from the store alone: a Markdown table in the paper's layout with the
+paper's numbers beside ours, a CSV, significance tests, smoothness numbers and a PNG per
+figure.
+
+Tuning rule (section 6.1): per cell, the candidate lambda with the best mean dev score over
+the seeds wins (accuracy: highest; MSE: lowest); its test score is reported as mean (std),
+std with ddof=1, over the seeds. Significance: Welch's t-test of each cell against its row's
+baseline cell (or the experiment's explicit pairs), Bonferroni-corrected over the table's
+comparisons; ``*`` marks p_adj < 0.05.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import stats
+from .paper_data import TABLES
+from .store import Store
+
+ALPHA = 0.05
+
+
+@dataclass
+class CellSummary:
+    row: str
+    col: str
+    x: Optional[float]
+    lam: Optional[float]  # the chosen candidate's lambda
+    n: int
+    test: list  # test scores of the chosen candidate, one per seed
+    dev_mean: float
+    candidates: list  # [{"lambda", "n", "dev_mean", "test_mean"}, ...]
+    grad_norms: dict
+    weight_norm_sq: float
+    train_loss: float
+    curve: list  # mean over seeds: [{"step", "dev", "test", "train_loss"}]
+    fit: Optional[list]
+    errors: int = 0
+    p_adj: Optional[float] = None
+    significant: bool = False
+    compared_to: Optional[str] = None
+    runs: list = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return stats.mean_std(self.test)[0] if self.test else math.nan
+
+    @property
+    def std(self) -> float:
+        return stats.mean_std(self.test)[1] if len(self.test) > 1 else math.nan
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else math.nan
+
+
+def summarize_cell(cell: dict, rows: dict, metric: str) -> CellSummary:
+    """Pick the candidate with the best mean dev score; summarize it."""
+    better = max if metric == "accuracy" else min
+    cands, errors = [], 0
+    for cand in cell["candidates"]:
+        got = [rows[k] for k in cand["runs"] if k in rows]
+        ok = [r for r in got if r.get("error") is None]
+        errors += len(got) - len(ok)
+        cands.append({"lambda": cand["lambda"], "runs": ok, "n": len(ok),
+                      "dev_mean": _mean(r["metrics"]["dev"] for r in ok), "test_mean": _mean(r["metrics"]["test"] for r in ok)})
+    scored = [c for c in cands if c["n"] > 0 and not math.isnan(c["dev_mean"])]
+    best = better(scored, key=lambda c: c["dev_mean"]) if scored else (cands[0] if cands else {"runs": [], "lambda": None, "dev_mean": math.nan})
+    runs = best["runs"]
+    curve = []
+    if runs:
+        for i, point in enumerate(runs[0]["curve"]):
+            pts = [r["curve"][i] for r in runs if i < len(r["curve"])]
+            curve.append({"step": point["step"], **{k: _mean(p[k] for p in pts) for k in ("dev", "test", "train_loss")}})
+    keys = ("train", "test", "off_manifold")
+    return CellSummary(
+        row=cell["row"], col=cell["col"], x=cell.get("x"), lam=best["lambda"], n=len(runs),
+        test=[r["metrics"]["test"] for r in runs], dev_mean=best["dev_mean"],
+        candidates=[{k: c[k] for k in ("lambda", "n", "dev_mean", "test_mean")} for c in cands],
+        grad_norms={k: _mean(r["metrics"].get("grad_norms", {}).get(k) for r in runs) for k in keys},
+        weight_norm_sq=_mean(r["metrics"]["weight_norm_sq"] for r in runs),
+        train_loss=_mean(r["metrics"]["train_loss"] for r in runs),
+        curve=curve, fit=runs[0]["metrics"].get("fit") if runs else None, errors=errors, runs=runs,
+    )
+
+
+def significance(summaries: list, plan: dict) -> list:
+    """Welch tests (baseline column or explicit pairs), Bonferroni over the table. Returns
+    [(label_a, label_b, t, df, p, p_adj, significant)]."""
+    by = {(s.row, s.col): s for s in summaries}
+    pairs = [tuple(map(tuple, c)) for c in plan.get("comparisons", [])]
+    base = plan.get("baseline_col")
+    if not pairs and base:
+        pairs = [((s.row, s.col), (s.row, base)) for s in summaries if s.col != base and (s.row, base) in by]
+    tests = []
+    for a, b in pairs:
+        sa, sb = by.get(a), by.get(b)
+        if sa is None or sb is None or len(sa.test) < 2 or len(sb.test) < 2:
+            tests.append((a, b, math.nan, math.nan, math.nan))
+            continue
+        t, df, p = stats.welch_t_test(sa.test, sb.test)
+        tests.append((a, b, t, df, p))
+    m = len(tests)
+    out = []
+    for a, b, t, df, p in tests:
+        p_adj = stats.adjusted(p, m) if not math.isnan(p) else math.nan
+        sig = (not math.isnan(p_adj)) and p_adj < ALPHA
+        out.append((a, b, t, df, p, p_adj, sig))
+        sa = by.get(a)
+        if sa is not None:
+            sa.p_adj, sa.significant, sa.compared_to = p_adj, sig, " / ".join(b)
+    return out
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _scale(plan: dict) -> tuple[float, str]:
+    """Multiplier from our metric to the paper's unit, and the unit's name."""
+    table = TABLES.get(plan.get("paper_table") or "")
+    if plan["metric"] == "accuracy":
+        return 100.0, "%"
+    if table is not None:
+        return 1.0 / table.scale, f"x{table.scale:g}"
+    return 1.0, ""
+
+
+def _fmt(mean: float, std: float, digits: int = 2) -> str:
+    if mean is None or math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ({std:.{digits}f})")
+
+
+def _hardware(rows: list) -> str:
+    devices = sorted({r.get("device") or "?" for r in rows})
+    torches = sorted({r.get("torch_version") or "?" for r in rows})
+    versions = sorted({r.get("code_version") or "?" for r in rows})
+    wall = sum(r.get("wall_time_s") or 0.0 for r in rows)
+    return (f"hardware: {', '.join(devices)}; torch {', '.join(torches)}; gradreg {', '.join(versions)}; "
+            f"{len(rows)} runs, {wall:.0f} s of training (ensemble time shared among members)")
+
+
+def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str:
+    scale, unit = _scale(plan)
+    table = TABLES.get(plan.get("paper_table") or "")
+    lines = [f"# {plan['name']}: {plan['title']}", ""]
+    if plan.get("command"):
+        lines += [f"made by: `{plan['command']}`", ""]
+    lines += [_hardware(rows), ""]
+    if plan.get("description"):
+        lines += [plan["description"], ""]
+    metric = "test accuracy (%)" if plan["metric"] == "accuracy" else f"test MSE ({unit})"
+    lines += [f"Each cell: ours, mean (std) over n seeds, at the lambda chosen on the dev set · the paper's "
+              f"number · difference. Metric: {metric}. `*`: significant vs. the compared cell after Bonferroni "
+              f"(alpha {ALPHA}).", ""]
+    row_labels = list(dict.fromkeys(s.row for s in summaries))
+    col_labels = list(dict.fromkeys(s.col for s in summaries))
+    by = {(s.row, s.col): s for s in summaries}
+    lines.append("| | " + " | ".join(col_labels) + " |")
+    lines.append("|---" * (len(col_labels) + 1) + "|")
+    for r in row_labels:
+        cells = []
+        for c in col_labels:
+            s = by.get((r, c))
+            if s is None:
+                cells.append("")
+                continue
+            ours = _fmt(s.mean * scale, s.std * scale)
+            text = f"{ours}{' *' if s.significant else ''} n={s.n}"
+            if s.lam is not None and len(s.candidates) > 1:
+                text += f" λ={s.lam:g}"
+            paper = table.cells.get((r, c)) if table is not None else None
+            if paper is not None:
+                text += f" · paper {_fmt(paper.mean, paper.std)} · Δ {s.mean * scale - paper.mean:+.2f}"
+            if s.errors:
+                text += f" · {s.errors} diverged"
+            cells.append(text)
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if tests:
+        lines += ["## Significance (Welch's t-test, Bonferroni)", "", "| cell | vs. | t | df | p | p adjusted | |", "|---|---|---|---|---|---|---|"]
+        for a, b, t, df, p, p_adj, sig in tests:
+            lines.append(f"| {' / '.join(a)} | {' / '.join(b)} | {t:.2f} | {df:.1f} | {p:.3g} | {p_adj:.3g} | {'*' if sig else ''} |")
+        lines.append("")
+    lines += ["## Global smoothness: mean ||J_g(x)||_F of the chosen models", "",
+              "At training points, test points, and off-manifold points (random interpolations between two test inputs).", "",
+              "| cell | λ | train | test | off-manifold | off/train |", "|---|---|---|---|---|---|"]
+    for s in summaries:
+        g = s.grad_norms
+        ratio = g["off_manifold"] / g["train"] if g.get("train") else math.nan
+        lam = "–" if s.lam is None else f"{s.lam:g}"
+        lines.append(f"| {s.row} / {s.col} | {lam} | {g['train']:.4g} | {g['test']:.4g} | {g['off_manifold']:.4g} | {ratio:.2f} |")
+    lines.append("")
+    tuned = [s for s in summaries if len(s.candidates) > 1]
+    if tuned:
+        lines += ["## Tuning: mean dev score of every candidate", "", "| cell | λ | n | dev | test |", "|---|---|---|---|---|"]
+        for s in tuned:
+            for c in s.candidates:
+                mark = " (chosen)" if c["lambda"] == s.lam else ""
+                lines.append(f"| {s.row} / {s.col} | {c['lambda']:g}{mark} | {c['n']} | {c['dev_mean'] * scale:.3f} | {c['test_mean'] * scale:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_csv(plan: dict, summaries: list) -> str:
+    scale, _ = _scale(plan)
+    table = TABLES.get(plan.get("paper_table") or "")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["experiment", "row", "col", "x", "lambda", "n", "test_mean", "test_std", "dev_mean", "paper_mean", "paper_std",
+                "diff", "p_adjusted", "significant", "grad_norm_train", "grad_norm_test", "grad_norm_off_manifold",
+                "weight_norm_sq", "train_loss", "diverged"])
+    for s in summaries:
+        paper = table.cells.get((s.row, s.col)) if table is not None else None
+        w.writerow([plan["name"], s.row, s.col, s.x, s.lam, s.n, s.mean * scale, s.std * scale, s.dev_mean * scale,
+                    None if paper is None else paper.mean, None if paper is None else paper.std,
+                    None if paper is None else s.mean * scale - paper.mean, s.p_adj, s.significant,
+                    s.grad_norms["train"], s.grad_norms["test"], s.grad_norms["off_manifold"], s.weight_norm_sq,
+                    s.train_loss, s.errors])
+    return buf.getvalue()
+
+
+def build_report(store_path, name: str) -> dict:
+    """Everything a report holds, from the store: ``{"markdown", "csv", "summaries", "plan"}``."""
+    with Store(store_path) as store:
+        plan = store.plan(name)
+        if plan is None:
+            raise ValueError(f"the store {store_path} has no plan for {name!r}; run `gradreg run {name}` first")
+        rows = store.rows(name)
+    by_key = {r["run_key"]: r for r in rows}
+    summaries = [summarize_cell(c, by_key, plan["metric"]) for c in plan["cells"]]
+    tests = significance(summaries, plan)
+    return {"plan": plan, "summaries": summaries, "tests": tests,
+            "markdown": render_markdown(plan, summaries, tests, rows), "csv": render_csv(plan, summaries)}
+
+
+def write_report(store_path, name: str, out_dir) -> list[Path]:
+    """Write ``NAME.md``, ``NAME.csv`` and the figures (``NAME*.png``) into ``out_dir``."""
+    from .figures import draw_figures
+
+    out_dir = Path(out_dir)
+    rep = build_report(store_path, name)
+    paths = []
+    for suffix, text in ((".md", rep["markdown"]), (".csv", rep["csv"])):
+        p = out_dir / f"{name}{suffix}"
+        _atomic_write(p, text)
+        paths.append(p)
+    paths += draw_figures(rep["plan"], rep["summaries"], out_dir)
+    return paths
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
