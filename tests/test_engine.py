@@ -163,3 +163,11 @@ def test_bad_engine_arguments():
         train_many([paper_config("sin")], strategy="vmap")
     with pytest.raises(TypeError, match=r"configs\[0\] is a dict"):
         train_many([{"dataset": "sin"}])
+
+
+def test_members_that_fit_the_free_memory():
+    from gradreg.engine import members_that_fit
+
+    assert members_that_fit(free_bytes=10_000, per_member_bytes=100, cap=512) == 70  # 70% headroom
+    assert members_that_fit(free_bytes=10_000, per_member_bytes=100, cap=16) == 16
+    assert members_that_fit(free_bytes=50, per_member_bytes=100, cap=16) == 1

@@ -270,6 +270,45 @@ class MemberOutcome:
     state_dict: Optional[dict] = None
 
 
+def members_that_fit(free_bytes: int, per_member_bytes: int, cap: int, headroom: float = 0.7) -> int:
+    """How many members fit in ``headroom`` of ``free_bytes`` at ``per_member_bytes`` each
+    (at least 1, at most ``cap``)."""
+    if per_member_bytes <= 0:
+        return cap
+    return max(1, min(cap, int(free_bytes * headroom // per_member_bytes)))
+
+
+def measure_member_bytes(cfg: TrainConfig, device: torch.device) -> int:
+    """Peak CUDA memory of one training step per member, from a 2-member trial step."""
+    k = 2
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    trainer = PackedTrainer([cfg.replace(seed=s) for s in range(1, k + 1)], device, torch.float32)
+    shape = {"lenet5": (1, 28, 28), "resnet_cifar": (3, 32, 32), "mlp_sin": (1,)}[cfg.model]
+    x = torch.randn(k, cfg.batch_size, *shape, device=device)
+    y = torch.randint(0, 10, (k, cfg.batch_size), device=device) if cfg.loss == "cross_entropy" else torch.randn(k, cfg.batch_size, 1, device=device)
+    trainer.step(x, y, 0)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del trainer, x, y
+    torch.cuda.empty_cache()
+    return int(peak / k)
+
+
+def chunk_cap(cfg: TrainConfig, max_members: Optional[int]) -> int:
+    """``max_members`` when given; else the device default, on CUDA also limited to what fits
+    in the free memory (measured with a trial step)."""
+    if max_members:
+        return max_members
+    device = torch.device(cfg.device)
+    cap = default_max_members(device, cfg.model)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        cap = members_that_fit(free, measure_member_bytes(cfg, device), cap)
+    return cap
+
+
 def plan_chunks(configs: Sequence[TrainConfig], max_members: Optional[int] = None) -> list[list[int]]:
     """Indices of ``configs`` split into the packed chunks the engine would train: grouped by
     :func:`ensemble_key`, at most ``max_members`` (default :func:`default_max_members`) each."""
@@ -278,8 +317,7 @@ def plan_chunks(configs: Sequence[TrainConfig], max_members: Optional[int] = Non
         groups.setdefault(ensemble_key(c), []).append(i)
     chunks = []
     for indices in groups.values():
-        c0 = configs[indices[0]]
-        cap = max_members or default_max_members(torch.device(c0.device), c0.model)
+        cap = chunk_cap(configs[indices[0]], max_members)
         chunks += [indices[s : s + cap] for s in range(0, len(indices), cap)]
     return chunks
 
@@ -311,8 +349,6 @@ def iter_train_many(
         groups.setdefault(ensemble_key(c), []).append(i)
     for indices in groups.values():
         c0 = configs[indices[0]]
-        device = torch.device(c0.device)
-        cap = max_members or default_max_members(device, c0.model)
         use = strategy
         if strategy == "auto":
             try:
@@ -321,6 +357,7 @@ def iter_train_many(
             except NotPackable as e:
                 warnings.warn(f"{c0.model}: {e}; training its {len(indices)} runs sequentially")
                 use = "sequential"
+        cap = chunk_cap(c0, max_members) if use == "packed" else len(indices)
         for start in range(0, len(indices), cap):
             chunk = indices[start : start + cap]
             if use == "sequential":
@@ -461,6 +498,10 @@ def _train_packed(cfgs: list[TrainConfig], data_dir, dtype, progress, keep_weigh
     first_bad = torch.full((k,), -1, device=device, dtype=torch.long)
     bad_term = torch.full((k,), -1, device=device, dtype=torch.long)
     curves: list[list] = [[] for _ in cfgs]
+    # Evaluation batches hold K * chunk inputs; shrink the chunk for big ensembles unless BN
+    # uses batch statistics at evaluation, where the chunk is part of the result.
+    eval_chunk = c0.eval_batch_size if c0.bn_batch_stats_at_eval else min(c0.eval_batch_size, max(1, 50_000 // k))
+
     def evaluate_all() -> dict:
         model.eval()
         out = {}
@@ -468,11 +509,11 @@ def _train_packed(cfgs: list[TrainConfig], data_dir, dtype, progress, keep_weigh
             for name, (xs, ys, luts) in data.sets.items():
                 xs, ys = xs[: c0.eval_limit], ys[: c0.eval_limit]
                 total = torch.zeros(k, dtype=torch.float64, device=device)
-                for i in range(0, len(xs), c0.eval_batch_size):
-                    raw = xs[i : i + c0.eval_batch_size]
+                for i in range(0, len(xs), eval_chunk):
+                    raw = xs[i : i + eval_chunk]
                     xb = data.inputs(raw.unsqueeze(0).expand(k, *raw.shape), luts, dtype)
                     logits = model(xb)
-                    yb = ys[i : i + c0.eval_batch_size]
+                    yb = ys[i : i + eval_chunk]
                     if metric == "accuracy":
                         total += (logits.argmax(2) == yb).sum(1)
                     else:

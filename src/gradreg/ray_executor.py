@@ -1,18 +1,20 @@
 """Train a sweep on a Ray cluster: one Ray task per packed chunk.
 
 ``RayExecutor`` is an :class:`gradreg.sweep.Executor`. It splits the runs into the same
-chunks as the in-process executor (:func:`gradreg.engine.plan_chunks`), so every run is
-trained with the same ensemble neighbours and, on CPU, gives bitwise the same result. Each
-chunk is one Ray task; the driver stores a chunk's runs as soon as its task finishes, so a
-killed driver loses at most the chunks still in flight, and a rerun trains only those.
+chunks as the in-process executor (:func:`gradreg.engine.plan_chunks`), so given the same
+runs, every run is trained with the same ensemble neighbours and, on CPU, gives bitwise the
+same result. (A rerun that trains only the missing runs of a sweep may pack them differently,
+and a packed member's result depends on its pack at the level of float rounding.) Each chunk
+is one Ray task; the driver stores a chunk's runs as soon as its task finishes, so a killed
+driver loses at most the chunks in flight, and a rerun trains only those.
 
 Failures:
 
 - A worker process that dies (killed, out of memory, its node lost) is a *system* failure:
   Ray reruns its chunk from the start, up to ``max_retries`` times.
 - A Python exception raised while training (a bad config, missing data) is not retried, since
-  it would only fail again. The other chunks still run and are stored; then the first error is
-  raised, with a note that says how many chunks failed.
+  it would only fail again. The other chunks still run and are reported; then the first error
+  is raised, with a note that says how many chunks failed.
 
 Ray is an optional dependency (``pip install 'gradreg[ray]'``), imported only when a sweep
 runs. On a multi-node cluster every node needs the same gradreg and torch, and ``data_dir``
@@ -23,12 +25,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from .config import TrainConfig
-from .engine import plan_chunks
+from .engine import plan_chunks, train_many
 from .train import RunResult
 
 __all__ = ["RayExecutor", "RAY_MISSING"]
@@ -52,8 +54,6 @@ def _import_ray():
 def train_chunk(config_dicts: list[dict], data_dir: Optional[str], max_members: Optional[int], num_threads: int) -> list[dict]:
     """The body of one Ray task: train one packed chunk in this process and return each
     member's ``RunResult.to_dict()``, in the order of ``config_dicts``."""
-    from .engine import train_many
-
     torch.set_num_threads(num_threads)  # the CPUs Ray reserved for this task, not the whole node's
     configs = [TrainConfig.from_dict(d) for d in config_dicts]
     return [r.to_dict() for r in train_many(configs, data_dir=data_dir, max_members=max_members)]
@@ -95,13 +95,12 @@ class RayExecutor:
         if self.max_members is not None and self.max_members < 1:
             raise ValueError(f"max_members must be >= 1 or None, got {self.max_members}")
 
-    def run(self, configs: Sequence[TrainConfig], on_result) -> None:
+    def run(self, configs: Sequence[TrainConfig], on_result: Callable[[int, RunResult], None]) -> None:
         """Train ``configs``; call ``on_result(index, result)`` in this process for every
         member of a chunk as soon as that chunk's task finishes."""
         configs = list(configs)
         if not configs:
             return
-        ray = _import_ray()
         for i, c in enumerate(configs):
             device = torch.device(c.device)
             if device.type == "cuda" and device.index not in (None, 0):
@@ -109,19 +108,20 @@ class RayExecutor:
                     f"configs[{i}] asks for device {c.device!r}; Ray gives each task its own GPU, which the "
                     "task sees as cuda:0. Use device 'cuda'."
                 )
+        ray = _import_ray()
         chunks = plan_chunks(configs, self.max_members)
+        gpus = [self.gpus_for(configs[chunk[0]].device) for chunk in chunks]  # a chunk shares one device
         data_dir = None if self.data_dir is None else os.path.abspath(os.path.expanduser(str(self.data_dir)))
         threads = max(1, int(self.num_cpus_per_task))
 
         started = self._connect(ray)
         pending: dict = {}
         try:
+            self._check_resources(ray, max(gpus))
             task = ray.remote(train_chunk)
             for n, chunk in enumerate(chunks):
-                on_cuda = torch.device(configs[chunk[0]].device).type == "cuda"  # a chunk shares one device
-                gpus = self.num_gpus_per_task or (1 if on_cuda else 0)
                 ref = task.options(
-                    name=f"gradreg-chunk-{n}", num_cpus=self.num_cpus_per_task, num_gpus=gpus,
+                    name=f"gradreg-chunk-{n}", num_cpus=self.num_cpus_per_task, num_gpus=gpus[n],
                     max_retries=self.max_retries, retry_exceptions=False,
                 ).remote([configs[i].to_dict() for i in chunk], data_dir, self.max_members, threads)
                 pending[ref] = chunk
@@ -142,8 +142,8 @@ class RayExecutor:
                 first = failed[0]
                 if hasattr(first, "add_note"):  # Python >= 3.11
                     first.add_note(
-                        f"gradreg: {len(failed)} of {len(chunks)} chunks failed; the runs of the other chunks are "
-                        "stored, and a rerun trains only the missing ones"
+                        f"gradreg: {len(failed)} of {len(chunks)} chunks failed; the other chunks' runs were "
+                        "reported (and so stored by a sweep), and a rerun trains only the missing ones"
                     )
                 raise first
         except BaseException:
@@ -156,6 +156,20 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+    def gpus_for(self, device: str) -> float:
+        """The GPUs one task asks Ray for when its chunk trains on ``device``."""
+        return self.num_gpus_per_task or (1.0 if torch.device(device).type == "cuda" else 0.0)
+
+    def _check_resources(self, ray, gpus: float) -> None:
+        # Ray would keep an infeasible task waiting forever (for a node that may never join).
+        have = ray.cluster_resources()
+        for name, need in (("CPU", self.num_cpus_per_task), ("GPU", gpus)):
+            if need > have.get(name, 0):
+                raise ValueError(
+                    f"each task asks for {need:g} {name}(s), but the Ray cluster has {have.get(name, 0):g} in all; "
+                    f"lower num_{name.lower()}s_per_task" + (" or train on device 'cpu'" if name == "GPU" else "")
+                )
 
     def _connect(self, ray) -> bool:
         """Initialize Ray unless it already is; True when this call did (and so shuts it down)."""

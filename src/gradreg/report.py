@@ -48,7 +48,7 @@ class CellSummary:
 
     @property
     def mean(self) -> float:
-        return stats.mean_std(self.test)[0] if self.test else math.nan
+        return sum(self.test) / len(self.test) if self.test else math.nan
 
     @property
     def std(self) -> float:

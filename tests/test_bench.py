@@ -1,0 +1,45 @@
+"""`gradreg bench` produces the documented JSON. Speed itself is not asserted here: it is
+measured by the bench, side by side, never in a timed unit test."""
+
+import json
+
+import torch
+
+import gradreg.bench as B
+from gradreg.cli import main
+
+
+def test_interleaved_median_times_calls_every_variant_equally():
+    calls = {"a": 0, "b": 0}
+
+    def mk(k):
+        def f():
+            calls[k] += 1
+        return f
+
+    times = B.interleaved_median_times({"a": mk("a"), "b": mk("b")}, rounds=3, inner=4, device=torch.device("cpu"), warmup=1)
+    assert calls == {"a": 13, "b": 13} and set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+def test_cpu_memory_measure_counts_saved_tensors():
+    w = torch.randn(5, 5, requires_grad=True)
+    x = torch.randn(7, 5)
+    got = B.step_memory(lambda: (x @ w).tanh().sum().backward(), torch.device("cpu"))
+    # matmul saves x (7x5) [w is a leaf: saved too], tanh saves its output (7x5), float32
+    assert got >= (7 * 5 + 7 * 5) * 4
+
+
+def test_bench_json_has_the_documented_keys(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(B, "BENCH_MODELS", tuple(m for m in B.BENCH_MODELS if m.name == "mlp_sin"))
+    monkeypatch.setattr(B, "ensemble_sizes", lambda device, quick: (1, 2))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert {"device", "torch", "command", "regularizer_cost", "ensemble", "table1_projected_s"} <= set(rep)
+    assert rep["command"] == f"gradreg bench --quick --json {out}"
+    rows = {r["regularizer"]: r for r in rep["regularizer_cost"]}
+    assert rows["plain"]["rel_time"] == 1.0 and "batched_over_loop" in rows["FrobReg[loop]"]
+    assert [r["K"] for r in rep["ensemble"]] == ["loop", 1, 2] and rep["ensemble"][0]["speedup_vs_loop"] == 1.0
+    best = max(r["model_steps_per_s"] for r in rep["ensemble"])
+    assert rep["table1_projected_s"] == 90 * 10_000 / best
+    assert "model-steps/s" in capsys.readouterr().out

@@ -1,0 +1,182 @@
+"""Experiment specs, the sweep runner and reports rebuilt from the store."""
+
+import dataclasses
+import math
+
+import pytest
+
+import gradreg as gr
+from gradreg import stats
+from gradreg.cli import main
+from gradreg.experiments import EXPERIMENTS, PROFILES, Cell, Experiment, build, grid_for
+from gradreg.paper_data import LAMBDA_GRIDS, TABLES
+from gradreg.report import build_report, significance, summarize_cell, write_report
+from gradreg.store import Store, run_key
+from gradreg.sweep import STORE_NAME, InProcessExecutor, run_experiment
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_every_experiment_builds_for_every_profile(name):
+    for profile in PROFILES:
+        exp = build(name, profile)
+        runs = exp.runs()
+        assert runs and len(runs) == len(set(runs))
+        plan = exp.plan()
+        assert plan["name"] == name and len(plan["cells"]) == len(exp.cells)
+        if exp.paper_table:
+            table = TABLES[exp.paper_table]
+            labels = {(c.row, c.col) for c in exp.cells}
+            assert set(table.cells) <= labels, set(table.cells) - labels  # every paper cell is reproduced
+
+
+def test_paper_profile_uses_the_papers_grids_seeds_and_steps():
+    exp = build("table1", "paper")
+    assert exp.seeds == tuple(range(1, 11))
+    dg = next(c for c in exp.cells if (c.row, c.col) == ("LeNet Dropout", "DataGrad"))
+    assert tuple(lam for lam, _ in dg.candidates) == LAMBDA_GRIDS["DataGrad"]
+    assert all(cfg.steps == 10_000 and cfg.batch_size == 50 for _, cfg in dg.candidates)
+    # 3 rows x (1 + 14 + 9 lambdas) x 10 seeds
+    assert len(exp.runs()) == 3 * (1 + 14 + 9) * 10
+
+
+def test_cp_weights_are_converted_to_per_example_means():
+    exp = build("table2", "paper")
+    cp = next(c for c in exp.cells if (c.row, c.col) == ("CP", "No GR"))
+    lams = [lam for lam, _ in cp.candidates]
+    assert lams == pytest.approx([g * 50 for g in LAMBDA_GRIDS["CP"]])
+    combo = next(c for c in exp.cells if (c.row, c.col) == ("CP", "DataGrad"))
+    assert all(gr.ConfidencePenalty(0.5) in cfg.regularizers for _, cfg in combo.candidates)
+
+
+def test_coarse_grid_brackets_the_tuned_weight():
+    assert grid_for("DataGrad", 50, PROFILES["quick"]) == (10, 50, 100)
+    assert grid_for("SpectReg", 0.03, PROFILES["quick"]) == (0.003, 0.03, 0.3)
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(ValueError, match="valid: table1"):
+        build("table9")
+    with pytest.raises(ValueError, match="valid: paper, quick"):
+        build("table1", "huge")
+
+
+# --------------------------------------------------------------------------- report logic
+
+
+def _row(key, dev, test, error=None):
+    return {"run_key": key, "error": error, "curve": [{"step": 1, "dev": dev, "test": test, "train_loss": 0.1}],
+            "metrics": {"dev": dev, "test": test, "train_loss": 0.1, "weight_norm_sq": 2.0,
+                        "grad_norms": {"train": 1.0, "test": 2.0, "off_manifold": 3.0}, "fit": None}}
+
+
+def test_tuning_picks_best_mean_dev_and_reports_its_test_scores():
+    cell = {"row": "r", "col": "c", "x": None, "candidates": [
+        {"lambda": 1.0, "runs": ["a1", "a2"]}, {"lambda": 10.0, "runs": ["b1", "b2"]}]}
+    rows = {"a1": _row("a1", 0.90, 0.80), "a2": _row("a2", 0.92, 0.82),
+            "b1": _row("b1", 0.95, 0.70), "b2": _row("b2", 0.93, 0.72)}
+    s = summarize_cell(cell, rows, "accuracy")
+    assert s.lam == 10.0 and s.test == [0.70, 0.72]  # chosen on dev, not on test
+    assert s.mean == pytest.approx(0.71) and s.std == pytest.approx(math.sqrt(2e-4))  # ddof=1
+    mse = summarize_cell(cell, rows, "mse")  # lower is better
+    assert mse.lam == 1.0
+
+
+def test_diverged_runs_are_counted_not_averaged():
+    cell = {"row": "r", "col": "c", "x": None, "candidates": [{"lambda": 1.0, "runs": ["a1", "a2"]}]}
+    rows = {"a1": _row("a1", 0.9, 0.8), "a2": _row("a2", math.nan, math.nan, error="step 3: diverged")}
+    s = summarize_cell(cell, rows, "accuracy")
+    assert s.n == 1 and s.errors == 1 and s.mean == pytest.approx(0.8)
+
+
+def test_significance_is_welch_with_bonferroni_over_the_table():
+    def cell(row, col, keys):
+        return {"row": row, "col": col, "x": None, "candidates": [{"lambda": None, "runs": keys}]}
+
+    values = {"base": [0.970, 0.972, 0.968, 0.971], "big": [0.980, 0.982, 0.979, 0.981], "same": [0.971, 0.969, 0.970, 0.972]}
+    rows, cells = {}, []
+    for col, vals in values.items():
+        keys = [f"{col}{i}" for i in range(len(vals))]
+        rows |= {k: _row(k, v, v) for k, v in zip(keys, vals)}
+        cells.append(cell("r", col, keys))
+    summaries = [summarize_cell(c, rows, "accuracy") for c in cells]
+    tests = significance(summaries, {"baseline_col": "base"})
+    assert len(tests) == 2
+    by = {t[0][1]: t for t in tests}
+    t, df, p = stats.welch_t_test(values["big"], values["base"])
+    assert by["big"][4] == pytest.approx(p) and by["big"][5] == pytest.approx(min(1.0, 2 * p))
+    assert by["big"][6] and not by["same"][6]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def tiny_sin_experiment() -> Experiment:
+    exp = build("table7", "quick")
+    cells = tuple(
+        dataclasses.replace(c, candidates=tuple((lam, cfg.replace(steps=30, eval_every=10)) for lam, cfg in c.candidates))
+        for c in exp.cells[:3]
+    )
+    return dataclasses.replace(exp, cells=cells, seeds=(1, 2))
+
+
+def test_sweep_stores_every_run_once_and_rerun_trains_nothing(tmp_path):
+    exp = tiny_sin_experiment()
+    first = run_experiment(exp, tmp_path, InProcessExecutor(), log=lambda *_: None)
+    assert (first.planned, first.trained) == (6, 6)
+    again = run_experiment(exp, tmp_path, InProcessExecutor(), log=lambda *_: None)
+    assert (again.already_stored, again.trained) == (6, 0)
+    with Store(tmp_path / STORE_NAME) as store:
+        assert store.count("table7") == 6
+        assert store.keys("table7") == {run_key(c.to_dict()) for c in exp.runs()}
+        rows = store.rows("table7")
+    assert all(r["metrics"]["fit"] and len(r["metrics"]["fit"]) == 900 for r in rows)
+
+
+def test_report_is_rebuilt_from_the_store_alone(tmp_path):
+    exp = tiny_sin_experiment()
+    run_experiment(exp, tmp_path, InProcessExecutor(), log=lambda *_: None)
+    rep = build_report(tmp_path / STORE_NAME, "table7")
+    md = rep["markdown"]
+    assert "| SpectReg |" in md and "paper 16.60" in md and "n=2" in md and "Global smoothness" in md
+    # the CSV's means are the stored test scores, rescaled to the paper's unit (1e-5)
+    with Store(tmp_path / STORE_NAME) as store:
+        rows = {r["run_key"]: r for r in store.rows("table7")}
+    first = exp.cells[0]
+    tests = [rows[run_key(first.candidates[0][1].replace(seed=s).to_dict())]["metrics"]["test"] for s in exp.seeds]
+    line = rep["csv"].splitlines()[1].split(",")
+    assert float(line[6]) == pytest.approx(sum(tests) / 2 * 1e5)
+    paths = write_report(tmp_path / STORE_NAME, "table7", tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    assert names == ["table7.csv", "table7.md", "table7.png"]
+    assert (tmp_path / "out" / "table7.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_a_plan_is_a_clear_error(tmp_path):
+    with Store(tmp_path / STORE_NAME):
+        pass
+    with pytest.raises(ValueError, match="no plan for 'table1'"):
+        build_report(tmp_path / STORE_NAME, "table1")
+
+
+def test_cli_list_and_report_errors(tmp_path, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "table7" in out and "paper: 100 runs" in out
+    with pytest.raises(SystemExit) as e:
+        main(["report", "table1", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "no result store" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "table99"])
+
+
+def test_cli_run_fig5_quick_end_to_end(tmp_path, capsys, monkeypatch):
+    """The smallest real experiment, through the command line: five SIN runs (shortened
+    to 40 steps here), a figure."""
+    import gradreg.experiments as E
+
+    monkeypatch.setitem(E.PROFILES, "quick", dataclasses.replace(E.PROFILES["quick"], steps={"sin": 40}))
+    assert main(["run", "fig5", "--profile", "quick", "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "fig5: trained 5 runs" in out
+    assert (tmp_path / "fig5.png").exists() and (tmp_path / "fig5.md").exists()
+    assert "made by: `gradreg run fig5 --profile quick" in (tmp_path / "fig5.md").read_text()
