@@ -78,7 +78,7 @@ def test_member_trajectory_does_not_depend_on_its_ensemble():
         base.replace(seed=5, train_size=250, regularizers=(gr.RandomOneHot(0.3), gr.SpectReg(0.01))),
     ]
     ensemble = others[:2] + [target] + others[2:]
-    kw = dict(data_dir=DATA, dtype=torch.float64, keep_weights=True, strategy="packed")
+    kw = dict(data_dir=DATA, dtype=torch.float64, keep_weights=True, strategy="packed", workers=1)
     inside = {o.index: o for o in iter_train_many(ensemble, **kw)}[2]
     (alone,) = list(iter_train_many([target], **kw))
     assert inside.result.ensemble_size == 5 and alone.result.ensemble_size == 1
@@ -116,7 +116,7 @@ def test_sin_ensemble_matches_single_runs_and_keeps_input_order():
         for s, regs in [(1, ()), (2, (gr.SpectReg(0.03),)), (3, (gr.DataGrad(0.1), gr.FrobReg(0.01)))]
     ]
     cfgs.append(paper_config("sin2", steps=40, seed=1))  # another group
-    results = train_many(cfgs, strategy="packed")
+    results = train_many(cfgs, strategy="packed", workers=1)
     for c, r in zip(cfgs, results):
         assert r.config == c.to_dict()
         single = train(c)
@@ -136,9 +136,9 @@ def test_sequential_strategy_is_gradreg_train():
 
 def test_max_members_chunks_and_results_stream_out():
     cfgs = [paper_config("sin", steps=10, seed=s) for s in range(1, 6)]
-    seen = [o.index for o in iter_train_many(cfgs, max_members=2)]
+    seen = [o.index for o in iter_train_many(cfgs, max_members=2, workers=1)]
     assert sorted(seen) == list(range(5))
-    assert [o.result.ensemble_size for o in iter_train_many(cfgs[:3], max_members=2)] == [2, 2, 1]
+    assert [o.result.ensemble_size for o in iter_train_many(cfgs[:3], max_members=2, workers=1)] == [2, 2, 1]
 
 
 def test_a_diverging_member_is_reported_and_does_not_disturb_the_others():
@@ -171,3 +171,17 @@ def test_members_that_fit_the_free_memory():
     assert members_that_fit(free_bytes=10_000, per_member_bytes=100, cap=512) == 70  # 70% headroom
     assert members_that_fit(free_bytes=10_000, per_member_bytes=100, cap=16) == 16
     assert members_that_fit(free_bytes=50, per_member_bytes=100, cap=16) == 1
+
+
+def test_cpu_chunks_split_over_worker_threads_give_the_same_results():
+    from gradreg.engine import split_evenly
+
+    assert split_evenly([1, 2, 3, 4, 5], 2) == [[1, 2, 3], [4, 5]] and split_evenly([1], 4) == [[1]]
+    cfgs = [paper_config("sin", steps=40, seed=s, regularizers=(gr.SpectReg(0.03),)) for s in (1, 2, 3)]
+    threads = torch.get_num_threads()
+    one = train_many(cfgs, workers=1, dtype=torch.float64)
+    two = train_many(cfgs, workers=2, dtype=torch.float64)
+    assert torch.get_num_threads() == threads  # restored
+    for a, b in zip(one, two):
+        assert a.config == b.config
+        assert b.test == pytest.approx(a.test, rel=1e-9) and b.penalties == pytest.approx(a.penalties, rel=1e-9)
