@@ -8,7 +8,7 @@ import pytest
 import gradreg as gr
 from gradreg import stats
 from gradreg.cli import main
-from gradreg.experiments import EXPERIMENTS, PROFILES, Cell, Experiment, build, grid_for
+from gradreg.experiments import EXPERIMENTS, PROFILES, Experiment, build, grid_for
 from gradreg.paper_data import LAMBDA_GRIDS, TABLES
 from gradreg.report import build_report, significance, summarize_cell, write_report
 from gradreg.store import Store, run_key

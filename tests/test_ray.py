@@ -195,7 +195,6 @@ def test_a_chunk_out_of_retries_fails_the_sweep_after_the_others_are_stored(
     partial = stored(tmp_path, experiment.name)
     assert len(partial) == len(experiment.runs()) - MAX_MEMBERS
 
-    before = len(attempts(kill_dir))
     summary = run_experiment(experiment, tmp_path, RayExecutor(max_members=MAX_MEMBERS), log=lambda *a: None)
     assert (summary.already_stored, summary.trained) == (4, 2)
     assert stored(tmp_path, experiment.name) == reference

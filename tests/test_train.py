@@ -2,7 +2,6 @@
 the result record and the command line. All on tiny slices, seconds each."""
 
 import json
-import math
 import os
 from pathlib import Path
 

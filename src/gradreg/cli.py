@@ -141,13 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     exp = build(args.name, args.profile, args.device)
     out = Path(args.out)
     command = "gradreg " + " ".join(args.argv)
-    exp_plan = exp.plan()
-    summary = run_experiment(exp, out, _executor(args), log=print)
-    # The plan records the command that made it, for the report's header.
-    from .store import Store
-
-    with Store(out / STORE_NAME) as store:
-        store.put_plan(exp.name, exp_plan | {"command": command, "profile": args.profile})
+    summary = run_experiment(exp, out, _executor(args), log=print, meta={"command": command, "profile": args.profile})
     paths = write_report(out / STORE_NAME, exp.name, out)
     print(f"{exp.name}: trained {summary.trained} runs in {summary.wall_time_s:.1f} s "
           f"({summary.already_stored} were stored already); report: {', '.join(str(p) for p in paths)}")

@@ -43,7 +43,7 @@ from . import penalties as P
 from . import regularizers as R
 from . import smoothness as S
 from .config import TrainConfig
-from .core import batch_data_loss, per_example_loss
+from .core import per_example_loss
 from .pack import NotPackable, PackedModel
 from .train import RunResult, build_model, piecewise_lr, stream_seed, train
 

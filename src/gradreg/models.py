@@ -167,12 +167,16 @@ class _Conv2dTFSame(nn.Conv2d):
         super().__init__(*args, padding=0, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad: list[int] = []
-        dims = zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation)
-        for size, k, s, d in reversed(list(dims)):  # F.pad wants the last dim first
-            total = max((math.ceil(size / s) - 1) * s + d * (k - 1) + 1 - size, 0)
-            pad += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pad))
+        return super().forward(F.pad(x, tf_same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation)))
+
+
+def tf_same_padding(size_hw, kernel_size, stride, dilation) -> list[int]:
+    """F.pad arguments (last dim first) for TensorFlow's 'SAME' padding of a 2-D conv."""
+    pad: list[int] = []
+    for size, k, s, d in reversed(list(zip(size_hw, kernel_size, stride, dilation))):
+        total = max((math.ceil(size / s) - 1) * s + d * (k - 1) + 1 - size, 0)
+        pad += [total // 2, total - total // 2]
+    return pad
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int, bias: bool) -> nn.Conv2d:

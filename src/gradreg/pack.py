@@ -43,9 +43,8 @@ class PackedConv2d(nn.Module):
         if c.groups != 1 or c.padding_mode != "zeros":
             raise NotPackable("only ungrouped, zero-padded convolutions can be packed")
         self.k = len(convs)
-        self.stride, self.padding, self.dilation = c.stride, c.padding, c.dilation
+        self.stride, self.padding, self.dilation, self.kernel_size = c.stride, c.padding, c.dilation, c.kernel_size
         self.tf_same = isinstance(c, M._Conv2dTFSame)
-        self._tf_conv = c if self.tf_same else None  # only for its padding rule
         self.weight = _stack([m.weight for m in convs])
         self.bias = _stack([m.bias for m in convs]) if c.bias is not None else None
 
@@ -54,22 +53,12 @@ class PackedConv2d(nn.Module):
         b = None if self.bias is None else self.bias.flatten()
         padding = self.padding
         if self.tf_same:
-            x = F.pad(x, _tf_same_pad(x, self._tf_conv))
+            x = F.pad(x, M.tf_same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation))
             padding = 0
         return F.conv2d(x, w, b, self.stride, padding, self.dilation, groups=self.k)
 
     def member_state(self, k: int) -> dict:
         return {"weight": self.weight[k]} | ({} if self.bias is None else {"bias": self.bias[k]})
-
-
-def _tf_same_pad(x: Tensor, conv: nn.Conv2d) -> list[int]:
-    import math
-
-    pad: list[int] = []
-    for size, k, s, d in reversed(list(zip(x.shape[-2:], conv.kernel_size, conv.stride, conv.dilation))):
-        total = max((math.ceil(size / s) - 1) * s + d * (k - 1) + 1 - size, 0)
-        pad += [total // 2, total - total // 2]
-    return pad
 
 
 class PackedLinear(nn.Module):

@@ -58,7 +58,7 @@ _COLUMNS = (
     "steps_per_s", "code_version", "device", "torch_version", "created_at", "error",
 )
 
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -260,6 +260,8 @@ def _explain(e: BaseException) -> str:
         return f"cannot create or open the file; is the directory writable? ({msg})"
     if "not a database" in low:
         return f"the file is not an SQLite database ({msg})"
+    if "disk i/o error" in low:
+        return f"a write failed: disk full, file-size limit or I/O error ({msg})"
     return msg
 
 

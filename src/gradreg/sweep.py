@@ -69,12 +69,13 @@ class SweepSummary:
     wall_time_s: float
 
 
-def run_experiment(exp: Experiment, out_dir: Path, executor: Executor, log=print) -> SweepSummary:
-    """Store ``exp``'s plan, train the runs the store lacks, store each as it finishes."""
+def run_experiment(exp: Experiment, out_dir: Path, executor: Executor, log=print, meta: Optional[dict] = None) -> SweepSummary:
+    """Store ``exp``'s plan (with ``meta``, e.g. the command), train the runs the store lacks,
+    store each as it finishes."""
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     with Store(out_dir / STORE_NAME) as store:
-        store.put_plan(exp.name, exp.plan())
+        store.put_plan(exp.name, exp.plan() | (meta or {}))
         runs = exp.runs()
         dicts = [c.to_dict() for c in runs]
         done = [d for d in dicts if store.has(d)]
