@@ -36,13 +36,14 @@ class Profile:
     steps: dict  # dataset -> steps, or None for the paper's
     grid: str  # "full": the paper's lambda grids; "coarse": the tuned lambda and its neighbours two grid steps away
     eval_limit: Optional[int] = None
+    curve_points: int = 10  # learning-curve evaluations per shortened run (paper steps: the preset's)
     train_sizes: tuple[int, ...] = (500, 1000, 2000, 5000, 10000, 20000)  # Figure 2's x axis
 
 
 PROFILES = {
     "paper": Profile("paper", tuple(range(1, 11)), {}, "full"),
-    "quick": Profile("quick", (1, 2), {"mnist": 500, "sin": 1000, "sin2": 1000, "cifar10": 20}, "coarse",
-                     eval_limit=2000, train_sizes=(500, 2000, 5000)),
+    "quick": Profile("quick", (1, 2), {"mnist": 250, "sin": 1000, "sin2": 1000, "cifar10": 20}, "coarse",
+                     eval_limit=1000, curve_points=2, train_sizes=(500, 2000, 5000)),
 }
 
 
@@ -120,7 +121,7 @@ def reg(name: str, lam: float) -> R.Regularizer:
 
 def _base(dataset: str, profile: Profile, device: str, **kw) -> TrainConfig:
     steps = profile.steps.get(dataset)
-    extra = {} if steps is None else {"steps": steps, "eval_every": max(steps // 10, 1)}
+    extra = {} if steps is None else {"steps": steps, "eval_every": max(steps // profile.curve_points, 1)}
     return paper_config(dataset, device=device, eval_limit=profile.eval_limit, **extra, **kw)
 
 

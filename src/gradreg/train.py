@@ -248,14 +248,16 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
     curve: list = []
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        # On the CPU: RNG and sampler states must stay CPU tensors; load_state_dict moves
+        # the model's and the optimizer's tensors to their parameters' device.
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
         if state["config"] != cfg.to_dict():
             raise ValueError(f"checkpoint {ckpt} was written by a different config; refusing to resume from it")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
-        proj_gen.set_state(state["proj_gen"].cpu())
-        aug_gen.set_state(state["aug_gen"].cpu())
+        proj_gen.set_state(state["proj_gen"])
+        aug_gen.set_state(state["aug_gen"])
         _set_rng_states(state["rng"], device)
         start, elapsed, curve = state["step"], state["elapsed"], state["curve"]
         window.extend(state["window"])
