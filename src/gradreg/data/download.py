@@ -124,6 +124,16 @@ def download_file(urls: Sequence[str], dest: str | os.PathLike, sha256: str | No
     tmp = _temp_path(dest.parent, dest.name)
     try:
         _fetch_first(urls, tmp, fetch or urllib_fetch, progress, dest.name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _install_verified(tmp, dest, sha256)
+
+
+def _install_verified(tmp: Path, dest: Path, sha256: str | None) -> Path:
+    """Check ``tmp``'s decompressed bytes against ``sha256`` and rename it to ``dest``; on any
+    failure ``tmp`` is deleted, so nothing unverified is left behind."""
+    try:
         data = read_decompressed(tmp, compression_from=dest.name)
         require_sha256(dest, data, sha256)  # names dest, the file the user will look for
         os.replace(tmp, dest)
@@ -169,15 +179,10 @@ def download_tar_members(urls: Sequence[str], members: Mapping[str, str | None],
                 try:
                     with source, open(tmp, "wb") as out:
                         shutil.copyfileobj(source, out, 1 << 20)
-                    data = read_decompressed(tmp, compression_from=dest.name)
-                    require_sha256(dest, data, sha256)
-                    os.replace(tmp, dest)
                 except BaseException:
                     tmp.unlink(missing_ok=True)
                     raise
-                if sha256 is not None:
-                    record_verified(dest, sha256)
-                installed.append(dest)
+                installed.append(_install_verified(tmp, dest, sha256))
     finally:
         archive.unlink(missing_ok=True)
     return installed
