@@ -51,7 +51,7 @@ def subprocess_env() -> dict:
 
 def small_sin_experiment(lambdas=SIN_LAMBDAS, seeds=SEEDS, steps: int = STEPS, name: str = "table7_small"):
     """Table 7 ("quick" profile) cut down to ``lambdas`` x ``seeds`` runs of ``steps`` steps."""
-    from gradreg.experiments import Cell, build
+    from gradreg.paper.experiments import Cell, build
 
     exp = build("table7", "quick")
     cells = tuple(
@@ -93,8 +93,8 @@ def ray_worker_setup() -> None:
     if not folder:
         return
     folder = Path(folder)
-    from gradreg import engine
-    from gradreg.store import run_key
+    from gradreg.ensemble import loop as engine
+    from gradreg.sweep.store import run_key
 
     original = engine.PackedTrainer.step
 
@@ -125,7 +125,7 @@ KILL_IN_PUT_ENV = "GRADREG_TEST_KILL_IN_PUT"
 def _die_inside_the_nth_put(n: int) -> None:
     """Make the n-th ``Store.put_many`` of this process SIGKILL it between its INSERTs and
     its COMMIT."""
-    from gradreg.store import Store
+    from gradreg.sweep.store import Store
 
     original = Store.put_many
     calls = 0
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "sweep":
-        from gradreg.sweep import InProcessExecutor, run_experiment
+        from gradreg.sweep.runner import InProcessExecutor, run_experiment
 
         if os.environ.get(KILL_IN_PUT_ENV):
             _die_inside_the_nth_put(int(os.environ[KILL_IN_PUT_ENV]))

@@ -31,7 +31,8 @@ def test_cpu_memory_measure_counts_saved_tensors():
 
 def test_bench_json_has_the_documented_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(B, "BENCH_MODELS", tuple(m for m in B.BENCH_MODELS if m.name == "mlp_sin"))
-    monkeypatch.setattr(B, "ensemble_sizes", lambda device, quick: (1, 2))
+    monkeypatch.setattr(B, "ensemble_sizes", lambda device, quick: (2,))
+    monkeypatch.setattr(B, "_mnist_available", lambda: False)
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
@@ -39,7 +40,10 @@ def test_bench_json_has_the_documented_keys(tmp_path, monkeypatch, capsys):
     assert rep["command"] == f"gradreg bench --quick --json {out}"
     rows = {r["regularizer"]: r for r in rep["regularizer_cost"]}
     assert rows["plain"]["rel_time"] == 1.0 and "batched_over_loop" in rows["FrobReg[loop]"]
-    assert [r["K"] for r in rep["ensemble"]] == ["loop", 1, 2] and rep["ensemble"][0]["speedup_vs_loop"] == 1.0
-    best = max(r["model_steps_per_s"] for r in rep["ensemble"])
-    assert rep["table1_projected_s"] == 90 * 10_000 / best
-    assert "model-steps/s" in capsys.readouterr().out
+    assert {"regularized_loss([])", "DataGrad", "SpectReg", "DataGrad every=4"} <= set(rows)
+    (ens,) = rep["ensemble"]
+    assert ens["K"] == 2
+    for baseline in ("loop", "loop_split", "torch_func"):  # one key per baseline, measured side by side
+        assert ens[f"engine_vs_{baseline}"] == ens[f"{baseline}_ms_per_model_step"] / ens["engine_ms_per_model_step"]
+    assert rep["table1_projected_s"] == 90 * 10_000 / ens["model_steps_per_s"]
+    assert "vs torch.func" in capsys.readouterr().out

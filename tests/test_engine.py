@@ -1,6 +1,7 @@
 """The ensemble engine: packed models equal their members, a member's trajectory does not
 depend on its neighbours, and K=1 matches a single `gradreg train` run."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -8,10 +9,10 @@ import pytest
 import torch
 
 import gradreg as gr
-from gradreg import models as M
+from gradreg.paper import models as M
 from gradreg.config import paper_config
-from gradreg.engine import ensemble_key, iter_train_many, train_many
-from gradreg.pack import NotPackable, PackedModel
+from gradreg.ensemble.loop import ensemble_key, iter_train_many, train_many
+from gradreg.ensemble.pack import NotPackable, PackedModel
 from gradreg.train import train
 
 DATA = Path(os.environ.get("GRADREG_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -71,11 +72,12 @@ def test_member_trajectory_does_not_depend_on_its_ensemble():
     weight decays and learning rates reaches the same weights after 50 steps as alone."""
     base = paper_config("mnist", steps=50, eval_every=0, eval_limit=500)
     target = base.replace(seed=3, train_size=300, regularizers=(gr.DataGrad(20.0), gr.SpectReg(0.03)))
+    # chunks hold one set of regularizer kinds; members differ in every member field
     others = [
-        base.replace(seed=1, train_size=200),
-        base.replace(seed=2, train_size=500, regularizers=(gr.SpectReg(0.1, projection="example"),), lr=2e-3),
-        base.replace(seed=4, train_size=200, regularizers=(gr.ConfidencePenalty(0.5), gr.DataGrad(50.0)), weight_decay=0.0),
-        base.replace(seed=5, train_size=250, regularizers=(gr.RandomOneHot(0.3), gr.SpectReg(0.01))),
+        base.replace(seed=1, train_size=200, regularizers=(gr.DataGrad(0.0), gr.SpectReg(0.3))),
+        base.replace(seed=2, train_size=500, regularizers=(gr.DataGrad(5.0), gr.SpectReg(0.1)), lr=2e-3),
+        base.replace(seed=4, train_size=200, regularizers=(gr.DataGrad(50.0), gr.SpectReg(0.01)), weight_decay=0.0),
+        base.replace(seed=5, train_size=250, regularizers=(gr.DataGrad(1.0), gr.SpectReg(0.0))),
     ]
     ensemble = others[:2] + [target] + others[2:]
     kw = dict(data_dir=DATA, dtype=torch.float64, keep_weights=True, strategy="packed", workers=1)
@@ -113,7 +115,8 @@ def test_single_member_engine_matches_gradreg_train(arch):
 def test_sin_ensemble_matches_single_runs_and_keeps_input_order():
     cfgs = [
         paper_config("sin", steps=60, eval_every=30, seed=s, regularizers=regs)
-        for s, regs in [(1, ()), (2, (gr.SpectReg(0.03),)), (3, (gr.DataGrad(0.1), gr.FrobReg(0.01)))]
+        for s, regs in [(1, (gr.SpectReg(0.01),)), (2, (gr.SpectReg(0.03),)), (4, (gr.SpectReg(0.0),)),
+                        (3, (gr.DataGrad(0.1), gr.FrobReg(0.01)))]
     ]
     cfgs.append(paper_config("sin2", steps=40, seed=1))  # another group
     results = train_many(cfgs, strategy="packed", workers=1)
@@ -124,7 +127,7 @@ def test_sin_ensemble_matches_single_runs_and_keeps_input_order():
         assert r.penalties == pytest.approx(single.penalties, rel=1e-3)
         assert r.grad_norms == pytest.approx(single.grad_norms, rel=1e-3)
         assert r.fit == pytest.approx(single.fit, rel=1e-3, abs=1e-4) and len(r.fit) == 900
-    assert [r.ensemble_size for r in results] == [3, 3, 3, 1]
+    assert [r.ensemble_size for r in results] == [3, 3, 3, 1, 1]
 
 
 def test_sequential_strategy_is_gradreg_train():
@@ -142,31 +145,39 @@ def test_max_members_chunks_and_results_stream_out():
 
 
 def test_a_diverging_member_is_reported_and_does_not_disturb_the_others():
-    good = paper_config("sin", steps=30, seed=1)
-    bad = good.replace(seed=2, lr=1e6, regularizers=(gr.DataGrad(1.0),))
+    good = paper_config("sin", steps=30, seed=1, regularizers=(gr.DataGrad(1.0),))
+    bad = good.replace(seed=2, lr=1e6)
     r_good, r_bad = train_many([good, bad], strategy="packed")
+    assert r_good.ensemble_size == r_bad.ensemble_size == 2
     assert r_bad.error and "not finite" in r_bad.error
     assert r_good.error is None
     assert r_good.test == pytest.approx(train(good).test, rel=1e-4)
 
 
 def test_ensemble_key_groups_only_member_fields():
-    a = paper_config("mnist")
+    a = paper_config("mnist", regularizers=(gr.DataGrad(50.0),))
     assert ensemble_key(a) == ensemble_key(a.replace(seed=9, lr=0.1, weight_decay=0, train_size=100,
                                                       regularizers=(gr.DataGrad(1.0),)))
     assert ensemble_key(a) != ensemble_key(a.replace(steps=5))
     assert ensemble_key(a) != ensemble_key(a.replace(dropout=None))
+    # regularizer kinds are part of the key: no member pays for a penalty it does not have
+    assert ensemble_key(a) != ensemble_key(a.replace(regularizers=()))
+    assert ensemble_key(a) != ensemble_key(a.replace(regularizers=(gr.DataGrad(50.0, norm="l1"),)))
+    assert ensemble_key(a) != ensemble_key(a.replace(regularizers=(gr.DataGrad(50.0, every=4),)))
 
 
 def test_bad_engine_arguments():
-    with pytest.raises(ValueError, match="valid choices: auto, packed, sequential"):
-        train_many([paper_config("sin")], strategy="vmap")
+    with pytest.raises(ValueError, match="valid choices: auto, packed, vmap, sequential"):
+        train_many([paper_config("sin")], strategy="jit")
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="max_members must be a positive integer"):
+            train_many([paper_config("sin")], max_members=bad)
     with pytest.raises(TypeError, match=r"configs\[0\] is a dict"):
         train_many([{"dataset": "sin"}])
 
 
 def test_members_that_fit_the_free_memory():
-    from gradreg.engine import members_that_fit
+    from gradreg.ensemble.loop import members_that_fit
 
     assert members_that_fit(free_bytes=10_000, per_member_bytes=100, cap=512) == 70  # 70% headroom
     assert members_that_fit(free_bytes=10_000, per_member_bytes=100, cap=16) == 16
@@ -174,7 +185,7 @@ def test_members_that_fit_the_free_memory():
 
 
 def test_cpu_chunks_split_over_worker_threads_give_the_same_results():
-    from gradreg.engine import split_evenly
+    from gradreg.ensemble.loop import split_evenly
 
     assert split_evenly([1, 2, 3, 4, 5], 2) == [[1, 2, 3], [4, 5]] and split_evenly([1], 4) == [[1]]
     cfgs = [paper_config("sin", steps=40, seed=s, regularizers=(gr.SpectReg(0.03),)) for s in (1, 2, 3)]
@@ -185,3 +196,149 @@ def test_cpu_chunks_split_over_worker_threads_give_the_same_results():
     for a, b in zip(one, two):
         assert a.config == b.config
         assert b.test == pytest.approx(a.test, rel=1e-9) and b.penalties == pytest.approx(a.penalties, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- any regularizer, any model
+
+
+@gr.register
+@dataclasses.dataclass(frozen=True)
+class LogitGradL1(gr.Regularizer):
+    """A user-defined regularizer: mean_i ||d (sum_k z_ik) / d x_i||_1, plus a random sign
+    per example (exercises draw())."""
+
+    aliases = ("test_logitgrad",)
+
+    def draw(self, batch, m, generator, device, dtype):
+        return torch.randint(0, 2, (batch, 1), generator=generator, device=device).to(dtype) * 2 - 1
+
+    def per_example(self, fwd, draw=None):
+        from gradreg import penalties as P
+
+        r = draw.expand(*fwd.logits.shape)
+        return P.projected_jacobian(fwd.logits, fwd.x, r, "l1")
+
+
+def tiny_mlp():
+    """A model the packer does not know (Tanh MLP with LayerNorm): trains through torch.func."""
+    return torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.LayerNorm(16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+TINY = f"{__name__}:tiny_mlp"
+
+
+def _alone_and_inside(target, others, strategy, dtype=torch.float64):
+    kw = dict(dtype=dtype, keep_weights=True, strategy=strategy, workers=1)
+    inside = {o.index: o for o in iter_train_many(others[:1] + [target] + others[1:], **kw)}[1]
+    (alone,) = list(iter_train_many([target], **kw))
+    return inside, alone
+
+
+@pytest.mark.parametrize("strategy", ["packed", "vmap"])
+def test_user_regularizer_trains_in_an_ensemble_as_alone(strategy):
+    base = paper_config("sin", steps=25, eval_every=0)
+    target = base.replace(seed=3, regularizers=(LogitGradL1(0.05), gr.SpectReg(0.01)))
+    others = [base.replace(seed=s, lr=0.005 * s, regularizers=(LogitGradL1(0.2 * s), gr.SpectReg(0.02))) for s in (1, 2)]
+    inside, alone = _alone_and_inside(target, others, strategy)
+    assert inside.result.ensemble_size == 3 and alone.result.ensemble_size == 1
+    for name, w in alone.state_dict.items():
+        torch.testing.assert_close(inside.state_dict[name], w, rtol=1e-9, atol=1e-12)
+    assert inside.result.penalties == pytest.approx(alone.result.penalties, rel=1e-9)
+    assert set(alone.result.penalties) == {"LogitGradL1", "SpectReg"}
+    # ... and alone in the engine as in gradreg.train (one code path for the penalty)
+    single = train(target.replace(), progress=False)
+    assert alone.result.penalties == pytest.approx(single.penalties, rel=1e-3)
+
+
+def test_import_path_model_trains_through_vmap_as_alone_and_as_a_single_run():
+    base = paper_config("sin", model=TINY, steps=30, eval_every=10)
+    target = base.replace(seed=2, regularizers=(gr.DataGrad(0.05),))
+    others = [base.replace(seed=s, weight_decay=1e-3, regularizers=(gr.DataGrad(0.3),)) for s in (1, 5)]
+    with pytest.warns(None) if False else _no_warning():
+        results = train_many([others[0], target, others[1]], workers=1, dtype=torch.float64)  # auto -> vmap
+    inside, alone = _alone_and_inside(target, others, "vmap")
+    for name, w in alone.state_dict.items():
+        torch.testing.assert_close(inside.state_dict[name], w, rtol=1e-9, atol=1e-12)
+    assert results[1].test == pytest.approx(inside.result.test, rel=1e-9)
+    single = train(target)
+    assert single.test == pytest.approx(alone.result.test, rel=1e-3)
+    assert single.penalties == pytest.approx(alone.result.penalties, rel=1e-3)
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self.cm = warnings.catch_warnings()
+        self.cm.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
+
+
+def test_vmap_ensemble_keeps_per_member_batchnorm_statistics():
+    from gradreg.ensemble.functional import FunctionalEnsemble
+
+    torch.manual_seed(0)
+    singles = [torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+               for _ in range(3)]
+    ens = FunctionalEnsemble(singles).train()
+    x = torch.randn(3, 8, 3)
+    out = ens(x)
+    for i, m in enumerate(singles):
+        m.train()
+        torch.testing.assert_close(out[i], m(x[i]))
+        torch.testing.assert_close(ens.member_state_dict(i)["1.running_mean"], m[1].running_mean)
+    ens.eval()
+    for m in singles:
+        m.eval()
+    torch.testing.assert_close(ens(x)[2], singles[2](x[2]))
+
+
+def test_unvmappable_model_falls_back_to_sequential_with_a_reason():
+    with pytest.warns(UserWarning, match="one at a time: .*vmap failed"):
+        (r,) = train_many([paper_config("sin", model=f"{__name__}:data_dependent", steps=5, eval_every=0)])
+    assert r.steps_done == 5
+
+
+class DataDependent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(1, 1)
+
+    def forward(self, x):
+        if x.sum() > 1e9:  # data-dependent control flow: vmap cannot trace it
+            return x
+        return self.fc(x)
+
+
+def data_dependent():
+    return DataDependent()
+
+
+def test_bad_model_paths_and_factories_name_the_problem():
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
+        train_many([paper_config("sin", model="no_such_module:f", steps=2)])
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
+        train_many([paper_config("sin", model=f"{__name__}:nope", steps=2)])
+    with pytest.raises(TypeError, match="returned a int, not a torch.nn.Module"):
+        train_many([paper_config("sin", model=f"{__name__}:not_a_module", steps=2)])
+    with pytest.raises(ValueError, match="must look like 'package.module:factory'"):
+        paper_config("sin", model=":f")
+    with pytest.raises(ValueError, match="valid choices: mlp_sin"):
+        paper_config("sin", model="lenet5")
+
+
+def not_a_module():
+    return 3
+
+
+def test_a_regularizer_that_breaks_the_contract_is_named():
+    @dataclasses.dataclass(frozen=True)
+    class Scalar(gr.Regularizer):
+        def per_example(self, fwd, draw=None):
+            return fwd.logits.sum()
+
+    with pytest.raises(ValueError, match=r"Scalar.per_example returned \(\); a regularizer returns one value per example"):
+        train_many([paper_config("sin", steps=2, regularizers=(Scalar(1.0),))], strategy="packed")

@@ -6,13 +6,13 @@ import math
 import pytest
 
 import gradreg as gr
-from gradreg import stats
+from gradreg.sweep import stats
 from gradreg.cli import main
-from gradreg.experiments import EXPERIMENTS, PROFILES, Experiment, build, grid_for
-from gradreg.paper_data import LAMBDA_GRIDS, TABLES
-from gradreg.report import build_report, significance, summarize_cell, write_report
-from gradreg.store import Store, run_key
-from gradreg.sweep import STORE_NAME, InProcessExecutor, run_experiment
+from gradreg.paper.experiments import EXPERIMENTS, PROFILES, Experiment, build, grid_for
+from gradreg.paper.numbers import LAMBDA_GRIDS, TABLES
+from gradreg.sweep.report import build_report, significance, summarize_cell, write_report
+from gradreg.sweep.store import Store, run_key
+from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
@@ -56,7 +56,7 @@ def test_coarse_grid_brackets_the_tuned_weight():
 def test_unknown_names_are_clear_errors():
     with pytest.raises(ValueError, match="valid: table1"):
         build("table9")
-    with pytest.raises(ValueError, match="valid: paper, quick"):
+    with pytest.raises(ValueError, match="valid: paper, published, quick"):
         build("table1", "huge")
 
 
@@ -147,8 +147,8 @@ def test_report_is_rebuilt_from_the_store_alone(tmp_path):
     assert float(line[6]) == pytest.approx(sum(tests) / 2 * 1e5)
     paths = write_report(tmp_path / STORE_NAME, "table7", tmp_path / "out")
     names = sorted(p.name for p in paths)
-    assert names == ["table7.csv", "table7.md", "table7.png"]
-    assert (tmp_path / "out" / "table7.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert names == ["table7.quick.csv", "table7.quick.md", "table7.quick.png"]  # named by the plan's profile
+    assert (tmp_path / "out" / "table7.quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_without_a_plan_is_a_clear_error(tmp_path):
@@ -164,7 +164,7 @@ def test_cli_list_and_report_errors(tmp_path, capsys):
     assert "table7" in out and "paper: 100 runs" in out
     with pytest.raises(SystemExit) as e:
         main(["report", "table1", "--out", str(tmp_path)])
-    assert e.value.code == 2 and "no result store" in capsys.readouterr().err
+    assert e.value.code == 1 and "no result store" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["run", "table99"])
 
@@ -172,11 +172,11 @@ def test_cli_list_and_report_errors(tmp_path, capsys):
 def test_cli_run_fig5_quick_end_to_end(tmp_path, capsys, monkeypatch):
     """The smallest real experiment, through the command line: five SIN runs (shortened
     to 40 steps here), a figure."""
-    import gradreg.experiments as E
+    import gradreg.paper.experiments as E
 
     monkeypatch.setitem(E.PROFILES, "quick", dataclasses.replace(E.PROFILES["quick"], steps={"sin": 40}))
     assert main(["run", "fig5", "--profile", "quick", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "fig5: trained 5 runs" in out
-    assert (tmp_path / "fig5.png").exists() and (tmp_path / "fig5.md").exists()
-    assert "made by: `gradreg run fig5 --profile quick" in (tmp_path / "fig5.md").read_text()
+    assert "fig5 (quick profile): trained 5 runs" in out
+    assert (tmp_path / "fig5.quick.png").exists() and (tmp_path / "fig5.quick.md").exists()
+    assert "made by: `gradreg run fig5 --profile quick" in (tmp_path / "fig5.quick.md").read_text()

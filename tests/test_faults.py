@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradreg.store import Store, StoreError, run_key
-from gradreg.sweep import STORE_NAME, InProcessExecutor, run_experiment
+from gradreg.sweep.store import Store, StoreError, run_key
+from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
 from gradreg.train import train
 
 import helpers_faults as H
@@ -98,9 +98,9 @@ def snapshot(out: Path) -> dict:
 
 
 def report(out: Path):
-    """The rendered report without its timing line, where gradreg.report exists."""
+    """The rendered report without its timing line, where gradreg.sweep.report exists."""
     try:
-        from gradreg import report as R
+        from gradreg.sweep import report as R
     except ImportError:
         return None
     if not hasattr(R, "build_report"):
@@ -200,7 +200,7 @@ def test_a_packed_sweep_killed_mid_chunk_agrees_with_an_uninterrupted_one_to_flo
             assert b[name] == pytest.approx(a[name], rel=1e-4, abs=0), (key, name)
 
 
-@pytest.mark.xfail(strict=True, reason="gradreg.engine: a chunk of one member does not round like a chunk of "
+@pytest.mark.xfail(strict=True, reason="gradreg.ensemble.loop: a chunk of one member does not round like a chunk of "
                    "K>1 members (about 1e-6 relative on SIN), so a rerun's repacked runs differ in the last bits")
 def test_a_packed_sweep_killed_mid_chunk_is_bitwise_equal_to_an_uninterrupted_one(packed_runs):
     clean, resumed = packed_runs
@@ -319,9 +319,9 @@ class FillsUp(Store):
 
 
 def test_a_full_disk_stops_the_sweep_with_a_clear_error_and_keeps_earlier_rows(tmp_path, monkeypatch, reference):
-    import gradreg.sweep
+    import gradreg.sweep.runner
 
-    monkeypatch.setattr(gradreg.sweep, "Store", FillsUp)
+    monkeypatch.setattr(gradreg.sweep.runner, "Store", FillsUp)
     monkeypatch.setattr(FillsUp, "room", 2)
     with H.one_torch_thread(), pytest.raises(StoreError, match="full") as e:
         run_experiment(EXPERIMENT, tmp_path, InProcessExecutor(max_members=1), log=lambda *a: None)

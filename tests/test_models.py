@@ -1,4 +1,4 @@
-"""Tests for gradreg.models: parameter counts, layer order, init statistics, shortcuts, BN modes."""
+"""Tests for gradreg.paper.models: parameter counts, layer order, init statistics, shortcuts, BN modes."""
 
 import math
 import subprocess
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradreg.models import (
+from gradreg.paper.models import (
     MODELS,
     BasicBlock,
     build_model,
@@ -19,7 +19,7 @@ from gradreg.models import (
     mlp_sin,
     resnet_cifar,
 )
-from gradreg.models import _Conv2dTFSame
+from gradreg.paper.models import _Conv2dTFSame
 
 SMALL_RESNET = dict(widths=(4, 8, 16), blocks=1)
 
@@ -390,7 +390,7 @@ def test_registry():
 
 def test_import_has_no_side_effects():
     code = (
-        "import torch; s = torch.get_rng_state(); import gradreg.models; "
+        "import torch; s = torch.get_rng_state(); import gradreg.paper.models; "
         "assert torch.equal(s, torch.get_rng_state())"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import gradreg
-from gradreg.paper_data import FACTS, LAMBDA_GRIDS, TABLES, TUNED_WEIGHTS, Cell
+from gradreg.paper.numbers import FACTS, LAMBDA_GRIDS, TABLES, TUNED_WEIGHTS, Cell
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "shared" / "paper"
 

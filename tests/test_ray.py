@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gradreg.engine import plan_chunks
-from gradreg.store import Store, run_key
-from gradreg.sweep import STORE_NAME, InProcessExecutor, run_experiment
+from gradreg.ensemble.loop import plan_chunks
+from gradreg.sweep.store import Store, run_key
+from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
 
 import helpers_faults as H
 
@@ -77,7 +77,7 @@ def attempts(kill_dir: Path) -> list[str]:
 
 
 def test_missing_ray_gives_a_clear_error(monkeypatch):
-    from gradreg.ray_executor import RayExecutor
+    from gradreg.sweep.ray import RayExecutor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'gradreg\[ray\]'"):
@@ -85,7 +85,7 @@ def test_missing_ray_gives_a_clear_error(monkeypatch):
 
 
 def test_bad_arguments_are_rejected_before_ray_starts():
-    from gradreg.ray_executor import RayExecutor
+    from gradreg.sweep.ray import RayExecutor
 
     with pytest.raises(ValueError, match="num_cpus_per_task"):
         RayExecutor(num_cpus_per_task=0)
@@ -96,7 +96,7 @@ def test_bad_arguments_are_rejected_before_ray_starts():
 
 
 def test_a_task_asks_for_one_gpu_exactly_when_its_chunk_trains_on_cuda():
-    from gradreg.ray_executor import RayExecutor
+    from gradreg.sweep.ray import RayExecutor
 
     assert RayExecutor().gpus_for("cpu") == 0
     assert RayExecutor().gpus_for("cuda") == RayExecutor().gpus_for("cuda:0") == 1
@@ -112,7 +112,7 @@ def test_executor_starts_its_own_local_cluster_and_shuts_it_down(tmp_path):
     stops it afterwards (``gradreg run --executor ray`` on a laptop)."""
     import ray
 
-    from gradreg.ray_executor import RayExecutor
+    from gradreg.sweep.ray import RayExecutor
 
     if ray.is_initialized():
         pytest.skip("a Ray cluster is already initialized in this process")
@@ -126,7 +126,7 @@ def test_executor_starts_its_own_local_cluster_and_shuts_it_down(tmp_path):
 
 @needs_ray
 def test_ray_sweep_stores_the_same_metrics_as_in_process(tmp_path, ray_cluster, experiment, reference, kill_dir):
-    from gradreg.ray_executor import RayExecutor
+    from gradreg.sweep.ray import RayExecutor
 
     before = len(attempts(kill_dir))
     summary = run_experiment(experiment, tmp_path, RayExecutor(max_members=MAX_MEMBERS), log=lambda *a: None)
@@ -145,7 +145,7 @@ def test_ray_sweep_stores_the_same_metrics_as_in_process(tmp_path, ray_cluster, 
 @needs_ray
 def test_a_worker_killed_mid_chunk_is_retried_and_nothing_is_lost_or_duplicated(
         tmp_path, ray_cluster, experiment, reference, kill_dir):
-    from gradreg.ray_executor import RayExecutor
+    from gradreg.sweep.ray import RayExecutor
 
     class Recording:  # the store's put is idempotent, so count the executor's calls directly
         def run(self, configs, on_result):
@@ -181,7 +181,7 @@ def test_a_chunk_out_of_retries_fails_the_sweep_after_the_others_are_stored(
         tmp_path, ray_cluster, experiment, reference, kill_dir):
     """max_retries=0: the killed chunk is lost, the error surfaces once the other chunks are
     stored, and a rerun trains only the lost chunk."""
-    from gradreg.ray_executor import RayExecutor
+    from gradreg.sweep.ray import RayExecutor
 
     (kill_dir / "fired").unlink(missing_ok=True)
     (kill_dir / "arm").touch()
@@ -202,7 +202,7 @@ def test_a_chunk_out_of_retries_fails_the_sweep_after_the_others_are_stored(
 
 @needs_ray
 def test_a_task_the_cluster_cannot_place_fails_at_once_instead_of_waiting(ray_cluster):
-    from gradreg.ray_executor import RayExecutor
+    from gradreg.sweep.ray import RayExecutor
 
     cfgs = H.small_sin_experiment().runs()[:1]
     with pytest.raises(ValueError, match="asks for 1 GPU.*has 0"):
@@ -215,7 +215,7 @@ def test_a_task_the_cluster_cannot_place_fails_at_once_instead_of_waiting(ray_cl
 @needs_ray
 def test_a_training_error_is_not_retried_and_the_other_chunks_are_stored(tmp_path, ray_cluster, kill_dir):
     """SIN has a fixed training set, so ``train_size=5`` raises ValueError in the worker."""
-    from gradreg.ray_executor import RayExecutor
+    from gradreg.sweep.ray import RayExecutor
 
     good = [c.replace(steps=20, eval_every=0) for c in H.small_sin_experiment().runs()[:2]]
     bad = good[0].replace(train_size=5, steps=21)  # another step count: its own chunk

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gradreg.store as store_module
-from gradreg.store import SCHEMA_VERSION, Store, StoreError, code_version, run_key
+import gradreg.sweep.store as store_module
+from gradreg.sweep.store import SCHEMA_VERSION, Store, StoreError, code_version, run_key
 
 STORE_PY = Path(store_module.__file__).resolve()
 

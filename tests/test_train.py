@@ -12,7 +12,7 @@ import gradreg as gr
 from gradreg import data as D
 from gradreg.cli import main
 from gradreg.config import TrainConfig, paper_config, parse_regularizer
-from gradreg.models import decayed_parameters
+from gradreg.paper.models import decayed_parameters
 from gradreg.train import RunResult, TrainingDiverged, piecewise_lr, stream_seed, train
 
 DATA = Path(os.environ.get("GRADREG_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -64,7 +64,7 @@ def test_parse_regularizer():
         parse_regularizer("datagrd=1")
     with pytest.raises(ValueError, match="needs a weight"):
         parse_regularizer("datagrad")
-    with pytest.raises(ValueError, match="valid options: method"):
+    with pytest.raises(ValueError, match="valid options: every, method"):
         parse_regularizer("frobreg=1,norm=l1")
 
 

@@ -12,20 +12,24 @@ CPU, where the allocator keeps no peak, the bytes of tensors autograd saves duri
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from . import models as M
+from .paper import models as M
 from . import regularizers as R
 from .config import paper_config
 from .core import regularized_loss
-from .engine import PackedTrainer, cpu_workers, single_threaded_ops, split_evenly
+from .ensemble.plan import cpu_workers, single_threaded_ops, split_evenly
+from .ensemble.trainer import EnsembleTrainer
 
 PAPER_TABLE1_RUNS = 90  # 3 architectures x {NoGR, SpectReg, DataGrad} x 10 seeds
 PAPER_TABLE1_STEPS = 10_000
@@ -73,12 +77,26 @@ def interleaved_median_times(fns: dict, rounds: int, inner: int, device: torch.d
 
 
 def eager_step(model: nn.Module, opt, x, y, regs, loss: str, gen) -> Callable[[], None]:
-    """One plain training step with :func:`gradreg.regularized_loss` (the one-run path)."""
+    """One training step with :func:`gradreg.regularized_loss` (the one-run path)."""
 
     def step():
         total, _ = regularized_loss(model, x, y, regs, loss=loss, generator=gen)
         opt.zero_grad(set_to_none=True)
         total.backward()
+        opt.step()
+
+    return step
+
+
+def plain_step(model: nn.Module, opt, x, y, loss: str) -> Callable[[], None]:
+    """The hand-written plain step every cost is measured against: forward, loss, backward,
+    update -- no library code."""
+
+    def step():
+        out = model(x)
+        data = F.cross_entropy(out, y) if loss == "cross_entropy" else 0.5 * (out - y).pow(2).sum()
+        opt.zero_grad(set_to_none=True)
+        data.backward()
         opt.step()
 
     return step
@@ -105,7 +123,8 @@ def step_memory(step: Callable[[], None], device: torch.device) -> int:
 
 
 def _regularizer_set(bm: BenchModel, quick_cpu: bool) -> dict:
-    regs: dict = {"plain": [], "DataGrad": [R.DataGrad(1.0)], "SpectReg": [R.SpectReg(1.0)]}
+    regs: dict = {"regularized_loss([])": [], "DataGrad": [R.DataGrad(1.0)], "SpectReg": [R.SpectReg(1.0)],
+                  "DataGrad every=4": [R.DataGrad(1.0, every=4)]}
     if quick_cpu and bm.name == "resnet_cifar":
         return regs  # a ResNet step takes seconds on 2 cores: the quick bench keeps the three that matter
     regs |= {
@@ -119,6 +138,20 @@ def _regularizer_set(bm: BenchModel, quick_cpu: bool) -> dict:
     return regs
 
 
+def _lazy_cycle(model, opt, x, y, regs, loss, gen) -> Callable[[], None]:
+    """``every`` consecutive steps of a lazy regularizer (one with the penalty, the rest without)."""
+    k = max(r.every for r in regs)
+
+    def cycle():
+        for i in range(k):
+            total, _ = regularized_loss(model, x, y, regs, loss=loss, generator=gen, step=i)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+
+    return cycle
+
+
 def regularizer_cost(device: torch.device, quick: bool, log=print) -> list:
     rows = []
     for bm in BENCH_MODELS:
@@ -129,11 +162,17 @@ def regularizer_cost(device: torch.device, quick: bool, log=print) -> list:
         y = torch.randint(0, bm.classes, (bm.batch,), device=device) if bm.loss == "cross_entropy" else torch.randn(bm.batch, 1, device=device)
         gen = torch.Generator(device=device).manual_seed(0)
         regs = _regularizer_set(bm, quick and device.type == "cpu")
-        fns = {k: eager_step(model, opt, x, y, r, bm.loss, gen) for k, r in regs.items()}
+        fns = {"plain": plain_step(model, opt, x, y, bm.loss)}
+        fns |= {k: _lazy_cycle(model, opt, x, y, r, bm.loss, gen) if any(g.every > 1 for g in r)
+                else eager_step(model, opt, x, y, r, bm.loss, gen) for k, r in regs.items()}
+        regs = {"plain": []} | regs
         heavy = bm.name == "resnet_cifar" and device.type == "cpu"
         rounds, inner = ((2, 1) if quick else (3, 1)) if heavy else ((5, 3) if quick else (7, 10))
         times = interleaved_median_times(fns, rounds, inner, device)
-        mems = {k: step_memory(f, device) for k, f in fns.items()}
+        mems = {k: step_memory(f, device) for k, f in fns.items()}  # lazy rows: a cycle of `every` steps
+        for k, r in regs.items():
+            if any(g.every > 1 for g in r):
+                times[k] /= max(g.every for g in r)
         for k in regs:
             row = {
                 "model": bm.name, "batch": bm.batch, "regularizer": k,
@@ -149,48 +188,122 @@ def regularizer_cost(device: torch.device, quick: bool, log=print) -> list:
     return rows
 
 
+def _torch_func_datagrad(models: list, weight: float, device) -> Callable:
+    """The best torch.func alternative for K LeNets with DataGrad: ``stack_module_state``,
+    ``vmap`` over members of ``grad`` of a loss whose penalty is itself a ``torch.func.grad``
+    w.r.t. the input, and an Adam update over the stacked parameters (the PyTorch
+    model-ensembling recipe with double backprop)."""
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    from .ensemble.optim import PackedOptimizer
+
+    params, buffers = stack_module_state(models)
+    params = {n: p.detach().clone().requires_grad_(False) for n, p in params.items()}
+    base = copy.deepcopy(models[0]).to("meta")
+    opt = PackedOptimizer(list(params.values()), "adam", len(models))
+
+    def member_loss(p, b, x, y):
+        def ce(xx):
+            per = F.cross_entropy(functional_call(base, (p, b), (xx,)), y, reduction="none")
+            return per.sum(), per
+
+        gx, per = grad(ce, has_aux=True)(x)
+        return per.mean() + weight * gx.pow(2).flatten(1).sum(1).mean()
+
+    g = vmap(grad(member_loss), randomness="different")
+    lr = torch.full((len(models),), 1e-4, dtype=torch.float64, device=device)
+
+    def step(x, y):
+        grads = g(params, buffers, x, y)
+        for n, t in params.items():
+            t.grad = grads[n]
+        opt.step(lr)
+
+    return step
+
+
+def _split(fns: list, pool) -> Callable[[], None]:
+    if len(fns) == 1:
+        return fns[0]
+
+    def parallel():
+        with single_threaded_ops():
+            list(pool.map(lambda f: f(), fns))
+
+    return parallel
+
+
 def ensemble_speed(device: torch.device, ks: tuple, quick: bool, log=print) -> list:
-    """LeNet DataGrad: model-steps per second of K packed members vs. the eager one-run loop
-    (one model, torch's default threads). On CPU the K members are split over the engine's
-    worker threads exactly as :func:`gradreg.engine.iter_train_many` splits a chunk."""
+    """LeNet DataGrad (lambda 50), B=50: ms per model-step of the engine against three
+    baselines, side by side in one run (interleaved medians), at each K:
+
+    - ``loop``: the one-run loop, K models one after the other, torch's default threads;
+    - ``loop_split``: the same loop split over the engine's worker threads, one intra-op
+      thread each (the engine's own layout, so the comparison isolates the packing);
+    - ``torch_func``: a ``torch.func`` ensemble (:func:`_torch_func_datagrad`) with that split.
+    """
     b = 50
     cfg = paper_config("mnist", device=str(device), regularizers=(R.DataGrad(50.0),))
-    torch.manual_seed(0)
-    model = M.lenet5().to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x1 = torch.randn(b, 1, 28, 28, device=device)
-    y1 = torch.randint(0, 10, (b,), device=device)
-    fns = {"loop": eager_step(model, opt, x1, y1, [R.DataGrad(50.0)], "cross_entropy", None)}
     workers = cpu_workers(device)
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    rows = []
     for k in ks:
-        # The engine's layout: K members packed, on CPU split over `workers` single-threaded packs.
         parts = split_evenly(list(range(1, k + 1)), workers if pool else 1)
-        steps = []
+        fns: dict = {}
+        engine, split_loop, tfunc = [], [], []
+        singles_all = []
         for part in parts:
-            tr = PackedTrainer([cfg.replace(seed=s) for s in part], device, torch.float32)
+            tr = EnsembleTrainer([cfg.replace(seed=s) for s in part], device, torch.float32, "packed")
             xk = torch.randn(len(part), b, 1, 28, 28, device=device)
             yk = torch.randint(0, 10, (len(part), b), device=device)
-            steps.append(lambda tr=tr, xk=xk, yk=yk: tr.step(xk, yk, 0))
-        if len(steps) == 1:
-            fns[k] = steps[0]
-        else:
-            def parallel(steps=steps):
-                with single_threaded_ops():
-                    list(pool.map(lambda f: f(), steps))
-            fns[k] = parallel
-    rounds, inner = (3, 3) if quick else (5, 10)
-    times = interleaved_median_times(fns, rounds, inner, device)
+            engine.append(lambda tr=tr, xk=xk, yk=yk: tr.step(xk, yk, 0))
+            singles = [M.lenet5(generator=torch.Generator().manual_seed(s)).to(device).train() for s in part]
+            singles_all += list(zip(singles, xk, yk))
+            steps = [eager_step(m, torch.optim.Adam(m.parameters(), lr=1e-4), xk[i], yk[i], [R.DataGrad(50.0)],
+                                "cross_entropy", None) for i, m in enumerate(singles)]
+            split_loop.append(lambda steps=steps: [f() for f in steps])
+            tf = _torch_func_datagrad(singles, 50.0, device)
+            tfunc.append(lambda tf=tf, xk=xk, yk=yk: tf(xk, yk))
+        loop_steps = [eager_step(m, torch.optim.Adam(m.parameters(), lr=1e-4), x, y, [R.DataGrad(50.0)],
+                                 "cross_entropy", None) for m, x, y in singles_all]
+        fns["engine"] = _split(engine, pool)
+        fns["loop"] = lambda steps=loop_steps: [f() for f in steps]
+        fns["loop_split"] = _split(split_loop, pool)
+        fns["torch_func"] = _split(tfunc, pool)
+        rounds, inner = (3, 2) if quick else (7, 3)
+        times = interleaved_median_times(fns, rounds, inner, device)
+        row = {"K": k, **{f"{n}_ms_per_model_step": 1e3 * t / k for n, t in times.items()}}
+        row |= {f"engine_vs_{n}": times[n] / times["engine"] for n in ("loop", "loop_split", "torch_func")}
+        row["model_steps_per_s"] = k / times["engine"]
+        rows.append(row)
+        log(f"  K={k:<3d} ms per model-step: engine {row['engine_ms_per_model_step']:6.2f}  loop "
+            f"{row['loop_ms_per_model_step']:6.2f}  loop split {row['loop_split_ms_per_model_step']:6.2f}  torch.func "
+            f"{row['torch_func_ms_per_model_step']:6.2f}   engine x{row['engine_vs_loop']:.2f} vs loop, "
+            f"x{row['engine_vs_loop_split']:.2f} vs loop split, x{row['engine_vs_torch_func']:.2f} vs torch.func")
     if pool is not None:
         pool.shutdown()
-    loop_rate = 1.0 / times["loop"]
-    rows = [{"K": "loop", "step_ms": 1e3 * times["loop"], "model_steps_per_s": loop_rate, "speedup_vs_loop": 1.0}]
-    for k in ks:
-        rate = k / times[k]
-        rows.append({"K": k, "step_ms": 1e3 * times[k], "model_steps_per_s": rate, "speedup_vs_loop": rate / loop_rate})
-    for r in rows:
-        log(f"  K={str(r['K']):5s} step {r['step_ms']:9.2f} ms  {r['model_steps_per_s']:9.1f} model-steps/s  x{r['speedup_vs_loop']:.2f} vs loop")
     return rows
+
+
+def mixed_sweep_cost(device: torch.device, quick: bool, data_dir=None, log=print) -> dict:
+    """A sweep of NoGR, SpectReg and DataGrad runs (LeNet, 3 seeds each) costs what its three
+    single-kind sweeps cost: the planner never packs different penalty kinds together.
+    Wall time of ``train_many`` on the mixed list against the sum over the three lists, in
+    interleaved rounds (short runs: 20 steps, evaluation on 200 examples)."""
+    from .ensemble.loop import train_many
+
+    base = paper_config("mnist", device=str(device), steps=20, eval_every=0, eval_limit=200)
+    kinds = {"NoGR": (), "SpectReg": (R.SpectReg(0.03),), "DataGrad": (R.DataGrad(50.0),)}
+    lists = {n: [base.replace(seed=s, regularizers=r) for s in (1, 2, 3)] for n, r in kinds.items()}
+    mixed = [c for cs in lists.values() for c in cs]
+    fns = {"mixed": lambda: train_many(mixed, data_dir=data_dir)}
+    fns |= {n: (lambda cs=cs: train_many(cs, data_dir=data_dir)) for n, cs in lists.items()}
+    times = interleaved_median_times(fns, 2 if quick else 3, 1, device)
+    singles = sum(times[n] for n in kinds)
+    out = {"mixed_s": times["mixed"], "sum_of_single_kind_s": singles, "mixed_over_sum": times["mixed"] / singles}
+    log(f"  mixed sweep {times['mixed']:.2f} s, its single-kind sweeps {singles:.2f} s in sum: "
+        f"x{out['mixed_over_sum']:.2f}")
+    return out
 
 
 def ensemble_sizes(device: torch.device, quick: bool) -> tuple:
@@ -205,21 +318,23 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run_bench(device: str = "cpu", quick: bool = False, command: Optional[str] = None, log=print) -> dict:
+def run_bench(device: str = "cpu", quick: bool = False, command: Optional[str] = None, log=print,
+              data_dir=None) -> dict:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available; use --device cpu")
     log(f"gradreg bench on {device_name(dev)}, torch {torch.__version__}{' (quick)' if quick else ''}")
-    log("regularizer cost (one eager training step, relative to the plain step):")
+    log("regularizer cost (one training step, relative to a hand-written plain step):")
     cost = regularizer_cost(dev, quick, log)
-    log("ensemble engine, LeNet DataGrad, B=50:")
+    log("ensemble engine, LeNet DataGrad, B=50, against the best alternatives in the same thread layout:")
     ens = ensemble_speed(dev, ensemble_sizes(dev, quick), quick, log)
     best = max(r["model_steps_per_s"] for r in ens)
     projected = PAPER_TABLE1_RUNS * PAPER_TABLE1_STEPS / best
-    loop_projected = PAPER_TABLE1_RUNS * PAPER_TABLE1_STEPS / ens[0]["model_steps_per_s"]
+    loop_rate = max(1e3 / r["loop_ms_per_model_step"] for r in ens)
+    loop_projected = PAPER_TABLE1_RUNS * PAPER_TABLE1_STEPS / loop_rate
     log(f"Table 1 ({PAPER_TABLE1_RUNS} runs x {PAPER_TABLE1_STEPS} steps, at DataGrad cost): "
         f"{projected:.0f} s with the engine, {loop_projected:.0f} s one run at a time")
-    return {
+    out = {
         "device": device_name(dev),
         "torch": torch.__version__,
         "command": command or " ".join(["gradreg", "bench", "--device", device] + (["--quick"] if quick else [])),
@@ -229,3 +344,14 @@ def run_bench(device: str = "cpu", quick: bool = False, command: Optional[str] =
         "table1_projected_s": projected,
         "table1_projected_loop_s": loop_projected,
     }
+    if data_dir is not None or _mnist_available():
+        log("mixed sweep (NoGR + SpectReg + DataGrad) against its single-kind sweeps:")
+        out["mixed_sweep"] = mixed_sweep_cost(dev, quick, data_dir, log)
+    return out
+
+
+def _mnist_available() -> bool:
+    from .data.paths import data_dir_candidates
+
+    return any((Path(d) / "mnist").is_dir() or (Path(d) / "train-images-idx3-ubyte.gz").is_file()
+               for d in data_dir_candidates(None))

@@ -10,23 +10,33 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Optional
 
 from . import regularizers as R
+from .models import check_model_name, models_for
 
 DATASETS = ("mnist", "cifar10", "sin", "sin2")
-MODELS_FOR = {"mnist": ("lenet5",), "cifar10": ("resnet_cifar",), "sin": ("mlp_sin",), "sin2": ("mlp_sin",)}
 OPTIMIZERS = ("adam", "sgd_nesterov")
+MODELS_FOR = {d: models_for(d) for d in DATASETS}  # registered names per dataset
+# Fields added after the first release: omitted from to_dict() (and so from run keys) while
+# they hold their default, so every run stored before they existed keeps its key.
+_FLOAT_FIELDS = ("lr", "lr_gamma", "weight_decay", "dropout")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines one training run. Defaults: the paper's MNIST LeNet run
-    (use :func:`paper_config` for the other datasets)."""
+    (use :func:`paper_config` for the other datasets).
+
+    Identity: equal configs have equal :meth:`to_dict` and so equal run keys -- numbers are
+    normalized (``weight_decay=0`` is ``0.0``), and fields added after the first release
+    appear only when they differ from their defaults.
+    """
 
     # --- what is trained
     dataset: str = "mnist"
-    model: str = "lenet5"
+    model: str = "lenet5"  # a registered name (gradreg.models.MODELS) or an import path "package.module:factory"
     train_size: Optional[int] = 2000  # None: the whole training pool
     seed: int = 1  # data subset, init, batch order, dropout and projection draws
     regularizers: tuple[R.Regularizer, ...] = ()
@@ -57,8 +67,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, DATASETS)
-        _choice("model", self.model, MODELS_FOR[self.dataset])
+        check_model_name(self.model, self.dataset)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("seed", "steps", "batch_size", "eval_batch_size", "penalty_window", "eval_every",
+                     "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an integer, got {v!r}")
         for name in ("steps", "batch_size", "eval_batch_size", "penalty_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -69,6 +84,14 @@ class TrainConfig:
             raise ValueError(f"eval_limit must be >= 1 or None, got {self.eval_limit}")
         if self.train_size is not None and self.train_size < 1:
             raise ValueError(f"train_size must be >= 1, got {self.train_size}")
+        for name in _FLOAT_FIELDS:  # identity: 0 and 0.0 are one config
+            v = getattr(self, name)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, Real):
+                    raise TypeError(f"{name} must be a number, got {v!r}")
+                object.__setattr__(self, name, float(v))
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1) or None, got {self.dropout}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.weight_decay >= 0:
@@ -78,13 +101,18 @@ class TrainConfig:
             if not isinstance(r, R.Regularizer):
                 raise TypeError(f"regularizers must be gradreg regularizers, got {type(r).__name__}")
         object.__setattr__(self, "regularizers", regs)
-        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.metadata.get("added") and v == f.default:
+                continue
+            d[f.name] = v
         d["regularizers"] = [regularizer_to_dict(r) for r in self.regularizers]
         d["lr_milestones"] = list(self.lr_milestones)
         return d
@@ -92,9 +120,18 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config has unknown field(s) {', '.join(unknown)}: written by another gradreg version?")
         d["regularizers"] = tuple(regularizer_from_dict(r) for r in d.get("regularizers", ()))
         d["lr_milestones"] = tuple(d.get("lr_milestones", (0.5, 0.75)))
         return cls(**d)
+
+
+def canonical_config(d: dict) -> dict:
+    """The normalized form of a config dict (what its run key hashes)."""
+    return TrainConfig.from_dict(d).to_dict()
 
 
 def _choice(name: str, value, valid) -> None:
@@ -128,27 +165,24 @@ def paper_config(dataset: str, **overrides: Any) -> TrainConfig:
 
 # --------------------------------------------------------------------------- regularizer specs
 
-ALIASES = {
-    "datagrad": "DataGrad", "dg": "DataGrad",
-    "spectreg": "SpectReg", "spect": "SpectReg", "sr": "SpectReg",
-    "frobreg": "FrobReg", "frob": "FrobReg",
-    "jacreg": "JacReg", "jac": "JacReg",
-    "onehot": "OneHot",
-    "randomonehot": "RandomOneHot", "random_onehot": "RandomOneHot", "rndonehot": "RandomOneHot",
-    "cp": "ConfidencePenalty", "confidence": "ConfidencePenalty", "confidencepenalty": "ConfidencePenalty",
-}
+ALIASES = R.ALIASES  # command-line names, derived from the registry
 
 
 def regularizer_to_dict(r: R.Regularizer) -> dict:
-    return {"name": r.name, **dataclasses.asdict(r)}
+    """``{"name", "weight", options...}``; options added after the first release (``every``)
+    appear only when they differ from their defaults."""
+    d = R.to_dict(r)
+    for f in dataclasses.fields(r):
+        if f.name in _REG_ADDED and d[f.name] == f.default:
+            del d[f.name]
+    return d
+
+
+_REG_ADDED = ("every",)
 
 
 def regularizer_from_dict(d: dict) -> R.Regularizer:
-    d = dict(d)
-    name = d.pop("name")
-    if name not in R.REGULARIZERS:
-        raise ValueError(f"unknown regularizer {name!r}; valid: {', '.join(R.REGULARIZERS)}")
-    return R.REGULARIZERS[name](**d)
+    return R.from_dict(d)
 
 
 def _coerce(text: str):
@@ -168,7 +202,9 @@ def parse_regularizer(spec: str) -> R.Regularizer:
     head, *opts = spec.split(",")
     name, sep, weight = head.partition("=")
     key = name.strip().lower()
-    if key not in ALIASES:
+    if ":" in name:
+        cls = R.resolve(name.strip())
+    elif key not in ALIASES:
         close = difflib.get_close_matches(key, ALIASES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown regularizer {name!r}{hint}; valid names: {', '.join(sorted(ALIASES))}")
@@ -184,7 +220,8 @@ def parse_regularizer(spec: str) -> R.Regularizer:
         if not sep:
             raise ValueError(f"regularizer option {opt!r} must be key=value")
         kwargs[k.strip()] = _coerce(v.strip())
-    cls = R.REGULARIZERS[ALIASES[key]]
+    if ":" not in name:
+        cls = R.REGISTRY[ALIASES[key]]
     valid = {f.name for f in dataclasses.fields(cls)} - {"weight"}
     for k in kwargs:
         if k not in valid:

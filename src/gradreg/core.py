@@ -1,8 +1,15 @@
-"""The drop-in entry points: :func:`regularized_loss` and :func:`penalty`.
+"""The drop-in entry points: :func:`regularize`, :func:`regularized_loss` and :func:`penalty`.
 
-Both run the forward pass themselves on a detached copy of ``x`` that requires grad, so
-the caller never sets ``requires_grad`` (and can never forget to). All regularizers share
-that one forward pass and its graph.
+- :func:`regularize` takes a forward pass the caller already ran: the logits, the targets and
+  ``wrt``, the tensor(s) the penalties differentiate by (the input, several inputs, an
+  embedding output or a hidden activation). It fits any model signature, autocast, DDP and
+  ``torch.compile``.
+- :func:`regularized_loss` runs the forward pass itself on a copy of ``x`` that requires grad,
+  so the caller never sets ``requires_grad`` (and can never forget to). It is a thin layer
+  on :func:`regularize`; when no active regularizer needs an input gradient it does not ask
+  for one, and costs what a plain training step costs.
+
+All regularizers share the one forward pass and its graph.
 """
 
 from __future__ import annotations
@@ -13,17 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import penalties as P
 from .regularizers import Forward, Regularizer
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOSSES = ("cross_entropy", "half_sse", "mse")
+VALIDATE = ("auto", True, False)
 
 
 # --------------------------------------------------------------------------- data losses
 
 
 def per_example_loss(logits: Tensor, y: Tensor, loss: Union[str, LossFn]) -> Tensor:
-    """The data loss of each example, ``(B,)``.
+    """The data loss of each example, ``logits.shape[:-1]``.
 
     - ``"cross_entropy"``: ``-log softmax(z_i)[y_i]``; ``y`` holds integer class labels.
     - ``"half_sse"``: ``1/2 ||z_i - y_i||^2`` (the paper's SIN loss, summed over the batch).
@@ -32,26 +41,34 @@ def per_example_loss(logits: Tensor, y: Tensor, loss: Union[str, LossFn]) -> Ten
     """
     if callable(loss):
         out = loss(logits, y)
-        if not isinstance(out, Tensor) or out.shape != logits.shape[:1]:
-            raise ValueError(f"a loss callable must return per-example losses of shape ({logits.shape[0]},)")
+        if not isinstance(out, Tensor) or out.shape != logits.shape[:-1]:
+            raise ValueError(f"a loss callable must return per-example losses of shape {tuple(logits.shape[:-1])}")
         return out
+    m = logits.shape[-1]
     if loss == "cross_entropy":
-        return F.cross_entropy(logits, y, reduction="none")
+        return F.cross_entropy(logits.reshape(-1, m), y.reshape(-1), reduction="none").view(logits.shape[:-1])
     diff = logits - y.reshape(logits.shape).to(logits.dtype)
     if loss == "half_sse":
-        return 0.5 * diff.pow(2).sum(1)
+        return 0.5 * diff.pow(2).sum(-1)
     if loss == "mse":
-        return diff.pow(2).mean(1)
+        return diff.pow(2).mean(-1)
     raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSSES)} or a callable")
 
 
 def batch_data_loss(per_example: Tensor, loss: Union[str, LossFn]) -> Tensor:
-    """The data term of the training loss: the batch mean, except ``"half_sse"``, which is
-    the batch sum ``1/2 sum_i ||z_i - y_i||^2`` as in the paper's SIN experiment."""
-    return per_example.sum() if loss == "half_sse" else per_example.mean()
+    """The data term of the training loss: the mean over the last (batch) axis, except
+    ``"half_sse"``, the batch sum ``1/2 sum_i ||z_i - y_i||^2`` as in the paper's SIN experiment."""
+    return per_example.sum(-1) if loss == "half_sse" else per_example.mean(-1)
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def check_grad_mode(where: str) -> None:
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{where} needs autograd, but it runs under torch.inference_mode()")
+    if not torch.is_grad_enabled():
+        raise RuntimeError(f"{where} needs autograd, but it runs under torch.no_grad()")
 
 
 def _check_input(x) -> None:
@@ -65,17 +82,17 @@ def _check_input(x) -> None:
         raise ValueError(f"x must have a non-empty leading batch dimension, got shape {tuple(x.shape)}")
 
 
-def _check_regularizers(regularizers) -> list[Regularizer]:
+def check_regularizers(regularizers) -> list[Regularizer]:
     if isinstance(regularizers, Regularizer):
         return [regularizers]
-    if not isinstance(regularizers, Iterable):
+    if not isinstance(regularizers, Iterable) or isinstance(regularizers, (str, bytes)):
         raise TypeError(f"regularizers must be a list of gradreg regularizers, got {type(regularizers).__name__}")
     regs = list(regularizers)
     for i, r in enumerate(regs):
         if not isinstance(r, Regularizer):
             raise TypeError(
                 f"regularizers[{i}] is a {type(r).__name__}, not a gradreg regularizer "
-                "(DataGrad, SpectReg, FrobReg, JacReg, OneHot, RandomOneHot, ConfidencePenalty)"
+                "(DataGrad, SpectReg, FrobReg, JacReg, OneHot, RandomOneHot, ConfidencePenalty or a subclass)"
             )
     return regs
 
@@ -85,39 +102,41 @@ def _check_loss(loss) -> None:
         raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSSES)} or a callable")
 
 
-def _check_logits_and_targets(logits, x: Tensor, y, loss) -> None:
+def _labels(y: Tensor, loss) -> Tensor:
+    """Integer labels of any integer dtype become int64 (what cross_entropy indexes with)."""
+    if loss == "cross_entropy" and isinstance(y, Tensor) and not y.dtype.is_floating_point and not y.is_complex() \
+            and y.dtype != torch.bool and y.dtype != torch.int64:
+        return y.long()
+    return y
+
+
+def check_logits_and_targets(logits, y, loss, *, batch: Optional[int] = None, validate="auto") -> None:
+    """Shapes and dtypes of logits ``(*batch, m)`` and targets; the label range where
+    ``validate`` says so (``"auto"``: on CPU only, where it needs no device synchronization)."""
     if not isinstance(logits, Tensor):
         raise TypeError(f"the model must return a tensor of logits, got {type(logits).__name__}")
-    if logits.dim() != 2:
-        raise ValueError(f"the model's logits must be 2-D (batch, classes), got shape {tuple(logits.shape)}")
+    if logits.dim() < 2:
+        raise ValueError(f"the logits must be 2-D (batch, classes), got shape {tuple(logits.shape)}")
     if not isinstance(y, Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
-    b, m = logits.shape
-    if b != x.shape[0] or y.dim() == 0 or y.shape[0] != x.shape[0]:
+    lead, m = logits.shape[:-1], logits.shape[-1]
+    b = lead[-1]
+    if (batch is not None and batch != b) or y.dim() < len(lead) or y.shape[: len(lead)] != lead:
         raise ValueError(
-            f"batch-size mismatch: x has {x.shape[0]} examples, logits {b}, y {tuple(y.shape)[:1] or 'a scalar'}"
+            f"batch-size mismatch: x has {batch if batch is not None else '?'} examples, logits {tuple(lead)}, "
+            f"y {tuple(y.shape)[: len(lead)] or 'a scalar'}"
         )
     if loss == "cross_entropy":
         if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
             raise TypeError(f"cross_entropy needs integer class labels, got y of dtype {y.dtype}")
-        if y.dim() != 1:
-            raise ValueError(f"class labels must be 1-D (batch,), got shape {tuple(y.shape)}")
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= m:
-            raise ValueError(f"labels out of range: the model has {m} classes (0..{m - 1}), y spans {lo}..{hi}")
+        if y.dim() != len(lead):
+            raise ValueError(f"class labels must have shape {tuple(lead)}, got {tuple(y.shape)}")
+        if validate is True or (validate == "auto" and y.device.type == "cpu"):
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= m:
+                raise ValueError(f"labels out of range: the model has {m} classes (0..{m - 1}), y spans {lo}..{hi}")
     elif isinstance(loss, str) and y.numel() != logits.numel():
         raise ValueError(f"loss {loss!r} needs targets of shape {tuple(logits.shape)}, got {tuple(y.shape)}")
-
-
-def forward(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss: Union[str, LossFn] = "cross_entropy") -> Forward:
-    """Run ``model`` once on a detached copy of ``x`` that requires grad, validate
-    everything, and return the shared :class:`Forward` record."""
-    _check_input(x)
-    _check_loss(loss)
-    xg = x.detach().requires_grad_(True)
-    logits = model(xg)
-    _check_logits_and_targets(logits, x, y, loss)
-    return Forward(xg, logits, y, per_example_loss(logits, y, loss))
 
 
 def _check_labels_needed(regs: list[Regularizer], loss) -> None:
@@ -126,7 +145,162 @@ def _check_labels_needed(regs: list[Regularizer], loss) -> None:
             raise ValueError(f"{r.name} projects on the one-hot class label, so it needs loss='cross_entropy'")
 
 
+def _check_wrt(wrt, lead: torch.Size) -> tuple[Tensor, ...]:
+    xs = P.as_inputs(wrt)
+    if not xs:
+        raise ValueError("wrt is empty: pass the tensor(s) the logits depend on")
+    for j, t in enumerate(xs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"wrt[{j}] is a {type(t).__name__}, not a tensor")
+        if not t.is_floating_point():
+            raise TypeError(f"wrt[{j}] has dtype {t.dtype}; input gradients need floating point "
+                            "(for token ids, regularize w.r.t. the embedding output)")
+        if t.shape[: len(lead)] != lead:
+            raise ValueError(
+                f"shape mismatch: wrt[{j}] has shape {tuple(t.shape)}, but its leading axes must be the logits' "
+                f"batch axes {tuple(lead)}"
+            )
+    return xs
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def _term_names(regs: list[Regularizer]) -> list[str]:
+    names: list[str] = []
+    for reg in regs:
+        key, n = reg.name, 2
+        while key in names or key == "loss":
+            key, n = f"{reg.name}#{n}", n + 1
+        names.append(key)
+    return names
+
+
 # --------------------------------------------------------------------------- public API
+
+
+def regularize(
+    logits: Tensor,
+    y: Tensor,
+    wrt,
+    regularizers: Iterable[Regularizer],
+    *,
+    loss: Union[str, LossFn] = "cross_entropy",
+    generator: Optional[torch.Generator] = None,
+    step: Optional[int] = None,
+    validate="auto",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``data_loss + sum_j weight_j * penalty_j`` for a forward pass the caller already ran.
+
+    ``logits`` ``(B, m)`` and targets ``y``; ``wrt`` is the tensor, or a tuple of tensors,
+    that the penalties differentiate by: the input (made to require grad *before* the
+    forward pass), several inputs, an embedding output, or a hidden activation (see
+    :func:`gradreg.capture`). Each must have the batch as its leading axis. With several,
+    a penalty's per-example value is the **sum** over them of the per-example squared
+    norms (``norm="l1"``: of the L1 norms), i.e. the norm of the concatenated gradient.
+    ``wrt`` may be ``None`` only when no active regularizer needs an input gradient.
+
+    Returns ``(loss, terms)``: the scalar total, and a dict of detached scalars -- the data
+    loss under ``"loss"`` and each *applied* regularizer's unweighted penalty under its class
+    name (a second regularizer of the same class gets ``"Name#2"``, and so on).
+
+    - The data loss is the batch mean (``"half_sse"``: the batch sum). Every penalty is the
+      batch mean of a per-example value (see each regularizer's docstring).
+    - A regularizer with weight 0 is evaluated for ``terms`` but not added to the loss.
+    - ``step``: the training step, needed by lazy regularizers (``every > 1``); on steps they
+      skip they cost nothing and are absent from ``terms``.
+    - BatchNorm in training mode couples the examples; the penalties then use gradients of
+      batch sums, as the paper's published numbers did.
+    - Random projections are drawn, in list order, from ``generator`` (else the global RNG)
+      on the logits' device and dtype.
+    - ``validate``: the label-range check reads the labels' min and max, a host
+      synchronization on an accelerator; ``"auto"`` runs it on CPU only, ``True`` always,
+      ``False`` never.
+
+    Raises a one-line error when ``wrt`` does not require grad, the logits do not depend on
+    it, it runs under ``no_grad``/``inference_mode``, or shapes do not match: never a silent 0.
+    """
+    check_grad_mode("gradreg.regularize")
+    regs = check_regularizers(regularizers)
+    _check_loss(loss)
+    _check_generator(generator)
+    if validate not in VALIDATE:
+        raise ValueError(f"validate={validate!r} is not valid; valid choices: 'auto', True, False")
+    y = _labels(y, loss)
+    check_logits_and_targets(logits, y, loss, validate=validate)
+    _check_labels_needed(regs, loss)
+    names = _term_names(regs)
+    active = [(n, r) for n, r in zip(names, regs) if r.active(step)]
+    xs: Optional[tuple[Tensor, ...]] = None
+    if any(r.needs_input_grad for _, r in active):
+        if wrt is None:
+            raise ValueError("wrt is None, but " + ", ".join(r.name for _, r in active if r.needs_input_grad)
+                             + " differentiate(s) by the input: pass wrt")
+        xs = _check_wrt(wrt, logits.shape[:-1])
+        P.check_differentiable(logits, xs)
+    pel = per_example_loss(logits, y, loss)
+    data = batch_data_loss(pel, loss)
+    terms: dict[str, Tensor] = {"loss": data.detach()}
+    total = data
+    x_arg = None if xs is None else (xs if isinstance(wrt, (tuple, list)) else xs[0])
+    fwd = Forward(x_arg, logits, y, pel)  # type: ignore[arg-type]
+    for name, reg in active:
+        value = reg.value(fwd, generator).mean()
+        terms[name] = value.detach()
+        if reg.weight != 0:
+            total = total + reg.effective_weight * value
+    return total, terms
+
+
+def regularized_loss(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    regularizers: Iterable[Regularizer],
+    *,
+    loss: Union[str, LossFn] = "cross_entropy",
+    generator: Optional[torch.Generator] = None,
+    step: Optional[int] = None,
+    validate="auto",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``data_loss + sum_j weight_j * penalty_j`` from one forward pass of ``model`` on ``x``.
+
+    Runs ``model`` on a detached copy of ``x`` that requires grad -- only when an active
+    regularizer differentiates by the input, so a step with none (or only the confidence
+    penalty, or lazy regularizers on a skipped step) costs a plain step -- and hands the
+    logits to :func:`regularize`; see there for ``terms``, ``step``, ``generator`` and
+    ``validate``.
+    """
+    check_grad_mode("gradreg.regularized_loss")
+    regs = check_regularizers(regularizers)
+    _check_input(x)
+    _check_loss(loss)
+    needs_grad = any(r.needs_input_grad and r.active(step) for r in regs)
+    xg = x.detach().requires_grad_(True) if needs_grad else x
+    logits = model(xg)
+    if isinstance(logits, Tensor) and (logits.dim() != 2 or logits.shape[0] != x.shape[0]):
+        if logits.dim() != 2:
+            raise ValueError(f"the model's logits must be 2-D (batch, classes), got shape {tuple(logits.shape)}")
+        raise ValueError(f"batch-size mismatch: x has {x.shape[0]} examples, logits {logits.shape[0]}")
+    return regularize(logits, y, xg if needs_grad else None, regs, loss=loss, generator=generator, step=step,
+                      validate=validate)
+
+
+def forward(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss: Union[str, LossFn] = "cross_entropy") -> Forward:
+    """Run ``model`` once on a detached copy of ``x`` that requires grad, validate
+    everything, and return the shared :class:`Forward` record."""
+    check_grad_mode("gradreg forward")
+    _check_input(x)
+    _check_loss(loss)
+    y = _labels(y, loss)
+    xg = x.detach().requires_grad_(True)
+    logits = model(xg)
+    if isinstance(logits, Tensor) and logits.dim() != 2:
+        raise ValueError(f"the model's logits must be 2-D (batch, classes), got shape {tuple(logits.shape)}")
+    check_logits_and_targets(logits, y, loss, batch=x.shape[0])
+    return Forward(xg, logits, y, per_example_loss(logits, y, loss))
 
 
 def penalty(
@@ -141,51 +315,12 @@ def penalty(
     """One regularizer's *unweighted* penalty, as the mean over the batch's examples.
 
     The result carries a graph (it can be backpropagated to the parameters). ``generator``
-    supplies the random projections of SpectReg and RandomOneHot.
+    supplies the random projections of SpectReg and RandomOneHot. Lazy settings
+    (``every``) are ignored: this is the value itself.
     """
-    (reg,) = _check_regularizers([reg])
+    check_grad_mode("gradreg.penalty")
+    (reg,) = check_regularizers([reg])
+    _check_generator(generator)
     fwd = forward(model, x, y, loss)
     _check_labels_needed([reg], loss)
-    return reg.per_example(fwd, generator).mean()
-
-
-def regularized_loss(
-    model: Callable[[Tensor], Tensor],
-    x: Tensor,
-    y: Tensor,
-    regularizers: Iterable[Regularizer],
-    *,
-    loss: Union[str, LossFn] = "cross_entropy",
-    generator: Optional[torch.Generator] = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """``data_loss + sum_j weight_j * penalty_j`` from one forward pass.
-
-    Returns ``(loss, terms)``: the scalar total, and a dict of detached scalars -- the data
-    loss under ``"loss"`` and each regularizer's unweighted penalty under its class name
-    (a second regularizer of the same class gets ``"Name#2"``, and so on).
-
-    - The data loss is the batch mean (``"half_sse"``: the batch sum). Every penalty is the
-      batch mean of a per-example value (see each regularizer's docstring).
-    - All penalties are vector-Jacobian products of the same graph.
-    - A regularizer with weight 0 is evaluated for ``terms`` but not added to the loss, so it
-      costs no second-order backward pass.
-    - BatchNorm in training mode couples the examples; the penalties then use gradients of
-      batch sums, as the paper's published numbers did.
-    - Random projections are drawn, in list order, from ``generator`` (else the global RNG)
-      on the input's device and dtype.
-    """
-    regs = _check_regularizers(regularizers)
-    fwd = forward(model, x, y, loss)
-    _check_labels_needed(regs, loss)
-    data = batch_data_loss(fwd.per_example_loss, loss)
-    terms: dict[str, Tensor] = {"loss": data.detach()}
-    total = data
-    for reg in regs:
-        value = reg.per_example(fwd, generator).mean()
-        key, n = reg.name, 2
-        while key in terms:
-            key, n = f"{reg.name}#{n}", n + 1
-        terms[key] = value.detach()
-        if reg.weight != 0:
-            total = total + reg.weight * value
-    return total, terms
+    return reg.value(fwd, generator).mean()

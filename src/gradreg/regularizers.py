@@ -1,4 +1,4 @@
-"""The paper's regularizers as small frozen dataclasses.
+"""The paper's regularizers as small frozen dataclasses, and the contract a new one implements.
 
 Each one holds its weight ``lambda`` and its options, and knows which pure function of
 :mod:`gradreg.penalties` it is. The value it contributes to the loss is
@@ -8,30 +8,73 @@ Projection vectors ``r`` are applied to the logits ``z = g(x)``; ``J_i = dz_i/dx
 (m x d) Jacobian of example i. With BatchNorm in training mode the examples are coupled
 and every vector-Jacobian product is the input gradient of a *batch sum*
 (``d/dx sum_i <z_i, r_i>``), as in the paper's published numbers.
+
+The contract
+------------
+A regularizer is a frozen dataclass subclass of :class:`Regularizer` with a ``weight`` and
+its options. It implements
+
+- ``per_example(fwd, draw) -> Tensor``: the *unweighted* penalty of every example, shape
+  ``fwd.batch_shape``. ``fwd`` is a :class:`Forward`: the input(s) ``x``, the logits
+  ``(*batch, m)``, the targets and the per-example data loss. ``batch`` is ``(B,)`` for one
+  run and ``(K, B)`` for an ensemble of K members, so write it over the *trailing* axes
+  (``logits.shape[-1]`` is m; reduce with ``P.per_example_norm(v, norm, fwd.batch_dims)``).
+- ``draw(batch, m, generator, device, dtype) -> Tensor | None`` (only if it is random): its
+  random draws for one batch of one run, with the batch as the leading axis. The ensemble
+  engine calls it once per member with that member's generator and stacks the draws, so a
+  member draws exactly what it would draw alone.
+- the class attributes ``needs_input_grad`` (False for output-only penalties such as the
+  confidence penalty: then no input gradient is taken at all) and ``needs_labels``.
+
+Everything that runs a regularizer -- :func:`gradreg.regularize`, :func:`gradreg.regularized_loss`,
+single runs and the ensemble engine -- calls these two methods, so a user-defined subclass
+trains inside an ensemble exactly as it trains alone. Every concrete subclass is registered
+by its class name (and its ``aliases``) in :data:`REGISTRY`, from which the command line's
+``--reg`` names and the experiment specs are derived. Subclasses outside gradreg serialize
+by their import path ``"package.module:ClassName"``.
+
+Lazy regularization (StyleGAN2's lazy R1): ``every=k`` applies the penalty only on steps
+``i`` with ``i % k == 0``, with weight ``k * weight``, so its expected contribution per step
+is unchanged; skipped steps cost nothing.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
+import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
-from typing import NamedTuple, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from . import penalties as P
 
+# The largest weight accepted: a penalty times a larger weight overflows float32 (3.4e38)
+# for any penalty above 1e-8, which is a mistake, not a setting.
+MAX_WEIGHT = 1e30
+
 
 class Forward(NamedTuple):
-    """One forward pass shared by all regularizers: the input (a leaf that requires
-    grad), its logits ``(B, m)``, the targets and the per-example data loss ``(B,)``."""
+    """One forward pass shared by all regularizers: the input(s) (leaves or activations
+    that require grad), the logits ``(*batch, m)``, the targets and the per-example data
+    loss ``(*batch,)``."""
 
-    x: Tensor
+    x: P.Inputs
     logits: Tensor
     y: Tensor
     per_example_loss: Tensor
+
+    @property
+    def batch_dims(self) -> int:
+        return self.logits.dim() - 1
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.logits.shape[:-1]
 
 
 def _check_choice(name: str, value, valid) -> None:
@@ -39,31 +82,99 @@ def _check_choice(name: str, value, valid) -> None:
         raise ValueError(f"{name}={value!r} is not valid; valid choices: {', '.join(map(repr, valid))}")
 
 
+REGISTRY: dict[str, type["Regularizer"]] = {}
+ALIASES: dict[str, str] = {}  # lower-case alias -> class name (command-line names)
+
+
+def register(cls: type["Regularizer"]) -> type["Regularizer"]:
+    """Add ``cls`` to :data:`REGISTRY` under its class name and its ``aliases``."""
+    REGISTRY[cls.__name__] = cls
+    for alias in (cls.__name__.lower(), *cls.aliases):
+        ALIASES[alias] = cls.__name__
+    return cls
+
+
 @dataclass(frozen=True)
 class Regularizer(abc.ABC):
-    """Base class. ``weight`` is the paper's ``lambda``: a finite, non-negative real."""
+    """Base class. ``weight`` is the paper's ``lambda``: a finite, non-negative real.
+    ``every``: apply on every k-th step only, with weight ``k * weight`` (lazy regularization)."""
 
     weight: float
+    every: int = field(default=1, kw_only=True)
+
+    # Does the penalty differentiate through the input? (False: the confidence penalty.)
+    needs_input_grad: ClassVar[bool] = True
+    # Classification-only regularizers read class labels from ``y``.
+    needs_labels: ClassVar[bool] = False
+    # Extra command-line names (the lower-case class name is always one).
+    aliases: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         w = self.weight
+        name = type(self).__name__
         if isinstance(w, bool) or not isinstance(w, Real):
-            raise TypeError(f"{type(self).__name__}: weight must be a real number, got {type(w).__name__}")
+            raise TypeError(f"{name}: weight must be a real number, got {type(w).__name__}")
         if math.isnan(w) or math.isinf(w) or w < 0:
-            raise ValueError(f"{type(self).__name__}: weight must be finite and >= 0, got {w}")
+            raise ValueError(f"{name}: weight must be finite and >= 0, got {w}")
+        if w > MAX_WEIGHT:
+            raise ValueError(f"{name}: weight {w:g} is larger than {MAX_WEIGHT:g}; the loss would overflow to inf")
+        object.__setattr__(self, "weight", float(w))
+        k = self.every
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"{name}: every must be an integer >= 1, got {k!r}")
 
     @property
     def name(self) -> str:
         return type(self).__name__
 
-    # Classification-only regularizers read class labels from ``y``.
-    needs_labels = False
+    def draw(self, batch: int, m: int, generator: Optional[torch.Generator], device, dtype) -> Optional[Tensor]:
+        """Random draws for one batch of one run, batch axis first; ``None`` if not random."""
+        return None
 
     @abc.abstractmethod
-    def per_example(self, fwd: Forward, generator: Optional[torch.Generator] = None) -> Tensor:
-        """The penalty of each example, ``(B,)``."""
+    def per_example(self, fwd: Forward, draw: Optional[Tensor] = None) -> Tensor:
+        """The unweighted penalty of each example, shape ``fwd.batch_shape``."""
+
+    # ----------------------------------------------------------------- derived, not overridden
+
+    def active(self, step: Optional[int]) -> bool:
+        """Is the penalty applied at ``step``? (Always, unless ``every > 1``.)"""
+        if self.every == 1:
+            return True
+        if step is None:
+            raise ValueError(f"{self.name}(every={self.every}) is lazy: pass step= (the training step) to apply it")
+        return step % self.every == 0
+
+    @property
+    def effective_weight(self) -> float:
+        """The weight on the steps where it is applied: ``every * weight``."""
+        return self.every * self.weight
+
+    def value(self, fwd: Forward, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Draw (for this run) and evaluate: the checked per-example penalty."""
+        b, m = fwd.logits.shape[-2], fwd.logits.shape[-1]
+        d = self.draw(b, m, generator, fwd.logits.device, fwd.logits.dtype)
+        if fwd.batch_dims > 1 and d is not None:
+            raise ValueError("value() evaluates one run; the ensemble engine stacks per-member draws itself")
+        return self.checked(fwd, d)
+
+    def checked(self, fwd: Forward, draw: Optional[Tensor]) -> Tensor:
+        """``per_example`` with the contract's shape check."""
+        out = self.per_example(fwd, draw)
+        if not isinstance(out, Tensor) or out.shape != fwd.batch_shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"{self.name}.per_example returned {got}; a regularizer returns one value per example, shape "
+                f"{tuple(fwd.batch_shape)} (see the contract in gradreg.regularizers)"
+            )
+        return out
+
+    def options(self) -> dict[str, Any]:
+        """Every field but the weight."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "weight"}
 
 
+@register
 @dataclass(frozen=True)
 class DataGrad(Regularizer):
     """DataGrad / double backpropagation: ``mean_i ||d l_i / d x_i||_2^2``.
@@ -75,15 +186,17 @@ class DataGrad(Regularizer):
     """
 
     norm: str = "l2"
+    aliases: ClassVar[tuple[str, ...]] = ("dg",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("norm", self.norm, P.NORMS)
 
-    def per_example(self, fwd, generator=None):
+    def per_example(self, fwd, draw=None):
         return P.datagrad(fwd.per_example_loss, fwd.x, self.norm)
 
 
+@register
 @dataclass(frozen=True)
 class SpectReg(Regularizer):
     """Spectral regularization: ``mean_i ||J_i^T r||_2^2``, ``r ~ N(0, I_m)``.
@@ -101,6 +214,7 @@ class SpectReg(Regularizer):
     normalize: bool = False
     n_proj: int = 1
     norm: str = "l2"
+    aliases: ClassVar[tuple[str, ...]] = ("spect", "sr")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,21 +223,16 @@ class SpectReg(Regularizer):
         if isinstance(self.n_proj, bool) or not isinstance(self.n_proj, int) or self.n_proj < 1:
             raise ValueError(f"SpectReg: n_proj must be an integer >= 1, got {self.n_proj!r}")
 
-    def per_example(self, fwd, generator=None):
-        b, m = fwd.logits.shape
-        r = P.gaussian_projections(
-            self.n_proj,
-            b,
-            m,
-            projection=self.projection,
-            normalize=self.normalize,
-            generator=generator,
-            device=fwd.logits.device,
-            dtype=fwd.logits.dtype,
-        )
-        return P.projected_jacobian_mean(fwd.logits, fwd.x, r, self.norm)
+    def draw(self, batch, m, generator, device, dtype):
+        r = P.gaussian_projections(self.n_proj, batch, m, projection=self.projection, normalize=self.normalize,
+                                   generator=generator, device=device, dtype=dtype)
+        return r.transpose(0, 1)  # (batch, n_proj, m)
+
+    def per_example(self, fwd, draw=None):
+        return P.projected_jacobian_mean(fwd.logits, fwd.x, draw.movedim(-2, 0), self.norm)
 
 
+@register
 @dataclass(frozen=True)
 class FrobReg(Regularizer):
     """FrobReg: the exact ``mean_i ||J_g(x_i)||_F^2`` of the logits.
@@ -137,15 +246,17 @@ class FrobReg(Regularizer):
     """
 
     method: str = "auto"
+    aliases: ClassVar[tuple[str, ...]] = ("frob",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("method", self.method, P.METHODS)
 
-    def per_example(self, fwd, generator=None):
+    def per_example(self, fwd, draw=None):
         return P.frobreg(fwd.logits, fwd.x, self.method)
 
 
+@register
 @dataclass(frozen=True)
 class JacReg(Regularizer):
     """JacReg (Sokolic et al.): the exact ``mean_i ||J_f(x_i)||_F^2`` of the softmax
@@ -153,32 +264,35 @@ class JacReg(Regularizer):
     Published weight: 1."""
 
     method: str = "auto"
+    aliases: ClassVar[tuple[str, ...]] = ("jac",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("method", self.method, P.METHODS)
 
-    def per_example(self, fwd, generator=None):
+    def per_example(self, fwd, draw=None):
         return P.jacreg(fwd.logits, fwd.x, self.method)
 
 
+@register
 @dataclass(frozen=True)
 class OneHot(Regularizer):
     """True-label projection: ``mean_i ||J_i^T y_i||_2^2`` with ``y_i`` the one-hot label,
     i.e. the squared input gradient of the true class's logit. Published weight: 0.3."""
 
     norm: str = "l2"
-    needs_labels = True
+    needs_labels: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("norm", self.norm, P.NORMS)
 
-    def per_example(self, fwd, generator=None):
-        r = torch.nn.functional.one_hot(fwd.y, fwd.logits.shape[1]).to(fwd.logits.dtype)
+    def per_example(self, fwd, draw=None):
+        r = torch.nn.functional.one_hot(fwd.y, fwd.logits.shape[-1]).to(fwd.logits.dtype)
         return P.projected_jacobian(fwd.logits, fwd.x, r, self.norm)
 
 
+@register
 @dataclass(frozen=True)
 class RandomOneHot(Regularizer):
     """Random one-hot projection: ``mean_i ||J_i^T sqrt(m) e_k||_2^2`` with ``k`` uniform
@@ -189,20 +303,22 @@ class RandomOneHot(Regularizer):
 
     projection: str = "batch"
     norm: str = "l2"
+    aliases: ClassVar[tuple[str, ...]] = ("random_onehot", "rndonehot")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("projection", self.projection, P.PROJECTIONS)
         _check_choice("norm", self.norm, P.NORMS)
 
-    def per_example(self, fwd, generator=None):
-        b, m = fwd.logits.shape
-        r = P.random_onehot_projections(
-            b, m, projection=self.projection, generator=generator, device=fwd.logits.device, dtype=fwd.logits.dtype
-        )
-        return P.projected_jacobian(fwd.logits, fwd.x, r, self.norm)
+    def draw(self, batch, m, generator, device, dtype):
+        return P.random_onehot_projections(batch, m, projection=self.projection, generator=generator,
+                                           device=device, dtype=dtype)
+
+    def per_example(self, fwd, draw=None):
+        return P.projected_jacobian(fwd.logits, fwd.x, draw, self.norm)
 
 
+@register
 @dataclass(frozen=True)
 class ConfidencePenalty(Regularizer):
     """Confidence penalty: ``mean_i sum_k p_ik log p_ik`` (the negative entropy, <= 0, so
@@ -211,12 +327,64 @@ class ConfidencePenalty(Regularizer):
     The weight is per-example-mean: the paper's code *summed* over the batch, so its
     weight converts as ``weight_here = weight_original * B`` (0.01 there is 0.5 here at
     B = 50). Published weight at MNIST N=2000: 0.01 in the original's convention.
+    It needs no input gradient.
     """
 
-    def per_example(self, fwd, generator=None):
+    needs_input_grad: ClassVar[bool] = False
+    aliases: ClassVar[tuple[str, ...]] = ("cp", "confidence")
+
+    def per_example(self, fwd, draw=None):
         return P.confidence_penalty(fwd.logits)
 
 
-REGULARIZERS = {
-    cls.__name__: cls for cls in (DataGrad, SpectReg, FrobReg, JacReg, OneHot, RandomOneHot, ConfidencePenalty)
-}
+# Kept for compatibility: the built-in regularizers by class name.
+REGULARIZERS = dict(REGISTRY)
+
+
+# --------------------------------------------------------------------------- serialization
+
+
+def type_name(cls: type) -> str:
+    """The registry name of a built-in, else the import path ``"module:QualName"``."""
+    if REGISTRY.get(cls.__name__) is cls:
+        return cls.__name__
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def resolve(name: str) -> type[Regularizer]:
+    """A regularizer class from its registry name or import path ``"module:ClassName"``."""
+    if ":" in name:
+        cls = import_object(name, "regularizer")
+        if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
+            raise TypeError(f"{name!r} is not a gradreg.Regularizer subclass")
+        return cls
+    if name not in REGISTRY:
+        raise ValueError(f"unknown regularizer {name!r}; valid: {', '.join(REGISTRY)} or an import path 'module:Class'")
+    return REGISTRY[name]
+
+
+def import_object(path: str, what: str):
+    """``"package.module:attr"`` -> the object, with a one-line error naming what failed."""
+    module, sep, attr = path.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"{what} import path {path!r} must look like 'package.module:name'")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"{what} import path {path!r}: cannot import module {module!r} ({e})") from None
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{what} import path {path!r}: module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def to_dict(r: Regularizer) -> dict:
+    return {"name": type_name(type(r)), **{f.name: getattr(r, f.name) for f in dataclasses.fields(r)}}
+
+
+def from_dict(d: dict) -> Regularizer:
+    d = dict(d)
+    cls = resolve(d.pop("name"))
+    return cls(**d)

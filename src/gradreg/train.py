@@ -10,14 +10,11 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import math
 import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,30 +22,19 @@ import torch
 from torch import nn
 
 from . import data as D
-from . import models as M
+from . import datasets
 from . import smoothness as S
+from .atomic import save_torch_atomic
 from .config import TrainConfig
 from .core import regularized_loss
+from .models import build_model, decayed_parameters
+from .result import RunResult, TrainingDiverged, hardware
+from .streams import piecewise_lr, stream_seed
 
-
-class TrainingDiverged(RuntimeError):
-    """A loss term became NaN or Inf. The message names the step and the term."""
+__all__ = ["train", "RunResult", "TrainingDiverged", "build_model", "piecewise_lr", "stream_seed", "load_splits"]
 
 
 # --------------------------------------------------------------------------- pure pieces
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for the named random stream of run ``seed`` (independent streams)."""
-    digest = hashlib.sha256(f"gradreg:{seed}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def piecewise_lr(step: int, base_lr: float, steps: int, milestones=(0.5, 0.75), gamma: float = 0.1) -> float:
-    """``base_lr * gamma^k`` where k is the number of milestones (fractions of ``steps``)
-    reached: with the defaults, x0.1 from 50% and x0.01 from 75% of training."""
-    k = sum(step >= int(round(m * steps)) for m in milestones)
-    return base_lr * gamma**k
 
 
 def half_squared_norm(params) -> torch.Tensor:
@@ -56,82 +42,12 @@ def half_squared_norm(params) -> torch.Tensor:
     return 0.5 * sum(p.pow(2).sum() for p in params)
 
 
-# --------------------------------------------------------------------------- the result
-
-
-@dataclass
-class RunResult:
-    """What one run produced. ``dev``/``test`` are accuracies in [0, 1] for classification
-    and mean squared errors for SIN (``metric`` says which)."""
-
-    config: dict
-    metric: str
-    dev: float
-    test: float
-    train_loss: float  # mean data loss over the last `penalty_window` steps
-    penalties: dict  # each regularizer's unweighted penalty, mean over the last steps
-    weight_norm_sq: float  # sum ||w||^2 over conv/dense weights (the paper's Figure 4)
-    wall_time_s: float
-    steps_per_s: float
-    curve: list = field(default_factory=list)  # [{"step", "train_loss", "dev", "test"}, ...]
-    torch_version: str = torch.__version__
-    device: str = "cpu"
-    steps_done: int = 0
-    grad_norms: dict = field(default_factory=dict)  # mean ||J_g||_F at train/test/off-manifold points
-    fit: Optional[list] = None  # regression only: predictions on the test grid (SIN figures)
-    ensemble_size: int = 1  # members trained together (wall time and steps/s are per member)
-    error: Optional[str] = None  # set when an ensemble member diverged (a single run raises)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def summary(self) -> str:
-        cfg = self.config
-        regs = " ".join(f"{r['name']}={r['weight']:g}" for r in cfg["regularizers"]) or "NoGR"
-        if self.metric == "accuracy":
-            score = f"dev {100 * self.dev:.2f}%  test {100 * self.test:.2f}%"
-        else:
-            score = f"dev MSE {self.dev:.5f}  test MSE {self.test:.5f}"
-        return (
-            f"{cfg['dataset']} {cfg['model']} n={cfg['train_size']} seed={cfg['seed']} {regs}: {score}  "
-            f"train loss {self.train_loss:.4f}  {self.steps_done} steps in {self.wall_time_s:.1f}s "
-            f"({self.steps_per_s:.1f} steps/s, {self.device})"
-        )
-
-
 # --------------------------------------------------------------------------- building blocks
 
 
 def load_splits(cfg: TrainConfig, data_dir=None, device="cpu") -> "D.Splits":
-    """The config's train/dev/test tensors on ``device``."""
-    if cfg.dataset == "mnist":
-        return D.load_mnist_splits(
-            cfg.train_size, cfg.seed, data_dir, per_set_standardization=cfg.per_set_standardization, device=device
-        )
-    if cfg.dataset == "cifar10":
-        return D.load_cifar10_splits(
-            cfg.train_size,
-            cfg.seed,
-            data_dir,
-            dev_is_test=cfg.dev_is_test,
-            per_set_standardization=cfg.per_set_standardization,
-            device=device,
-        )
-    splits = (D.make_sin if cfg.dataset == "sin" else D.make_sin2)(device=device)
-    if cfg.train_size is not None and cfg.train_size != len(splits.x_train):
-        raise ValueError(f"{cfg.dataset} has a fixed training set of {len(splits.x_train)} points; use train_size=None")
-    return splits
-
-
-def build_model(cfg: TrainConfig, generator: torch.Generator) -> nn.Module:
-    if cfg.model == "lenet5":
-        return M.lenet5(
-            dropout=cfg.dropout, batchnorm=cfg.batchnorm, bn_batch_stats_at_eval=cfg.bn_batch_stats_at_eval,
-            generator=generator,
-        )
-    if cfg.model == "resnet_cifar":
-        return M.resnet_cifar(bn_batch_stats_at_eval=cfg.bn_batch_stats_at_eval, generator=generator)
-    return M.mlp_sin(generator=generator)
+    """The config's train/dev/test tensors on ``device`` (:func:`gradreg.datasets.load_splits`)."""
+    return datasets.load_splits(cfg, data_dir, device)
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -171,20 +87,9 @@ def _set_rng_states(states: dict, device: torch.device) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` atomically: a temporary file in the same directory, fsynced, then
-    renamed over ``path``. A crash leaves either the old checkpoint or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``state`` atomically (:mod:`gradreg.atomic`): a crash leaves either the old
+    checkpoint or the new one."""
+    save_torch_atomic(path, state)
 
 
 def _progress(total: int, initial: int, enabled: Optional[bool]):
@@ -236,7 +141,7 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
 
     model = build_model(cfg, torch.Generator().manual_seed(stream_seed(cfg.seed, "init"))).to(device)
     model.train()
-    decayed = M.decayed_parameters(model)
+    decayed = decayed_parameters(model)
     opt = build_optimizer(cfg, model)
     sampler = D.BatchSampler(len(x_train), cfg.batch_size, torch.Generator().manual_seed(stream_seed(cfg.seed, "batches")))
     proj_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "projections"))
@@ -271,7 +176,6 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
         }
 
     regs = list(cfg.regularizers)
-    names = None
     bar = _progress(cfg.steps, start, progress)
     t0 = time.perf_counter()
     try:
@@ -282,12 +186,11 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
             xb, yb = x_train[idx], y_train[idx]
             if cfg.augment:
                 xb = D.random_translate_flip(xb, aug_gen)
-            loss, terms = regularized_loss(model, xb, yb, regs, loss=cfg.loss, generator=proj_gen)
+            loss, terms = regularized_loss(model, xb, yb, regs, loss=cfg.loss, generator=proj_gen, step=step)
             if cfg.weight_decay:
                 loss = loss + cfg.weight_decay * half_squared_norm(decayed)
-            values = torch.stack(list(terms.values())).tolist()
-            names = list(terms)
-            for name, v in zip(names, values):
+            values = dict(zip(terms, torch.stack(list(terms.values())).tolist()))
+            for name, v in values.items():
                 if not math.isfinite(v):
                     raise TrainingDiverged(
                         f"step {step}: the {name!r} term is {v}; stopping (the last checkpoint, if any, is kept)"
@@ -311,25 +214,40 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
     final = _curve_point(model, data, cfg.steps, window, metric, cfg, device)
     curve.append(final)
     grad_norms, fit = _final_probes(model, data, cfg, metric, device)
-    names = names or ["loss"] + [r.name for r in regs]
-    means = [sum(col) / len(col) for col in zip(*window)] if window else [float("nan")] * len(names)
+    means = window_means(window, ["loss"] + term_names(regs))
     steps_run = cfg.steps - start
     return RunResult(
         config=cfg.to_dict(),
         metric=metric,
         dev=final["dev"],
         test=final["test"],
-        train_loss=means[0],
-        penalties=dict(zip(names[1:], means[1:])),
+        train_loss=means.pop("loss"),
+        penalties=means,
         weight_norm_sq=float(2 * half_squared_norm(decayed).detach()),
         wall_time_s=elapsed,
         steps_per_s=steps_run / max(elapsed, 1e-9) if steps_run else 0.0,
         curve=curve,
-        device=str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        device=hardware(device),
         steps_done=cfg.steps,
         grad_norms=grad_norms,
         fit=fit,
     )
+
+
+def term_names(regs) -> list[str]:
+    """The ``terms`` keys of ``regs``, as :func:`gradreg.regularized_loss` names them."""
+    from .core import _term_names
+
+    return _term_names(list(regs))
+
+
+def window_means(window, names: list[str]) -> dict:
+    """Mean of each term over the window's steps that have it (lazy terms skip steps); NaN if none."""
+    out = {}
+    for n in names:
+        vals = [w[n] for w in window if n in w]
+        out[n] = sum(vals) / len(vals) if vals else float("nan")
+    return out
 
 
 def smoothness_points(cfg: TrainConfig, x_train: torch.Tensor, x_test: torch.Tensor) -> dict:
@@ -358,5 +276,5 @@ def _curve_point(model, data, step, window, metric, cfg, device) -> dict:
     n = cfg.eval_limit
     dev = evaluate(model, data.x_dev[:n].to(device), data.y_dev[:n].to(device), metric, cfg.eval_batch_size)
     test = evaluate(model, data.x_test[:n].to(device), data.y_test[:n].to(device), metric, cfg.eval_batch_size)
-    train_loss = sum(v[0] for v in window) / len(window) if window else float("nan")
+    train_loss = window_means(window, ["loss"])["loss"]
     return {"step": step, "train_loss": train_loss, "dev": dev, "test": test}

@@ -207,7 +207,7 @@ def locate_or_download(name: str, relative_candidates: Sequence[str],
     if not download_allowed(download, data_dir):
         why = ("download=False" if download is False else
                "not downloaded: a data directory was named (data_dir or GRADREG_DATA_DIR); "
-               f"pass download=True to fetch into {dirs[0]}")
+               f"pass --download on the command line, or download=True in Python, to fetch into {dirs[0]}")
         raise DataNotFoundError(name, searched, [why])
     try:
         return install(dirs[0])

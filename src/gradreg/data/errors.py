@@ -45,7 +45,8 @@ class DataNotFoundError(FileNotFoundError):
         lines += [f"  ({r})" for r in self.reasons]
         lines.append(
             "Pass data_dir= (CLI: --data-dir) or set GRADREG_DATA_DIR to a directory holding "
-            "mnist/ and cifar10/cifar-10-batches-bin/, or allow download=True."
+            "mnist/ and cifar10/cifar-10-batches-bin/. To fetch the files: pass --download on "
+            "the command line, or download=True in Python."
         )
         super().__init__("\n".join(lines))
 

@@ -2,7 +2,8 @@
 
 Resolution order (every file is looked up in each of these, first hit wins):
 
-1. the explicit ``data_dir`` argument (the CLI passes ``--data-dir``);
+1. the explicit ``data_dir`` argument (the CLI passes ``--data-dir``; ``--download`` is
+   ``download=True``);
 2. the directory named by the environment variable ``GRADREG_DATA_DIR``;
 3. the per-user cache directory ``$XDG_CACHE_HOME/gradreg`` (default ``~/.cache/gradreg``).
 
@@ -48,7 +49,7 @@ def download_allowed(download: bool | None, data_dir: str | os.PathLike | None =
     ``download=None`` (the default everywhere) allows it only when the download would land in the
     per-user cache directory, i.e. when neither ``data_dir`` nor ``GRADREG_DATA_DIR`` names a
     directory: gradreg never writes into a directory the user named unless told
-    ``download=True``.
+    ``download=True`` (on the command line: ``--download``).
     """
     if download is not None:
         return bool(download)

@@ -86,10 +86,20 @@ def pixel_mean_std(images: np.ndarray) -> tuple[float, float]:
     return mean, std
 
 
+def standardization_table(mean: float, std: float) -> np.ndarray:
+    """The float32 value of each uint8 pixel ``v``: ``(v / 255 - mean) / std``, evaluated in float64."""
+    return ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(np.float32)
+
+
 def standardize(images: np.ndarray, mean: float, std: float) -> np.ndarray:
     """``(images / 255 - mean) / std`` as float32, evaluated in float64 once per pixel value."""
-    table = ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(np.float32)
-    return table[images]
+    return standardization_table(mean, std)[images]
+
+
+def set_statistics(x_train: np.ndarray, x_other: np.ndarray, per_set_standardization: bool) -> tuple[float, float]:
+    """The statistics a set is standardized with: the training subset's (the paper's
+    settings), or the set's own (``per_set_standardization``, the original's bug)."""
+    return pixel_mean_std(x_other if per_set_standardization else x_train)
 
 
 def split_and_standardize(x_pool: np.ndarray, y_pool: np.ndarray, x_dev: np.ndarray,
@@ -106,7 +116,7 @@ def split_and_standardize(x_pool: np.ndarray, y_pool: np.ndarray, x_dev: np.ndar
     mean, std = pixel_mean_std(x_train)
     sets = []
     for x in (x_train, x_dev, x_test):
-        m, s = pixel_mean_std(x) if per_set_standardization else (mean, std)
+        m, s = (mean, std) if x is x_train else set_statistics(x_train, x, per_set_standardization)
         x = standardize(x if x.ndim == 4 else x[:, None], m, s)
         sets.append(torch.from_numpy(x).to(device))
     labels = [torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)

@@ -265,6 +265,30 @@ def _explain(e: BaseException) -> str:
     return msg
 
 
+def _is_damage(e: BaseException) -> bool:
+    """Whether ``e`` says the file's bytes are wrong (as opposed to locks, permissions, space)."""
+    if isinstance(e, ValueError):  # json / UTF-8 decoding of a stored record
+        return True
+    low = str(e).lower()
+    return any(s in low for s in ("malformed", "not a database", "could not decode", "file is encrypted", "corrupt"))
+
+
+def _damage_detail(e: BaseException) -> str:
+    low = str(e).lower()
+    if "not a database" in low or "file is encrypted" in low:
+        return "the file is not an SQLite database"
+    if "malformed" in low or "corrupt" in low:
+        return "the SQLite file is malformed, for example truncated or overwritten in part"
+    # A decoding error quotes the bad text at length: say what failed, not where.
+    return "a stored record is not valid UTF-8 text" if "utf-8" in low else "a stored record is not valid JSON"
+
+
+def _damaged(path: Path, detail: str, unchanged: bool) -> str:
+    left = " gradreg left it unchanged." if unchanged else ""
+    return (f"result store {path} is not a gradreg result store or is damaged: {detail}.{left} "
+            f"Move it away (e.g. mv {path} {path}.damaged) and run again to start a new store")
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -304,11 +328,22 @@ class Store:
             self._conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, isolation_level=None)
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            # Read before anything is written (WAL mode rewrites the header): a file that is not
+            # a gradreg store is left as it is.
+            tables = self._retry(lambda: {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}, "open")
+            if tables and "meta" not in tables:
+                raise _Foreign(sorted(tables))
             self.journal_mode = self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0], "open")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._write(self._create_schema, "create the schema of")
+        except _Foreign as e:
+            self.close()
+            detail = f"it is an SQLite database with other tables ({', '.join(e.tables[:5])})"
+            raise StoreError(_damaged(self.path, detail, unchanged=True)) from None
         except sqlite3.Error as e:
             self.close()
+            if _is_damage(e):
+                raise StoreError(_damaged(self.path, _damage_detail(e), unchanged=True)) from e
             raise StoreError(f"cannot open result store {self.path}: {_explain(e)}") from e
         except BaseException:
             self.close()
@@ -375,20 +410,42 @@ class Store:
 
     def put_plan(self, experiment: str, plan: dict) -> None:
         """Store the experiment's plan (its cells and the run keys of each), which reports
-        are rebuilt from. A later plan for the same experiment replaces it."""
+        are rebuilt from. A later plan for the same experiment and profile replaces it.
+
+        A plan with a ``"profile"`` key is kept per profile, so a quick run never replaces
+        the paper-profile plan of the same experiment; :meth:`plan` without a profile returns
+        the plan stored last."""
         text = _canonical_json(plan)
+        keys = [f"plan:{experiment}"]
+        if plan.get("profile"):
+            keys.append(f"plan:{experiment}@{plan['profile']}")
         self._write(
-            lambda conn: conn.execute(
+            lambda conn: conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (f"plan:{experiment}", text),
+                [(k, text) for k in keys],
             ),
             "write to",
         )
 
-    def plan(self, experiment: str) -> Optional[dict]:
-        """The stored plan of ``experiment``, or None."""
-        row = self._read(lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (f"plan:{experiment}",)).fetchone())
-        return None if row is None else json.loads(row[0])
+    def plan(self, experiment: str, profile: Optional[str] = None) -> Optional[dict]:
+        """The stored plan of ``experiment`` (of that ``profile``; None: the plan stored
+        last), or None."""
+        key = f"plan:{experiment}" if profile is None else f"plan:{experiment}@{profile}"
+        row = self._read(lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
+        if row is None and profile is not None:  # a plan stored before plans were kept per profile
+            latest = self.plan(experiment)
+            return latest if latest is not None and latest.get("profile") == profile else None
+        return None if row is None else self._decode_text(row[0], f"the plan of {experiment!r}")
+
+    def profiles(self, experiment: str) -> list[str]:
+        """The profiles with a stored plan of ``experiment``, sorted."""
+        prefix = f"plan:{experiment}@"
+        found = self._read(lambda c: [r[0][len(prefix):] for r in c.execute(
+            "SELECT key FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))])
+        latest = self.plan(experiment)
+        if latest is not None and latest.get("profile") and latest["profile"] not in found:
+            found.append(latest["profile"])
+        return sorted(found)
 
     # ------------------------------------------------------------------ reading
 
@@ -438,6 +495,19 @@ class Store:
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: ``"ok"``, or the problems found."""
         return self._read(lambda c: "\n".join(r[0] for r in c.execute("PRAGMA integrity_check")))
+
+    def verify(self) -> None:
+        """Check, without writing, that every stored page, run and plan can be read back:
+        SQLite's ``quick_check``, then every record decoded. Raises :class:`StoreError`
+        saying the file is damaged and what to do; a sweep calls this before it trains."""
+        problems = self._read(lambda c: [r[0] for r in c.execute("PRAGMA quick_check")])
+        if problems != ["ok"]:
+            detail = f"the SQLite file is malformed, for example truncated or overwritten in part (SQLite: {problems[0][:80]})"
+            raise StoreError(_damaged(self.path, detail, unchanged=True))
+        self.rows()
+        plans = self._read(lambda c: c.execute("SELECT key, value FROM meta WHERE key LIKE 'plan:%'").fetchall())
+        for key, text in plans:
+            self._decode_text(text, key)
 
     # ------------------------------------------------------------------ internals
 
@@ -494,6 +564,8 @@ class Store:
                 f"understands ({SCHEMA_VERSION}); upgrade gradreg to read it"
             ) from None
         except sqlite3.Error as e:
+            if _is_damage(e):
+                raise StoreError(_damaged(self.path, _damage_detail(e), unchanged=False)) from e
             raise StoreError(
                 f"cannot {what} result store {self.path}: {_explain(e)}; the transaction was rolled back "
                 "and the rows stored before are intact"
@@ -503,8 +575,16 @@ class Store:
         conn = self._connection()
         try:
             return self._retry(lambda: fn(conn), "read")
-        except sqlite3.Error as e:
+        except (sqlite3.Error, ValueError) as e:
+            if _is_damage(e):
+                raise StoreError(_damaged(self.path, _damage_detail(e), unchanged=True)) from e
             raise StoreError(f"cannot read result store {self.path}: {_explain(e)}") from e
+
+    def _decode_text(self, text: str, what: str) -> dict:
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise StoreError(_damaged(self.path, f"{what} is not valid JSON", unchanged=True)) from e
 
     def _retry(self, fn: Callable[[], _T], what: str) -> _T:
         deadline = time.monotonic() + self.retry_timeout_s
@@ -523,6 +603,12 @@ class Store:
                 delay = min(1.0, 0.01 * 2**attempt) * self._rng.uniform(0.5, 1.5)
                 time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
                 attempt += 1
+
+
+class _Foreign(Exception):
+    def __init__(self, tables: list):
+        super().__init__(tables)
+        self.tables = tables
 
 
 class _NewerSchema(Exception):

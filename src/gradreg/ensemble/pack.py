@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import models as M
+from ..paper import models as M
 
 
 class NotPackable(TypeError):

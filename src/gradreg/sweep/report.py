@@ -7,6 +7,12 @@ the seeds wins (accuracy: highest; MSE: lowest); its test score is reported as m
 std with ddof=1, over the seeds. Significance: Welch's t-test of each cell against its row's
 baseline cell (or the experiment's explicit pairs), Bonferroni-corrected over the table's
 comparisons; ``*`` marks p_adj < 0.05.
+
+A report states only what it measured: the "chosen on the dev set" legend appears only where a
+cell had several candidates, the significance legend only where comparisons exist, MSE is in
+units of 1e-5 (the paper's Table 7) everywhere, and the run count and training time cover the
+runs of this plan alone. Reports of different profiles go to different files
+(``NAME.PROFILE.md``, see :func:`report_stem`).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..atomic import write_text_atomic
 from . import stats
-from .paper_data import TABLES
+from ..paper.numbers import TABLES
 from .store import Store
 
 ALPHA = 0.05
@@ -121,14 +128,13 @@ def significance(summaries: list, plan: dict) -> list:
 # --------------------------------------------------------------------------- rendering
 
 
-def _scale(plan: dict) -> tuple[float, str]:
-    """Multiplier from our metric to the paper's unit, and the unit's name."""
-    table = TABLES.get(plan.get("paper_table") or "")
+def metric_scale(plan: dict) -> tuple[float, str]:
+    """Multiplier from our metric to the unit shown, and the unit's label: accuracy in %,
+    MSE in the paper's Table 7 unit (x 1e-5) everywhere, also where no paper table exists."""
     if plan["metric"] == "accuracy":
         return 100.0, "%"
-    if table is not None:
-        return 1.0 / table.scale, f"x{table.scale:g}"
-    return 1.0, ""
+    table = TABLES.get(plan.get("paper_table") or "") or TABLES["table7"]
+    return 1.0 / table.scale, f"×{table.unit}"
 
 
 def _fmt(mean: float, std: float, digits: int = 2) -> str:
@@ -137,28 +143,49 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ({std:.{digits}f})")
 
 
-def _hardware(rows: list) -> str:
+def _plan_keys(plan: dict) -> list:
+    """Every run key the plan's cells use (all candidates and seeds), deduplicated, in order."""
+    return list(dict.fromkeys(k for c in plan["cells"] for cand in c["candidates"] for k in cand["runs"]))
+
+
+def _hardware(rows: list, planned: int) -> str:
+    """One line: where and with what the runs ran, how many, and their summed training time.
+    ``rows`` are the stored runs this table uses, of ``planned``."""
     devices = sorted({r.get("device") or "?" for r in rows})
     torches = sorted({r.get("torch_version") or "?" for r in rows})
     versions = sorted({r.get("code_version") or "?" for r in rows})
     wall = sum(r.get("wall_time_s") or 0.0 for r in rows)
+    diverged = sum(r.get("error") is not None for r in rows)
+    count = f"{len(rows)} runs" if len(rows) == planned else f"{len(rows)} of {planned} planned runs stored"
     return (f"hardware: {', '.join(devices)}; torch {', '.join(torches)}; gradreg {', '.join(versions)}; "
-            f"{len(rows)} runs, {wall:.0f} s of training (ensemble time shared among members)")
+            f"{count} behind this table ({diverged} diverged); training time {wall:.{1 if wall < 100 else 0}f} s, "
+            f"summed over these runs (each run's share of its ensemble's training loop; loops that ran side by side "
+            f"all count; data loading and final evaluation excluded), so not the wall time of a command")
 
 
 def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str:
-    scale, unit = _scale(plan)
+    """The report. ``rows``: the stored runs of the plan's cells (every candidate and seed)."""
+    scale, unit = metric_scale(plan)
     table = TABLES.get(plan.get("paper_table") or "")
     lines = [f"# {plan['name']}: {plan['title']}", ""]
+    if plan.get("profile"):
+        note = plan.get("profile_note")
+        lines += [f"profile: {plan['profile']}" + (f" ({note})" if note else ""), ""]
     if plan.get("command"):
         lines += [f"made by: `{plan['command']}`", ""]
-    lines += [_hardware(rows), ""]
+    lines += [_hardware(rows, len(_plan_keys(plan))), ""]
     if plan.get("description"):
         lines += [plan["description"], ""]
     metric = "test accuracy (%)" if plan["metric"] == "accuracy" else f"test MSE ({unit})"
-    lines += [f"Each cell: ours, mean (std) over n seeds, at the lambda chosen on the dev set · the paper's "
-              f"number · difference. Metric: {metric}. `*`: significant vs. the compared cell after Bonferroni "
-              f"(alpha {ALPHA}).", ""]
+    legend = "Each cell: ours, mean (std) over n seeds"
+    if table is not None:
+        legend += " · the paper's number · difference"
+    legend += f". Metric: {metric}."
+    if any(len(s.candidates) > 1 for s in summaries):
+        legend += " Where a cell shows λ, that λ was chosen on the dev set among the cell's candidates (see Tuning)."
+    if tests:
+        legend += f" `*`: significant vs. the compared cell after Bonferroni (alpha {ALPHA})."
+    lines += [legend, ""]
     row_labels = list(dict.fromkeys(s.row for s in summaries))
     col_labels = list(dict.fromkeys(s.col for s in summaries))
     by = {(s.row, s.col): s for s in summaries}
@@ -188,7 +215,7 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
         for a, b, t, df, p, p_adj, sig in tests:
             lines.append(f"| {' / '.join(a)} | {' / '.join(b)} | {t:.2f} | {df:.1f} | {p:.3g} | {p_adj:.3g} | {'*' if sig else ''} |")
         lines.append("")
-    lines += ["## Global smoothness: mean ||J_g(x)||_F of the chosen models", "",
+    lines += ["## Global smoothness: mean ||J_g(x)||_F of the models behind each cell", "",
               "At training points, test points, and off-manifold points (random interpolations between two test inputs).", "",
               "| cell | λ | train | test | off-manifold | off/train |", "|---|---|---|---|---|---|"]
     for s in summaries:
@@ -209,30 +236,53 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
 
 
 def render_csv(plan: dict, summaries: list) -> str:
-    scale, _ = _scale(plan)
+    scale, label = metric_scale(plan)
+    unit = label.lstrip("×")  # "%" or "1e-5", as in gradreg.paper.numbers
     table = TABLES.get(plan.get("paper_table") or "")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["experiment", "row", "col", "x", "lambda", "n", "test_mean", "test_std", "dev_mean", "paper_mean", "paper_std",
                 "diff", "p_adjusted", "significant", "grad_norm_train", "grad_norm_test", "grad_norm_off_manifold",
-                "weight_norm_sq", "train_loss", "diverged"])
+                "weight_norm_sq", "train_loss", "diverged", "unit"])
     for s in summaries:
         paper = table.cells.get((s.row, s.col)) if table is not None else None
         w.writerow([plan["name"], s.row, s.col, s.x, s.lam, s.n, s.mean * scale, s.std * scale, s.dev_mean * scale,
                     None if paper is None else paper.mean, None if paper is None else paper.std,
                     None if paper is None else s.mean * scale - paper.mean, s.p_adj, s.significant,
                     s.grad_norms["train"], s.grad_norms["test"], s.grad_norms["off_manifold"], s.weight_norm_sq,
-                    s.train_loss, s.errors])
+                    s.train_loss, s.errors, unit])
     return buf.getvalue()
 
 
-def build_report(store_path, name: str) -> dict:
-    """Everything a report holds, from the store: ``{"markdown", "csv", "summaries", "plan"}``."""
+def report_stem(name: str, profile: Optional[str]) -> str:
+    """File names of a report: ``NAME.PROFILE`` (``table1.quick``), so reports of different
+    profiles never overwrite each other; ``NAME`` for a plan stored without a profile."""
+    return f"{name}.{profile}" if profile else name
+
+
+def report_paths(name: str, profile: Optional[str], out_dir) -> list[Path]:
+    """The files :func:`write_report` writes for ``name`` and ``profile``: ``.md``, ``.csv``
+    and, for experiments with a figure, ``.png``."""
+    from .figures import has_figure
+
+    stem = Path(out_dir) / report_stem(name, profile)
+    suffixes = (".md", ".csv") + ((".png",) if has_figure(name) else ())
+    return [stem.with_name(stem.name + s) for s in suffixes]
+
+
+def build_report(store_path, name: str, profile: Optional[str] = None) -> dict:
+    """Everything a report holds, from the store: ``{"markdown", "csv", "summaries", "plan"}``.
+    ``profile``: the plan of that profile (None: the plan stored last)."""
     with Store(store_path) as store:
-        plan = store.plan(name)
+        plan = store.plan(name, profile)
         if plan is None:
+            stored = store.profiles(name)
+            if profile is not None and stored:
+                raise ValueError(f"the store {store_path} has no plan for {name!r} with profile {profile!r} "
+                                 f"(it has: {', '.join(stored)}); run `gradreg run {name} --profile {profile}` first")
             raise ValueError(f"the store {store_path} has no plan for {name!r}; run `gradreg run {name}` first")
-        rows = store.rows(name)
+        used = set(_plan_keys(plan))
+        rows = [r for r in store.rows(name) if r["run_key"] in used]
     by_key = {r["run_key"]: r for r in rows}
     summaries = [summarize_cell(c, by_key, plan["metric"]) for c in plan["cells"]]
     tests = significance(summaries, plan)
@@ -240,29 +290,18 @@ def build_report(store_path, name: str) -> dict:
             "markdown": render_markdown(plan, summaries, tests, rows), "csv": render_csv(plan, summaries)}
 
 
-def write_report(store_path, name: str, out_dir) -> list[Path]:
-    """Write ``NAME.md``, ``NAME.csv`` and the figures (``NAME*.png``) into ``out_dir``."""
+def write_report(store_path, name: str, out_dir, profile: Optional[str] = None) -> list[Path]:
+    """Write ``NAME.PROFILE.md``, ``.csv`` and the figure (``.png``) into ``out_dir`` (see
+    :func:`report_stem`); ``profile`` as in :func:`build_report`."""
     from .figures import draw_figures
 
     out_dir = Path(out_dir)
-    rep = build_report(store_path, name)
+    rep = build_report(store_path, name, profile)
+    stem = report_stem(name, rep["plan"].get("profile"))
     paths = []
     for suffix, text in ((".md", rep["markdown"]), (".csv", rep["csv"])):
-        p = out_dir / f"{name}{suffix}"
-        _atomic_write(p, text)
+        p = out_dir / f"{stem}{suffix}"
+        write_text_atomic(p, text)
         paths.append(p)
-    paths += draw_figures(rep["plan"], rep["summaries"], out_dir)
+    paths += draw_figures(rep["plan"], rep["summaries"], out_dir, stem)
     return paths
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -116,7 +116,7 @@ def _two_sided_p(t: float, df: float) -> float:
     try:
         from scipy.special import stdtr
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("gradreg.stats needs SciPy for p-values: pip install scipy") from e
+        raise ImportError("gradreg.sweep.stats needs SciPy for p-values: pip install scipy") from e
     # stdtr(df, x) = P(T_df <= x); the lower tail at -|t| is accurate far into the tail.
     return float(min(1.0, 2.0 * stdtr(df, -abs(t))))
 

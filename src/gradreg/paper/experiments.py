@@ -19,11 +19,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import regularizers as R
-from .config import TrainConfig, paper_config
-from .paper_data import LAMBDA_GRIDS, TABLES
+from .. import regularizers as R
+from ..config import TrainConfig, paper_config
+from .numbers import LAMBDA_GRIDS, TABLES
 
-REG_CLASSES = {"DataGrad": R.DataGrad, "SpectReg": R.SpectReg, "JacReg": R.JacReg, "FrobReg": R.FrobReg, "CP": R.ConfidencePenalty}
+# The specs' names for the regularizers, resolved through the one registry.
+REG_CLASSES = {name: R.REGISTRY[R.ALIASES[name.lower()]] for name in ("DataGrad", "SpectReg", "JacReg", "FrobReg", "CP")}
 PAPER_GRIDS = dict(LAMBDA_GRIDS, FrobReg=LAMBDA_GRIDS["SpectReg"])
 
 
@@ -34,16 +35,34 @@ class Profile:
     name: str
     seeds: tuple[int, ...]
     steps: dict  # dataset -> steps, or None for the paper's
-    grid: str  # "full": the paper's lambda grids; "coarse": the tuned lambda and its neighbours two grid steps away
+    # "full": the paper's lambda grids, tuned on the dev set; "coarse": the tuned lambda and its
+    # neighbours two grid steps away; "published": only the paper's published lambda (no tuning)
+    grid: str
     eval_limit: Optional[int] = None
     curve_points: int = 10  # learning-curve evaluations per shortened run (paper steps: the preset's)
     train_sizes: tuple[int, ...] = (500, 1000, 2000, 5000, 10000, 20000)  # Figure 2's x axis
+    figure_seeds: Optional[tuple[int, ...]] = None  # seeds of Figures 2 and 4 (None: `seeds`)
+    fig2_methods: Optional[tuple[str, ...]] = None  # Figure 2's curves (None: all five)
+    fig4_weight_decays: Optional[tuple[float, ...]] = None  # None: the paper's six
+    fig4_lambdas: Optional[tuple[float, ...]] = None  # None: by grid
+    note: str = ""  # what this profile changes against the paper's protocol (printed in reports)
 
 
 PROFILES = {
-    "paper": Profile("paper", tuple(range(1, 11)), {}, "full"),
+    "paper": Profile("paper", tuple(range(1, 11)), {}, "full",
+                     note="The paper's protocol: its steps, 10 seeds, lambda tuned on the dev set over its grids."),
+    "published": Profile(
+        "published", tuple(range(1, 11)), {}, "published", train_sizes=(500, 1000, 2000, 5000, 10000),
+        figure_seeds=(1, 2, 3), fig2_methods=("Baseline", "DataGrad", "SpectReg", "CP"),
+        fig4_weight_decays=(0.0, 0.0005), fig4_lambdas=(0.01, 1, 10, 50, 100),
+        note="Confirmation runs: the paper's steps and settings at 10 seeds (Figures 2 and 4: 3 seeds), with lambda "
+             "fixed at the paper's published choice for each cell -- lambda was NOT tuned here. Figure 2: train sizes "
+             "500-10000 and Baseline/DataGrad/SpectReg/CP; Figure 4: weight decay 0 and 5e-4."),
     "quick": Profile("quick", (1, 2), {"mnist": 250, "sin": 1000, "sin2": 1000, "cifar10": 20}, "coarse",
-                     eval_limit=1000, curve_points=2, train_sizes=(500, 2000, 5000)),
+                     eval_limit=1000, curve_points=2, train_sizes=(500, 2000, 5000),
+                     note="A smoke check, not a reproduction: 2 seeds; 250 MNIST / 1000 SIN / 20 CIFAR steps instead "
+                          "of 10k/10k/50k; lambda grid cut to the published lambda and its neighbours two grid steps "
+                          "away; dev/test accuracy on the first 1000 examples only."),
 }
 
 
@@ -65,10 +84,12 @@ class Experiment:
     metric: str  # "accuracy" or "mse"
     cells: tuple
     seeds: tuple
-    paper_table: Optional[str] = None  # key of gradreg.paper_data.TABLES
+    paper_table: Optional[str] = None  # key of gradreg.paper.numbers.TABLES
     baseline_col: Optional[str] = None  # significance: every cell vs. this column of its row
     comparisons: tuple = ()  # explicit (row, col) pairs to test instead, as Table 6 does
     description: str = ""
+    profile: str = "paper"
+    profile_note: str = ""
 
     def runs(self) -> list[TrainConfig]:
         """Every config to train (deduplicated, in a stable order)."""
@@ -84,13 +105,13 @@ class Experiment:
 
     def plan(self) -> dict:
         """What the report needs, as data: cells, candidates and the run keys per seed."""
-        from .store import run_key
+        from ..sweep.store import run_key
 
         return {
             "name": self.name, "title": self.title, "kind": self.kind, "metric": self.metric,
             "paper_table": self.paper_table, "baseline_col": self.baseline_col,
             "comparisons": [list(map(list, c)) for c in self.comparisons], "seeds": list(self.seeds),
-            "description": self.description,
+            "description": self.description, "profile": self.profile, "profile_note": self.profile_note,
             "cells": [
                 {"row": c.row, "col": c.col, "x": c.x,
                  "candidates": [{"lambda": lam, "runs": [run_key(cfg.replace(seed=s).to_dict()) for s in self.seeds]}
@@ -108,6 +129,8 @@ def grid_for(reg: str, tuned: float, profile: Profile, batch: int = 50) -> tuple
     neighbours two grid steps away. CP grids are converted to per-example weights (x batch)."""
     scale = batch if reg == "CP" else 1
     grid = PAPER_GRIDS[reg]
+    if profile.grid == "published":
+        return (tuned * scale,)
     if profile.grid == "full":
         return tuple(g * scale for g in grid)
     nearest = min(range(len(grid)), key=lambda i: abs(grid[i] - tuned) / tuned)
@@ -236,13 +259,15 @@ def table7(p: Profile, device: str) -> Experiment:
 def fig2(p: Profile, device: str) -> Experiment:
     methods = (("Baseline", None, None), ("DataGrad", "DataGrad", 50), ("CP", "CP", 0.01), ("SpectReg", "SpectReg", 0.03),
                ("JacReg", "JacReg", 1))
+    if p.fig2_methods is not None:
+        methods = tuple(m for m in methods if m[0] in p.fig2_methods)
     cells = []
     for n in p.train_sizes:
         base = _base("mnist", p, device, train_size=n)
         for label, name, tuned in methods:
             cells.append(tuned_cell(label, str(n), base, name, tuned, p, x=n))
     return Experiment("fig2", "MNIST: test accuracy against training-set size", "figure", "accuracy", tuple(cells),
-                      p.seeds, baseline_col=None)
+                      p.figure_seeds or p.seeds, baseline_col=None)
 
 
 def fig3(p: Profile, device: str) -> Experiment:
@@ -256,14 +281,14 @@ FIG4_WEIGHT_DECAYS = (0.0, 0.0001, 0.0005, 0.001, 0.005, 0.01)
 
 
 def fig4(p: Profile, device: str) -> Experiment:
-    lams = PAPER_GRIDS["DataGrad"] if p.grid == "full" else (0.01, 1, 10, 50, 100)
+    lams = p.fig4_lambdas or (PAPER_GRIDS["DataGrad"] if p.grid == "full" else (0.01, 1, 10, 50, 100))
     cells = []
-    for wd in FIG4_WEIGHT_DECAYS:
+    for wd in p.fig4_weight_decays or FIG4_WEIGHT_DECAYS:
         base = _base("mnist", p, device, weight_decay=wd)
         for lam in (0,) + tuple(lams):
             cells.append(fixed_cell(f"wd={wd:g}", f"{lam:g}", base, () if lam == 0 else (reg("DataGrad", lam),), lam=lam, x=lam))
     return Experiment("fig4", "MNIST-2000: DataGrad weight against accuracy and weight norm", "figure", "accuracy",
-                      tuple(cells), p.seeds)
+                      tuple(cells), p.figure_seeds or p.seeds)
 
 
 FIT_LAMBDAS = (0, 0.003, 0.03, 0.3, 3)
@@ -303,4 +328,5 @@ def build(name: str, profile: str = "quick", device: str = "cpu") -> Experiment:
         raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
-    return EXPERIMENTS[name](PROFILES[profile], device)
+    p = PROFILES[profile]
+    return dataclasses.replace(EXPERIMENTS[name](p, device), profile=p.name, profile_note=p.note)

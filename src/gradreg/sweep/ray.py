@@ -1,7 +1,7 @@
 """Train a sweep on a Ray cluster: one Ray task per packed chunk.
 
 ``RayExecutor`` is an :class:`gradreg.sweep.Executor`. It splits the runs into the same
-chunks as the in-process executor (:func:`gradreg.engine.plan_chunks`), so given the same
+chunks as the in-process executor (:func:`gradreg.ensemble.loop.plan_chunks`), so given the same
 runs, every run is trained with the same ensemble neighbours and, on CPU, gives bitwise the
 same result. (A rerun that trains only the missing runs of a sweep may pack them differently,
 and a packed member's result depends on its pack at the level of float rounding.) Each chunk
@@ -29,9 +29,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .config import TrainConfig
-from .engine import plan_chunks, train_many
-from .train import RunResult
+from ..config import TrainConfig
+from ..ensemble.loop import plan_chunks, train_many
+from ..train import RunResult
 
 __all__ = ["RayExecutor", "RAY_MISSING"]
 
@@ -69,7 +69,7 @@ class RayExecutor:
         (and GPUs), which :meth:`run` shuts down when it returns. A Ray already initialized in
         this process is used as it is and left running.
       data_dir: the data directory on the workers (None: their ``GRADREG_DATA_DIR`` or cache).
-      max_members: the chunk size cap (None: :func:`gradreg.engine.default_max_members`). A
+      max_members: the chunk size cap (None: :func:`gradreg.ensemble.loop.default_max_members`). A
         chunk is the unit of parallelism: an experiment of n runs gives about n / max_members
         tasks.
       num_cpus_per_task: CPUs Ray reserves per chunk; the task uses that many torch threads.

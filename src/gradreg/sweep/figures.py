@@ -1,14 +1,22 @@
 """PNG figures drawn headless (matplotlib's Agg backend) from report summaries, with the
-paper's published numbers as reference points wherever the paper gives them."""
+paper's published numbers as reference points wherever the paper gives them.
+
+Every figure is written to ``out_dir / f"{stem}.png"``, where the report chooses ``stem``
+(``fig5.quick``: see :func:`gradreg.sweep.report.report_stem`). MSE is shown in the unit of
+the paper's Table 7, 1e-5, as in the reports."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from .paper_data import FACTS, TABLES
+from ..atomic import write_atomic
+from ..paper.numbers import FACTS, TABLES
+from .report import metric_scale
 
 
 def _plt():
@@ -21,11 +29,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
 def _lam_x(lams: list) -> tuple[np.ndarray, float]:
@@ -35,10 +39,12 @@ def _lam_x(lams: list) -> tuple[np.ndarray, float]:
     return np.array([v if v and v > 0 else zero_at for v in lams], dtype=float), zero_at
 
 
-def sweep_plot(plan, summaries, out_dir: Path, scale: float, ylabel: str) -> Path:
+def sweep_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     """A lambda sweep (Tables 5 and 7): ours with std bars, the paper's numbers as crosses."""
     plt = _plt()
     table = TABLES.get(plan.get("paper_table") or "")
+    scale, unit = metric_scale(plan)
+    ylabel = f"test accuracy ({unit})" if plan["metric"] == "accuracy" else f"test MSE ({unit})"
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in dict.fromkeys(s.row for s in summaries):
         ss = [s for s in summaries if s.row == row]
@@ -56,12 +62,12 @@ def sweep_plot(plan, summaries, out_dir: Path, scale: float, ylabel: str) -> Pat
     ax.set_ylabel(ylabel)
     ax.set_title(plan["title"], fontsize=10)
     ax.legend(fontsize=8)
-    path = _save(fig, out_dir / f"{plan['name']}.png")
+    path = _save(fig, out_dir / f"{stem}.png")
     plt.close(fig)
     return path
 
 
-def fig2_plot(plan, summaries, out_dir: Path) -> Path:
+def fig2_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in dict.fromkeys(s.row for s in summaries):
@@ -73,7 +79,7 @@ def fig2_plot(plan, summaries, out_dir: Path) -> Path:
             "DataGrad": TABLES["table1"].cells[("LeNet Dropout", "DataGrad")],
             "SpectReg": TABLES["table1"].cells[("LeNet Dropout", "SpectReg")],
             "CP": TABLES["table2"].cells[("CP", "No GR")], "JacReg": TABLES["table6"].cells[("LeNet", "JacReg")]}
-    for i, (label, cell) in enumerate(refs.items()):
+    for i, cell in enumerate(refs.values()):
         ax.plot([2000], [cell.mean], "x", color=f"C{i}", markersize=9)
     ax.plot([], [], "kx", label="paper, N=2000 (Tables 1, 2, 6)")
     ax.set_xscale("log")
@@ -81,12 +87,12 @@ def fig2_plot(plan, summaries, out_dir: Path) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(plan["title"], fontsize=10)
     ax.legend(fontsize=8)
-    path = _save(fig, out_dir / "fig2.png")
+    path = _save(fig, out_dir / f"{stem}.png")
     plt.close(fig)
     return path
 
 
-def fig3_plot(plan, summaries, out_dir: Path) -> Path:
+def fig3_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     t5 = TABLES["table5"].cells
@@ -99,12 +105,12 @@ def fig3_plot(plan, summaries, out_dir: Path) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(plan["title"], fontsize=10)
     ax.legend(fontsize=8)
-    path = _save(fig, out_dir / "fig3.png")
+    path = _save(fig, out_dir / f"{stem}.png")
     plt.close(fig)
     return path
 
 
-def fig4_plot(plan, summaries, out_dir: Path) -> Path:
+def fig4_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     plt = _plt()
     rows = list(dict.fromkeys(s.row for s in summaries))
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), squeeze=False)
@@ -125,15 +131,16 @@ def fig4_plot(plan, summaries, out_dir: Path) -> Path:
         ax.axis("off")
     fig.suptitle(plan["title"], fontsize=10)
     fig.tight_layout()
-    path = _save(fig, out_dir / "fig4.png")
+    path = _save(fig, out_dir / f"{stem}.png")
     plt.close(fig)
     return path
 
 
-def sin_fits_plot(plan, summaries, out_dir: Path, name: str, xlim=None) -> Path:
-    from .data import make_sin
+def sin_fits_plot(plan, summaries, out_dir: Path, stem: str, xlim=None) -> Path:
+    from ..data import make_sin
 
     plt = _plt()
+    scale, unit = metric_scale(plan)
     sin = make_sin()
     grid = sin.x_test.flatten().numpy()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -143,7 +150,7 @@ def sin_fits_plot(plan, summaries, out_dir: Path, name: str, xlim=None) -> Path:
         if s.fit is None:
             continue
         label = f"{s.row} λ={s.col}"
-        ax.plot(grid, s.fit, color=f"C{i}", linewidth=1.2, label=f"{label} (MSE {s.mean:.2e})")
+        ax.plot(grid, s.fit, color=f"C{i}", linewidth=1.2, label=f"{label} (test MSE {s.mean * scale:.2f} {unit})")
     if xlim is not None:
         ax.set_xlim(*xlim)
         inside = (grid >= xlim[0]) & (grid <= xlim[1])
@@ -151,29 +158,27 @@ def sin_fits_plot(plan, summaries, out_dir: Path, name: str, xlim=None) -> Path:
         ax.set_ylim(lo - 0.3, hi + 0.3)
     ax.set_title(plan["title"], fontsize=10)
     ax.legend(fontsize=7)
-    path = _save(fig, out_dir / f"{name}.png")
+    path = _save(fig, out_dir / f"{stem}.png")
     plt.close(fig)
     return path
 
 
-def draw_figures(plan: dict, summaries: list, out_dir) -> list[Path]:
-    """The PNGs of an experiment (none for the accuracy tables, whose report is the table)."""
-    out_dir = Path(out_dir)
+_FIGURES = {
+    "table5": sweep_plot, "table7": sweep_plot, "fig2": fig2_plot, "fig3": fig3_plot, "fig4": fig4_plot,
+    "fig5": sin_fits_plot, "fig6": functools.partial(sin_fits_plot, xlim=(0.2, 0.7)),
+    "sin2": sin_fits_plot,
+}
+
+
+def has_figure(name: str) -> bool:
+    """Whether experiment ``name`` has a PNG (the accuracy tables have none: their report is the table)."""
+    return name in _FIGURES
+
+
+def draw_figures(plan: dict, summaries: list, out_dir, stem: Optional[str] = None) -> list[Path]:
+    """The PNG of an experiment, ``out_dir / f"{stem}.png"`` (default stem: the plan's name),
+    as a list: empty for the accuracy tables."""
     name = plan["name"]
-    if name == "table7":
-        return [sweep_plot(plan, summaries, out_dir, 1e5, "test MSE (x1e-5)")]
-    if name == "table5":
-        return [sweep_plot(plan, summaries, out_dir, 100, "test accuracy (%)")]
-    if name == "fig2":
-        return [fig2_plot(plan, summaries, out_dir)]
-    if name == "fig3":
-        return [fig3_plot(plan, summaries, out_dir)]
-    if name == "fig4":
-        return [fig4_plot(plan, summaries, out_dir)]
-    if name == "fig5":
-        return [sin_fits_plot(plan, summaries, out_dir, "fig5")]
-    if name == "fig6":
-        return [sin_fits_plot(plan, summaries, out_dir, "fig6", xlim=(0.2, 0.7))]
-    if name == "sin2":
-        return [sin_fits_plot(plan, summaries, out_dir, "sin2")]
-    return []
+    if name not in _FIGURES:
+        return []
+    return [_FIGURES[name](plan, summaries, Path(out_dir), stem or name)]

@@ -1,0 +1,1 @@
+"""The paper: its models, its published numbers and its experiments as specs."""

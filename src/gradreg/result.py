@@ -1,0 +1,73 @@
+"""What one run produced: :class:`RunResult`, and :class:`TrainingDiverged`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+def hardware(device) -> str:
+    """The device a run trained on, in words: the GPU's name, or the CPU's model and the
+    torch threads in use."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        import platform
+
+        model = platform.processor()
+    return f"cpu ({model or 'unknown CPU'}, {os.cpu_count()} cores)"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN or Inf. The message names the step and the term."""
+
+
+@dataclass
+class RunResult:
+    """What one run produced. ``dev``/``test`` are accuracies in [0, 1] for classification
+    and mean squared errors for SIN (``metric`` says which)."""
+
+    config: dict
+    metric: str
+    dev: float
+    test: float
+    train_loss: float  # mean data loss over the last `penalty_window` steps
+    penalties: dict  # each regularizer's unweighted penalty, mean over the last steps
+    weight_norm_sq: float  # sum ||w||^2 over conv/dense weights (the paper's Figure 4)
+    wall_time_s: float
+    steps_per_s: float
+    curve: list = field(default_factory=list)  # [{"step", "train_loss", "dev", "test"}, ...]
+    torch_version: str = torch.__version__
+    device: str = "cpu"
+    steps_done: int = 0
+    grad_norms: dict = field(default_factory=dict)  # mean ||J_g||_F at train/test/off-manifold points
+    fit: Optional[list] = None  # regression only: predictions on the test grid (SIN figures)
+    ensemble_size: int = 1  # members trained together (wall time and steps/s are per member)
+    error: Optional[str] = None  # set when an ensemble member diverged (a single run raises)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        cfg = self.config
+        regs = " ".join(f"{r['name']}={r['weight']:g}" for r in cfg["regularizers"]) or "NoGR"
+        if self.metric == "accuracy":
+            score = f"dev {100 * self.dev:.2f}%  test {100 * self.test:.2f}%"
+        else:
+            score = f"dev MSE {self.dev:.5f}  test MSE {self.test:.5f}"
+        return (
+            f"{cfg['dataset']} {cfg['model']} n={cfg['train_size']} seed={cfg['seed']} {regs}: {score}  "
+            f"train loss {self.train_loss:.4f}  {self.steps_done} steps in {self.wall_time_s:.1f}s "
+            f"({self.steps_per_s:.1f} steps/s, {self.device})"
+        )
+
+

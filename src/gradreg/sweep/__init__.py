@@ -1,0 +1,1 @@
+"""Sweeps: spec -> runs -> store -> report. The store, executors, reports, figures, stats."""
