@@ -173,12 +173,9 @@ def regularizer_to_dict(r: R.Regularizer) -> dict:
     appear only when they differ from their defaults."""
     d = R.to_dict(r)
     for f in dataclasses.fields(r):
-        if f.name in _REG_ADDED and d[f.name] == f.default:
+        if f.metadata.get("added") and d[f.name] == f.default:
             del d[f.name]
     return d
-
-
-_REG_ADDED = ("every",)
 
 
 def regularizer_from_dict(d: dict) -> R.Regularizer:

@@ -247,11 +247,42 @@ def regularize(
     x_arg = None if xs is None else (xs if isinstance(wrt, (tuple, list)) else xs[0])
     fwd = Forward(x_arg, logits, y, pel)  # type: ignore[arg-type]
     for name, reg in active:
-        value = reg.value(fwd, generator).mean()
+        try:
+            value = reg.value(fwd, generator).mean()
+        except RuntimeError as e:
+            raise _explain_double_backward(e, reg.name) from e
+        if reg.needs_input_grad:
+            check_double_differentiable(value, reg.name)
         terms[name] = value.detach()
         if reg.weight != 0:
             total = total + reg.effective_weight * value
     return total, terms
+
+
+def check_double_differentiable(value: Tensor, name: str) -> None:
+    """Raise now, with advice, where a penalty's graph holds an operation without a double
+    backward (a custom ``autograd.Function`` marked ``once_differentiable``, a
+    ``torch.compile``'d graph): autograd would only fail later, inside the caller's
+    ``loss.backward()``. A walk over the penalty's autograd graph (tens of microseconds for LeNet)."""
+    seen, stack = set(), [value.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        kind = type(fn).__name__
+        if kind in ("Error", "DelayedError"):
+            raise RuntimeError(
+                f"{name}: the model contains an operation without a double backward (a custom autograd.Function "
+                "marked once_differentiable, or a fused kernel), so the exact penalty cannot be trained; use "
+                f"{name}(..., method='finite_difference')"
+            )
+        if kind == "CompiledFunctionBackwardBackward":
+            raise RuntimeError(
+                f"{name}: the model is torch.compile'd, and compiled graphs have no double backward, so the exact "
+                f"penalty cannot be trained; use {name}(..., method='finite_difference'), or the eager model"
+            )
+        stack.extend(n for n, _ in fn.next_functions)
 
 
 def regularized_loss(
@@ -272,20 +303,130 @@ def regularized_loss(
     penalty, or lazy regularizers on a skipped step) costs a plain step -- and hands the
     logits to :func:`regularize`; see there for ``terms``, ``step``, ``generator`` and
     ``validate``.
+
+    Regularizers with ``method="finite_difference"`` re-run ``model`` on a shifted input
+    (:mod:`gradreg.finite_difference`); the returned loss then has the true value and the
+    surrogate's gradient.
     """
     check_grad_mode("gradreg.regularized_loss")
     regs = check_regularizers(regularizers)
     _check_input(x)
     _check_loss(loss)
-    needs_grad = any(r.needs_input_grad and r.active(step) for r in regs)
+    _check_generator(generator)
+    active = [r for r in regs if r.active(step)]
+    if any(getattr(r, "finite_difference", False) for r in active):
+        return _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate)
+    needs_grad = any(r.needs_input_grad for r in active)
     xg = x.detach().requires_grad_(True) if needs_grad else x
+    logits = _model_logits(model, xg, x)
+    return regularize(logits, y, xg if needs_grad else None, regs, loss=loss, generator=generator, step=step,
+                      validate=validate)
+
+
+def _model_logits(model, xg: Tensor, x: Tensor) -> Tensor:
     logits = model(xg)
     if isinstance(logits, Tensor) and (logits.dim() != 2 or logits.shape[0] != x.shape[0]):
         if logits.dim() != 2:
             raise ValueError(f"the model's logits must be 2-D (batch, classes), got shape {tuple(logits.shape)}")
         raise ValueError(f"batch-size mismatch: x has {x.shape[0]} examples, logits {logits.shape[0]}")
-    return regularize(logits, y, xg if needs_grad else None, regs, loss=loss, generator=generator, step=step,
-                      validate=validate)
+    return logits
+
+
+def _explain_double_backward(e: RuntimeError, name: str) -> Exception:
+    """A model op without a double backward fails deep in autograd; say what to do."""
+    text = str(e)
+    markers = ("once_differentiable", "double backward", "differentiate twice", "aot_autograd")
+    if any(m in text for m in markers):
+        return RuntimeError(
+            f"{name}: the exact penalty needs a double backward through the model, which an operation in it does "
+            f"not support ({text.splitlines()[0]}); use {name}(..., method='finite_difference')"
+        )
+    return e
+
+
+def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
+    """regularized_loss with finite-difference regularizers (see :mod:`gradreg.finite_difference`)."""
+    from . import finite_difference as FD
+
+    replay = FD.Replay(x.device, model=model).capture()
+    kinks = FD.FrozenKinks(model)
+    xg = x.detach().requires_grad_(True)
+    with kinks.record():
+        logits = _model_logits(model, xg, x)
+    y = _labels(y, loss)
+    check_logits_and_targets(logits, y, loss, validate=validate)
+    _check_labels_needed(regs, loss)
+    names = _term_names(regs)
+    active = [(n, r) for n, r in zip(names, regs) if r.active(step)]
+    pel = per_example_loss(logits, y, loss)
+    data = batch_data_loss(pel, loss)
+    fwd = Forward(xg, logits, y, pel)
+    b, m = logits.shape
+    draws = {n: r.draw(b, m, generator, logits.device, logits.dtype) for n, r in active}  # in list order
+    terms: dict[str, Tensor] = {"loss": data.detach()}
+    fd = [(n, r) for n, r in active if getattr(r, "finite_difference", False)]
+    exact = [(n, r) for n, r in active if not getattr(r, "finite_difference", False)]
+    params = [p for p in model.parameters() if p.requires_grad] if isinstance(model, torch.nn.Module) else []
+    fused = len(fd) == 1 and not exact and fd[0][1].name == "DataGrad" and params and fd[0][1].weight != 0
+    total = data
+    value = data.detach()
+    if fused:  # one backward at x gives v and the data gradient (DataGrad's F is the summed data loss)
+        name, reg = fd[0]
+        f_sum = pel.sum()
+        gx, *g_params = torch.autograd.grad(f_sum, [xg, *params], allow_unused=True)
+        v = gx.detach()
+        pen, surr, h = _fd_surrogate_shifted(model, x, y, loss, reg, v, draws[name], replay, kinks, b, f_sum,
+                                             central_base=None)
+        terms[name] = pen
+        w = reg.effective_weight
+        scale = b if loss != "half_sse" else 1  # data = F / scale
+        # grad = grad_data + w * grad_S, with grad_S = (kappa / (B h)) (grad F(x + h d) - grad F(x)) (one-sided)
+        _, kappa = FD.direction(v, getattr(reg, "norm", "l2"))
+        if reg.fd_scheme == "one_sided" and float(h) > 0:
+            coef = 1.0 / scale - w * kappa / (b * float(h))
+        else:
+            coef = 1.0 / scale
+        carried = sum((p * (coef * g).detach()).sum() for p, g in zip(params, g_params) if g is not None)
+        total = carried + w * surr
+        value = value + w * pen
+        return total - total.detach() + value, terms
+    for name, reg in exact:
+        pen = reg.checked(fwd, draws[name]).mean()
+        terms[name] = pen.detach()
+        if reg.weight != 0:
+            total = total + reg.effective_weight * pen
+    for name, reg in fd:
+        f_base = reg.objective(fwd, draws[name]).sum()
+        (gx,) = torch.autograd.grad(f_base, xg, retain_graph=True)
+        pen, surr, _ = _fd_surrogate_shifted(model, x, y, loss, reg, gx.detach(), draws[name], replay, kinks, b, f_base)
+        terms[name] = pen
+        if reg.weight != 0:
+            total = total + reg.effective_weight * (surr - surr.detach() + pen)
+    return total, terms
+
+
+def _fd_surrogate_shifted(model, x, y, loss, reg, v, draw, replay, kinks, b, f_base, central_base="auto"):
+    """The true penalty (detached), the surrogate S (with a graph through the shifted pass(es)
+    and, one-sided, through ``f_base``) and the step h, for one regularizer."""
+    from . import finite_difference as FD
+
+    norm = getattr(reg, "norm", "l2")
+    pen = P.per_example_norm(v, norm, 1).mean()
+    d, kappa = FD.direction(v, norm)
+    h = FD.step_size(x, d, reg.relative_step, 1)
+
+    def f_at(sign: float) -> Tensor:
+        xs = (x.detach() + sign * h * d).detach()
+        with replay(), kinks.replay():
+            logits = model(xs)
+        return reg.objective(Forward(xs, logits, y, per_example_loss(logits, y, loss)), draw).sum()
+
+    if reg.fd_scheme == "central":
+        surr = FD.surrogate(f_at(1.0), f_at(-1.0), h, kappa, b, "central")
+    else:
+        base = f_base if central_base == "auto" else f_base.detach()
+        surr = FD.surrogate(f_at(1.0), base, h, kappa, b, "one_sided")
+    return pen.detach(), surr, h
 
 
 def forward(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss: Union[str, LossFn] = "cross_entropy") -> Forward:

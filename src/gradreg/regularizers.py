@@ -100,7 +100,7 @@ class Regularizer(abc.ABC):
     ``every``: apply on every k-th step only, with weight ``k * weight`` (lazy regularization)."""
 
     weight: float
-    every: int = field(default=1, kw_only=True)
+    every: int = field(default=1, kw_only=True, metadata={"added": True})
 
     # Does the penalty differentiate through the input? (False: the confidence penalty.)
     needs_input_grad: ClassVar[bool] = True
@@ -174,9 +174,55 @@ class Regularizer(abc.ABC):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "weight"}
 
 
+METHODS = ("double_backprop", "finite_difference")
+
+
+@dataclass(frozen=True)
+class ProjectedGradient(Regularizer):
+    """A penalty ``mean_i ||d F / d x_i||`` of a scalar ``F = sum_i f_i``; subclasses give
+    ``objective(fwd, draw)``, the per-example ``f_i``.
+
+    ``method="double_backprop"`` (default, exact) differentiates the input gradient;
+    ``"finite_difference"`` trains with the first-order surrogate of
+    :mod:`gradreg.finite_difference` (one extra forward/backward pass, no double backward):
+    ``fd_scheme`` ``"one_sided"`` or ``"central"``, ``fd_step`` the relative step (None: 1e-3
+    one-sided, 1e-2 central; see that module). Either way the value reported is the exact penalty.
+    """
+
+    method: str = field(default="double_backprop", kw_only=True, metadata={"added": True})
+    fd_scheme: str = field(default="one_sided", kw_only=True, metadata={"added": True})
+    fd_step: Optional[float] = field(default=None, kw_only=True, metadata={"added": True})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("method", self.method, METHODS)
+        _check_choice("fd_scheme", self.fd_scheme, ("one_sided", "central"))
+        if self.fd_step is not None:
+            if isinstance(self.fd_step, bool) or not isinstance(self.fd_step, Real) or not 0 < self.fd_step < 1:
+                raise ValueError(f"{self.name}: fd_step must be a number in (0, 1) or None, got {self.fd_step!r}")
+            object.__setattr__(self, "fd_step", float(self.fd_step))
+
+    @property
+    def finite_difference(self) -> bool:
+        return self.method == "finite_difference"
+
+    @property
+    def relative_step(self) -> float:
+        from .finite_difference import DEFAULT_STEP
+
+        return self.fd_step if self.fd_step is not None else DEFAULT_STEP[self.fd_scheme]
+
+    def objective(self, fwd: Forward, draw: Optional[Tensor]) -> Tensor:
+        """The per-example ``f_i`` whose sum's input gradient is ``v``; shape ``fwd.batch_shape``."""
+        raise NotImplementedError
+
+    def gradient_norm(self, v: P.Inputs, batch_dims: int) -> Tensor:
+        return P.per_example_norm(v, getattr(self, "norm", "l2"), batch_dims)
+
+
 @register
 @dataclass(frozen=True)
-class DataGrad(Regularizer):
+class DataGrad(ProjectedGradient):
     """DataGrad / double backpropagation: ``mean_i ||d l_i / d x_i||_2^2``.
 
     ``l_i`` is example i's data loss (per-example cross-entropy for classification). The
@@ -195,10 +241,13 @@ class DataGrad(Regularizer):
     def per_example(self, fwd, draw=None):
         return P.datagrad(fwd.per_example_loss, fwd.x, self.norm)
 
+    def objective(self, fwd, draw=None):
+        return fwd.per_example_loss
+
 
 @register
 @dataclass(frozen=True)
-class SpectReg(Regularizer):
+class SpectReg(ProjectedGradient):
     """Spectral regularization: ``mean_i ||J_i^T r||_2^2``, ``r ~ N(0, I_m)``.
 
     Conventions (as the published numbers were made): one ``r`` shared by the batch
@@ -222,6 +271,8 @@ class SpectReg(Regularizer):
         _check_choice("norm", self.norm, P.NORMS)
         if isinstance(self.n_proj, bool) or not isinstance(self.n_proj, int) or self.n_proj < 1:
             raise ValueError(f"SpectReg: n_proj must be an integer >= 1, got {self.n_proj!r}")
+        if self.finite_difference and self.n_proj != 1:
+            raise ValueError("SpectReg: method='finite_difference' needs n_proj=1 (one direction per step)")
 
     def draw(self, batch, m, generator, device, dtype):
         r = P.gaussian_projections(self.n_proj, batch, m, projection=self.projection, normalize=self.normalize,
@@ -230,6 +281,9 @@ class SpectReg(Regularizer):
 
     def per_example(self, fwd, draw=None):
         return P.projected_jacobian_mean(fwd.logits, fwd.x, draw.movedim(-2, 0), self.norm)
+
+    def objective(self, fwd, draw=None):
+        return (fwd.logits * draw[..., 0, :]).sum(-1)
 
 
 @register
@@ -276,7 +330,7 @@ class JacReg(Regularizer):
 
 @register
 @dataclass(frozen=True)
-class OneHot(Regularizer):
+class OneHot(ProjectedGradient):
     """True-label projection: ``mean_i ||J_i^T y_i||_2^2`` with ``y_i`` the one-hot label,
     i.e. the squared input gradient of the true class's logit. Published weight: 0.3."""
 
@@ -288,13 +342,19 @@ class OneHot(Regularizer):
         _check_choice("norm", self.norm, P.NORMS)
 
     def per_example(self, fwd, draw=None):
-        r = torch.nn.functional.one_hot(fwd.y, fwd.logits.shape[-1]).to(fwd.logits.dtype)
-        return P.projected_jacobian(fwd.logits, fwd.x, r, self.norm)
+        return P.projected_jacobian(fwd.logits, fwd.x, self._r(fwd), self.norm)
+
+    def objective(self, fwd, draw=None):
+        return (fwd.logits * self._r(fwd)).sum(-1)
+
+    @staticmethod
+    def _r(fwd):
+        return torch.nn.functional.one_hot(fwd.y, fwd.logits.shape[-1]).to(fwd.logits.dtype)
 
 
 @register
 @dataclass(frozen=True)
-class RandomOneHot(Regularizer):
+class RandomOneHot(ProjectedGradient):
     """Random one-hot projection: ``mean_i ||J_i^T sqrt(m) e_k||_2^2`` with ``k`` uniform
     over **all** m classes (the original drew only 0..m-2, an off-by-one not copied here).
     The ``sqrt(m)`` makes the covariance I, so it is an unbiased estimator of FrobReg.
@@ -316,6 +376,9 @@ class RandomOneHot(Regularizer):
 
     def per_example(self, fwd, draw=None):
         return P.projected_jacobian(fwd.logits, fwd.x, draw, self.norm)
+
+    def objective(self, fwd, draw=None):
+        return (fwd.logits * draw).sum(-1)
 
 
 @register

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import data as D
+from .. import finite_difference as FD
 from .. import datasets
 from ..config import TrainConfig
 from ..core import batch_data_loss, per_example_loss
@@ -113,8 +114,15 @@ class EnsembleTrainer:
             xb = torch.stack([D.random_translate_flip(xb[mi], self.aug_gens[mi]) for mi in range(k)])
         active = self.active(step)
         needs_grad = any(self.kinds[s].needs_input_grad for s in active)
+        fd = [s for s in active if getattr(self.kinds[s], "finite_difference", False)]
         x = xb.detach().requires_grad_(needs_grad)
-        logits = self.model(x)
+        if fd:
+            replay = FD.Replay(self.device, self.dropout_gens, self.model).capture()
+            kinks = FD.FrozenKinks(self.model if isinstance(self.model, PackedModel) else None)
+            with kinks.record():
+                logits = self.model(x)
+        else:
+            logits = self.model(x)
         b, m = logits.shape[1], logits.shape[2]
         pel = per_example_loss(logits, yb, c0.loss)
         data_loss = batch_data_loss(pel, c0.loss)  # (K,)
@@ -122,8 +130,14 @@ class EnsembleTrainer:
         terms = torch.full((k, 1 + len(self.kinds)), float("nan"), dtype=data_loss.dtype, device=data_loss.device)
         terms[:, 0] = data_loss.detach()
         total = data_loss
+        draws = {s: self._draws(s, b, m) for s in active}  # each member's draws in its list order
         for s in active:
-            pen = self.kinds[s].checked(fwd, self._draws(s, b, m)).mean(-1)  # (K,)
+            if s in fd:
+                pen, surr = self._fd(self.kinds[s], fwd, draws[s], replay, kinks, yb)
+                terms[:, 1 + s] = pen
+                total = total + self.weights[:, s] * (surr - surr.detach() + pen)
+                continue
+            pen = self.kinds[s].checked(fwd, draws[s]).mean(-1)  # (K,)
             terms[:, 1 + s] = pen.detach()
             total = total + self.weights[:, s] * pen
         if self.any_wd:
@@ -133,6 +147,32 @@ class EnsembleTrainer:
         total.sum().backward()
         self.opt.step(lr)
         return terms, active
+
+    def _fd(self, reg, fwd: Forward, draw, replay, kinks, yb) -> tuple[Tensor, Tensor]:
+        """A finite-difference regularizer for all members: the exact penalty (K,), detached,
+        and the surrogate (K,) (:mod:`gradreg.finite_difference`), one h per member."""
+        x = fwd.x
+        b = fwd.logits.shape[1]
+        f_base = reg.objective(fwd, draw).sum(-1)  # (K,)
+        (gx,) = torch.autograd.grad(f_base.sum(), x, retain_graph=True)
+        v = gx.detach()
+        norm = getattr(reg, "norm", "l2")
+        pen = reg.gradient_norm(v, 2).mean(-1)
+        d, kappa = FD.direction(v, norm)
+        h = FD.step_size(x.detach(), d, reg.relative_step, 2)
+
+        def f_at(sign: float) -> Tensor:
+            xs = (x.detach() + sign * FD.broadcast_runs(h, d) * d).detach()
+            with replay(), kinks.replay():
+                logits = self.model(xs)
+            pel = per_example_loss(logits, yb, self.c0.loss)
+            return reg.objective(Forward(xs, logits, yb, pel), draw).sum(-1)
+
+        if reg.fd_scheme == "central":
+            surr = FD.surrogate(f_at(1.0), f_at(-1.0), h, kappa, b, "central")
+        else:
+            surr = FD.surrogate(f_at(1.0), f_base, h, kappa, b, "one_sided")
+        return pen, surr
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -200,7 +200,7 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
                 continue
             ours = _fmt(s.mean * scale, s.std * scale)
             text = f"{ours}{' *' if s.significant else ''} n={s.n}"
-            if s.lam is not None and len(s.candidates) > 1:
+            if s.lam is not None and (len(s.candidates) > 1 or (plan.get("profile") == "published" and c != f"{s.lam:g}")):
                 text += f" λ={s.lam:g}"
             paper = table.cells.get((r, c)) if table is not None else None
             if paper is not None:
@@ -210,6 +210,7 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
             cells.append(text)
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += agreement_section(plan, summaries, table, scale)
     if tests:
         lines += ["## Significance (Welch's t-test, Bonferroni)", "", "| cell | vs. | t | df | p | p adjusted | |", "|---|---|---|---|---|---|---|"]
         for a, b, t, df, p, p_adj, sig in tests:
@@ -233,6 +234,55 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
                 lines.append(f"| {s.row} / {s.col} | {c['lambda']:g}{mark} | {c['n']} | {c['dev_mean'] * scale:.3f} | {c['test_mean'] * scale:.3f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def paper_agreement(summaries: list, table, scale: float, alpha: float = ALPHA) -> list[dict]:
+    """Each cell against the paper's: Welch's t-test from the paper's summary (mean, std,
+    n = its runs) where it prints a std, else a one-sample t-test of our seeds against its
+    number; Bonferroni over the table's cells. ``verdict``: "consistent" or "differs"."""
+    out = []
+    for s in summaries:
+        paper = table.cells.get((s.row, s.col)) if table is not None else None
+        if paper is None or len(s.test) < 2:
+            continue
+        ours = [v * scale for v in s.test]
+        mean, std = stats.mean_std(ours)
+        if paper.std is not None and paper.std > 0:
+            t, df, p = stats.welch_from_summary(mean, std, len(ours), paper.mean, paper.std, getattr(table, "n_runs", 10) or 10)
+            test = "Welch"
+        else:
+            t, df, p = stats.welch_from_summary(mean, std, len(ours), paper.mean, 0.0, 2) if std > 0 else (math.nan,) * 3
+            test = "one-sample"
+        out.append({"row": s.row, "col": s.col, "ours": mean, "ours_std": std, "n": len(ours), "paper": paper.mean,
+                    "paper_std": paper.std, "test": test, "t": t, "p": p})
+    flags = stats.bonferroni([r["p"] for r in out], alpha) if out else []
+    for r, sig in zip(out, flags):
+        r["p_adj"] = stats.adjusted(r["p"], len(out)) if not math.isnan(r["p"]) else math.nan
+        r["verdict"] = "differs" if sig else "consistent"
+    return out
+
+
+def agreement_section(plan: dict, summaries: list, table, scale: float) -> list[str]:
+    rows = paper_agreement(summaries, table, scale)
+    if not rows:
+        return []
+    lines = ["## Agreement with the paper", "",
+             f"Each cell against the paper's: Welch's t-test from the paper's summary (mean, std, n = 10) where it "
+             f"prints a std, else a one-sample t-test of our seeds against its single number; Bonferroni over the "
+             f"{len(rows)} cells (alpha {ALPHA}). *differs*: the difference is larger than both spreads explain.", "",
+             "| cell | ours | paper | test | p | p adjusted | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        paper = f"{r['paper']:.2f}" + (f" ({r['paper_std']:.2f})" if r["paper_std"] is not None else "")
+        lines.append(f"| {r['row']} / {r['col']} | {r['ours']:.2f} ({r['ours_std']:.2f}) n={r['n']} | {paper} | {r['test']} "
+                     f"| {r['p']:.3g} | {r['p_adj']:.3g} | {r['verdict']} |")
+    lines.append("")
+    differs = [r for r in rows if r["verdict"] == "differs"]
+    if differs:
+        from ..paper.explanations import explain
+
+        lines += ["## Where we differ, and why", ""]
+        lines += [explain(plan, summaries, differs, scale), ""]
+    return lines
 
 
 def render_csv(plan: dict, summaries: list) -> str:

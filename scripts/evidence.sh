@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The evidence committed in results/: every experiment this CPU can afford, at the
+# `published` profile (the paper's steps and settings, lambda fixed at the published choice).
+# Restartable: finished runs are in results/records/runs.jsonl (imported on start), running
+# chunks are checkpointed in results/checkpoints/, so rerunning this script, on this machine
+# or a fresh one, trains only what is missing.
+#   usage: scripts/evidence.sh [experiment ...]     (default: all of them, cheapest first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GRADREG=${GRADREG:-.venv/bin/gradreg}
+names=("$@")
+if [ ${#names[@]} -eq 0 ]; then
+  names=(table7 fig5 fig6 sin2 table1 table2 table4 fig4 fig2)
+fi
+for name in "${names[@]}"; do
+  echo "== $name $(date -u +%FT%TZ)"
+  "$GRADREG" run "$name" --profile published --out results --quiet
+done
+echo "== done $(date -u +%FT%TZ)"

@@ -1,0 +1,261 @@
+"""Finite-difference penalties and lazy regularization, against exact double backprop.
+
+Oracles: exact double backprop in float64 (the finite-difference parameter gradient's error
+must shrink as O(h) one-sided and O(h^2) central, as predicted), the exact penalty value, and
+the paper's own weighting for lazy steps (k * lambda on steps i % k == 0, nothing otherwise)."""
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.autograd.function import once_differentiable
+
+import gradreg as gr
+from gradreg.config import paper_config, parse_regularizer
+from gradreg.paper.models import lenet5
+
+
+def tanh_mlp():
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 5))
+
+
+def tanh_convnet():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(4, 6, 3), nn.Tanh(),
+                         nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
+
+
+MODELS = {
+    "tanh_mlp": (tanh_mlp, (6,), 5),
+    "tanh_convnet": (tanh_convnet, (1, 12, 12), 5),
+    "lenet_dropout": (lambda: lenet5(dropout=0.5, generator=torch.Generator().manual_seed(1)), (1, 28, 28), 10),
+    "lenet_bn": (lambda: lenet5(dropout=None, batchnorm=True, generator=torch.Generator().manual_seed(1)), (1, 28, 28), 10),
+}
+REGS = {
+    "DataGrad": lambda **k: gr.DataGrad(5.0, **k),
+    "DataGrad_l1": lambda **k: gr.DataGrad(5.0, norm="l1", **k),
+    "SpectReg": lambda **k: gr.SpectReg(0.5, projection="example", **k),
+    "OneHot": lambda **k: gr.OneHot(0.5, **k),
+    "RandomOneHot": lambda **k: gr.RandomOneHot(0.5, projection="example", **k),
+}
+
+
+def penalty_gradient(model, x, y, reg, zero):
+    """The parameter gradient of ``weight * penalty`` alone (the data term subtracted), and the terms."""
+
+    def grads(r):
+        model.zero_grad()
+        torch.manual_seed(11)  # dropout masks: the same in every call
+        loss, terms = gr.regularized_loss(model, x, y, [r], generator=torch.Generator().manual_seed(3))
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), loss.detach(), terms
+
+    g, value, terms = grads(reg)
+    g0, _, _ = grads(zero)
+    return g - g0, value, terms
+
+
+def setup(name, dtype):
+    make, shape, m = MODELS[name]
+    torch.manual_seed(0)
+    model = make().to(dtype).train()
+    x = torch.randn(16, *shape, dtype=dtype)
+    y = torch.randint(0, m, (16,))
+    return model, x, y
+
+
+@pytest.mark.parametrize("reg", sorted(REGS))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fd_error_shrinks_as_h_one_sided_and_h_squared_central(name, reg):
+    """float64: relative error of the finite-difference parameter gradient against exact double
+    backprop at h and h/10: one-sided drops ~10x (O(h)), central ~100x (O(h^2)). LeNet has
+    ReLU, max-pooling and dropout (masks replayed); its kinks are frozen for the shifted pass."""
+    model, x, y = setup(name, torch.float64)
+    make = REGS[reg]
+    exact, value, terms = penalty_gradient(model, x, y, make(), make().__class__(0.0))
+    assert exact.norm() > 0
+    # train-mode BatchNorm (batch statistics of 16 examples) reaches the asymptotic regime later
+    steps = (1e-4, 1e-5) if name == "lenet_bn" else (1e-2, 1e-3)
+    for scheme, lo, hi in (("one_sided", 6, 16), ("central", 40, 250)):
+        errs = []
+        for h in steps:
+            g, v, t = penalty_gradient(model, x, y, make(method="finite_difference", fd_scheme=scheme, fd_step=h),
+                                       make().__class__(0.0))
+            errs.append(float((g - exact).norm() / exact.norm()))
+            # the value the loss carries and reports is the exact penalty's
+            assert torch.allclose(v, value, rtol=1e-12) and torch.allclose(t[make().name], terms[make().name], rtol=1e-12)
+        assert errs[1] < 1e-2
+        if errs[0] < 1e-9:
+            # projections of the logits of a piecewise-linear net with its kinks frozen are
+            # linear in x: the difference quotient is exact up to rounding
+            assert name.startswith("lenet") and reg in ("OneHot", "SpectReg", "RandomOneHot")
+            continue
+        assert lo < errs[0] / errs[1] < hi, (scheme, errs)
+
+
+@pytest.mark.parametrize("reg", ["DataGrad", "SpectReg", "OneHot"])
+def test_fd_float32_default_step_cosine_on_lenet_with_dropout(reg):
+    """float32, the default relative steps (1e-3 one-sided, 1e-2 central): cosine similarity of
+    the penalty's parameter gradient to exact double backprop >= 0.999 on LeNet with dropout."""
+    model, x, y = setup("lenet_dropout", torch.float32)
+    x, y = torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,))
+    make = REGS[reg]
+    exact, _, _ = penalty_gradient(model, x, y, make(), make().__class__(0.0))
+    for scheme in ("one_sided", "central"):
+        g, _, _ = penalty_gradient(model, x, y, make(method="finite_difference", fd_scheme=scheme), make().__class__(0.0))
+        assert torch.nn.functional.cosine_similarity(g, exact, dim=0) >= 0.999
+
+
+def test_fd_leaves_batchnorm_statistics_and_rng_as_the_exact_step_does():
+    model, x, y = setup("lenet_bn", torch.float64)
+    twin = lenet5(dropout=None, batchnorm=True).double().train()
+    twin.load_state_dict(model.state_dict())
+    torch.manual_seed(4)
+    gr.regularized_loss(model, x, y, [gr.DataGrad(1.0)])[0].backward()
+    after_exact = torch.randn(3)
+    torch.manual_seed(4)
+    gr.regularized_loss(twin, x, y, [gr.DataGrad(1.0, method="finite_difference")])[0].backward()
+    after_fd = torch.randn(3)
+    for (n, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
+        assert torch.equal(a, b), n  # the shifted pass left no trace in the running statistics
+    assert torch.equal(after_exact, after_fd)  # nor in the global RNG
+
+
+class SquareOnce(torch.autograd.Function):
+    """x^2 with a first-order-only backward (as many fused kernels have)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+class SquareNet(nn.Module):
+    def __init__(self, once: bool):
+        super().__init__()
+        self.once = once
+        self.l1, self.l2 = nn.Linear(6, 12), nn.Linear(12, 5)
+
+    def forward(self, x):
+        h = self.l1(x)
+        return self.l2(SquareOnce.apply(h) if self.once else h * h)
+
+
+def test_exact_penalty_on_a_once_differentiable_op_is_a_clear_error_and_fd_trains_it():
+    torch.manual_seed(0)
+    once, twin = SquareNet(True).double(), SquareNet(False).double()
+    twin.load_state_dict(once.state_dict())
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 5, (8,))
+    with pytest.raises(RuntimeError, match=r"without a double backward .* method='finite_difference'"):
+        gr.regularized_loss(once, x, y, [gr.DataGrad(1.0)])
+    fd = gr.DataGrad(1.0, method="finite_difference", fd_scheme="central", fd_step=1e-4)
+    loss, _ = gr.regularized_loss(once, x, y, [fd])
+    loss.backward()
+    ref, _ = gr.regularized_loss(twin, x, y, [gr.DataGrad(1.0)])  # the same function, exact
+    ref.backward()
+    assert torch.allclose(loss, ref, rtol=1e-12)
+    for p, q in zip(once.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_compiled_model_trains_with_fd_and_matches_eager_and_exact_is_a_clear_error():
+    """torch.compile (aot_eager backend, CPU): the finite-difference path matches the eager
+    model's to 1e-5 relative in float32; the exact path raises the clear error."""
+    torch.manual_seed(0)
+    eager, inner = tanh_mlp(), tanh_mlp()
+    inner.load_state_dict(eager.state_dict())
+    compiled = torch.compile(inner, backend="aot_eager")
+    x, y = torch.randn(16, 6), torch.randint(0, 5, (16,))
+    with pytest.raises(RuntimeError, match="torch.compile'd, and compiled graphs have no double backward"):
+        gr.regularized_loss(compiled, x, y, [gr.DataGrad(1.0)])
+    reg = gr.DataGrad(1.0, method="finite_difference")
+    for m in (eager, compiled):
+        loss, _ = gr.regularized_loss(m, x, y, [reg])
+        loss.backward()
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_fd_in_the_engine_equals_the_single_run():
+    from gradreg.ensemble.loop import train_many
+    from gradreg.train import train
+
+    for reg in (gr.DataGrad(0.1, method="finite_difference"), gr.SpectReg(0.03, method="finite_difference", fd_scheme="central")):
+        cfgs = [paper_config("sin", steps=40, eval_every=0, seed=s, regularizers=(reg,)) for s in (1, 2)]
+        ens = train_many(cfgs, dtype=torch.float64, workers=1, strategy="packed")
+        single = train(cfgs[1])
+        assert ens[1].test == pytest.approx(single.test, rel=1e-4)
+        assert ens[1].penalties == pytest.approx(single.penalties, rel=1e-4)
+
+
+# --------------------------------------------------------------------------- lazy
+
+
+class Spy(nn.Module):
+    """Records whether the input it was called with required grad."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def forward(self, x):
+        self.calls.append(x.requires_grad)
+        return self.inner(x)
+
+
+def test_lazy_every_k_applies_k_lambda_on_its_steps_and_nothing_else():
+    torch.manual_seed(0)
+    model = Spy(tanh_mlp().double())
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 5, (8,))
+    k, lam = 4, 0.3
+    for reg_cls in (gr.DataGrad, gr.SpectReg):
+        for i in range(6):
+            lazy, terms = gr.regularized_loss(model, x, y, [reg_cls(lam, every=k)], step=i,
+                                              generator=torch.Generator().manual_seed(i))
+            if i % k == 0:
+                ref, _ = gr.regularized_loss(model, x, y, [reg_cls(k * lam)], generator=torch.Generator().manual_seed(i))
+                assert set(terms) == {"loss", reg_cls.__name__} and model.calls[-1]
+            else:
+                ref, _ = gr.regularized_loss(model, x, y, [], generator=torch.Generator().manual_seed(i))
+                assert set(terms) == {"loss"} and not model.calls[-1]  # no input-gradient work at all
+            assert torch.equal(lazy, ref)
+    every1, _ = gr.regularized_loss(model, x, y, [gr.DataGrad(lam, every=1)], step=3)
+    plain, _ = gr.regularized_loss(model, x, y, [gr.DataGrad(lam)])
+    assert torch.equal(every1, plain)
+
+
+def test_lazy_in_training_runs_and_the_engine():
+    from gradreg.ensemble.loop import train_many
+    from gradreg.train import train
+
+    cfg = paper_config("sin", steps=40, eval_every=0, regularizers=(gr.SpectReg(0.03, every=4),))
+    single = train(cfg)
+    (ens,) = train_many([cfg], dtype=torch.float32, strategy="packed")
+    assert ens.test == pytest.approx(single.test, rel=1e-3)
+    assert ens.penalties == pytest.approx(single.penalties, rel=1e-3) and set(ens.penalties) == {"SpectReg"}
+    assert cfg.to_dict()["regularizers"][0]["every"] == 4
+    # every=1 and the other added options keep the run keys of configs made before they existed
+    assert "every" not in paper_config("sin", regularizers=(gr.SpectReg(0.03),)).to_dict()["regularizers"][0]
+
+
+def test_cli_strings_and_bad_options():
+    assert parse_regularizer("datagrad=50,method=finite_difference") == gr.DataGrad(50.0, method="finite_difference")
+    assert parse_regularizer("spectreg=0.03,every=4") == gr.SpectReg(0.03, every=4)
+    assert parse_regularizer("dg=1,method=finite_difference,fd_scheme=central,fd_step=0.01").fd_step == 0.01
+    model, x, y = tanh_mlp(), torch.randn(4, 6), torch.randint(0, 5, (4,))
+    with pytest.raises(ValueError, match=r"every=4\) is lazy: pass step="):
+        gr.regularized_loss(model, x, y, [gr.DataGrad(1.0, every=4)])
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        gr.DataGrad(1.0, every=0)
+    with pytest.raises(ValueError, match="valid choices: 'double_backprop', 'finite_difference'"):
+        gr.DataGrad(1.0, method="fd")
+    with pytest.raises(ValueError, match="fd_step must be a number in"):
+        gr.SpectReg(1.0, method="finite_difference", fd_step=2.0)
+    with pytest.raises(ValueError, match="needs n_proj=1"):
+        gr.SpectReg(1.0, method="finite_difference", n_proj=2)
+    with pytest.raises(ValueError, match="valid choices: 'auto', 'batched', 'loop'"):
+        gr.FrobReg(1.0, method="finite_difference")
