@@ -8,9 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRADREG=${GRADREG:-.venv/bin/gradreg}
+if [ -z "${GRADREG_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  GRADREG_DATA_DIR="$(cd ../shared/data && pwd)"  # the datasets beside the checkout
+  export GRADREG_DATA_DIR
+fi
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-  names=(table7 fig5 fig6 sin2 table1 table2 table4 fig4 fig2)
+  names=(table7 fig5 fig6 sin2 table1 table2 table4 fastgr_sin fig4 fig2 fastgr)
 fi
 for name in "${names[@]}"; do
   echo "== $name $(date -u +%FT%TZ)"

@@ -46,7 +46,11 @@ def one_torch_thread():
 def subprocess_env() -> dict:
     """The environment for a child python: one torch thread, gradreg and this folder importable."""
     here = str(Path(__file__).resolve().parent)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+    }
 
 
 def small_sin_experiment(lambdas=SIN_LAMBDAS, seeds=SEEDS, steps: int = STEPS, name: str = "table7_small"):
@@ -55,7 +59,12 @@ def small_sin_experiment(lambdas=SIN_LAMBDAS, seeds=SEEDS, steps: int = STEPS, n
 
     exp = build("table7", "quick")
     cells = tuple(
-        Cell(c.row, c.col, tuple((lam, cfg.replace(steps=steps, eval_every=max(steps // 3, 1))) for lam, cfg in c.candidates), c.x)
+        Cell(
+            c.row,
+            c.col,
+            tuple((lam, cfg.replace(steps=steps, eval_every=max(steps // 3, 1))) for lam, cfg in c.candidates),
+            c.x,
+        )
         for c in exp.cells
         if c.x in lambdas
     )
@@ -68,8 +77,9 @@ def long_sin_config(steps: int = 400, checkpoint_every: int = 10):
     from gradreg.config import paper_config
     from gradreg.regularizers import SpectReg
 
-    return paper_config("sin", seed=3, steps=steps, eval_every=100, checkpoint_every=checkpoint_every,
-                        regularizers=(SpectReg(0.03),))
+    return paper_config(
+        "sin", seed=3, steps=steps, eval_every=100, checkpoint_every=checkpoint_every, regularizers=(SpectReg(0.03),)
+    )
 
 
 # --------------------------------------------------------------------------- Ray fault injection
@@ -148,7 +158,6 @@ def _die_inside_the_nth_put(n: int) -> None:
         return original(self, experiment, records)
 
     Store.put_many = put_many
-
 
 
 def main(argv=None) -> int:

@@ -69,9 +69,11 @@ def good_store(tmp_path_factory) -> bytes:
 
 
 def damaged(expected_command: str, path: Path, detail: str) -> str:
-    return (f"gradreg {expected_command}: error: result store {path} is not a gradreg result store or is damaged: "
-            f"{detail}. gradreg left it unchanged. Move it away (e.g. mv {path} {path}.damaged) and run again to "
-            "start a new store")
+    return (
+        f"gradreg {expected_command}: error: result store {path} is not a gradreg result store or is damaged: "
+        f"{detail}. gradreg left it unchanged. Move it away (e.g. mv {path} {path}.damaged) and run again to "
+        "start a new store"
+    )
 
 
 MALFORMED = "the SQLite file is malformed, for example truncated or overwritten in part"
@@ -79,7 +81,7 @@ MALFORMED = "the SQLite file is malformed, for example truncated or overwritten 
 
 def _overwrite(data: bytes, token: bytes, junk: bytes) -> bytes:
     at = data.index(token)
-    return data[:at] + junk * (len(token) // len(junk)) + data[at + len(token):]
+    return data[:at] + junk * (len(token) // len(junk)) + data[at + len(token) :]
 
 
 def _garbage_over_the_runs_tree(data: bytes, tmp: Path) -> bytes:
@@ -92,7 +94,7 @@ def _garbage_over_the_runs_tree(data: bytes, tmp: Path) -> bytes:
     probe.unlink()
     at = (page - 1) * size
     junk = bytes(random.Random(0).getrandbits(8) for _ in range(512))
-    return data[:at] + junk + data[at + 512:]
+    return data[:at] + junk + data[at + 512 :]
 
 
 def _foreign_sqlite(tmp: Path) -> bytes:
@@ -110,10 +112,18 @@ DAMAGE = {
     "truncated inside the header": (lambda d, tmp: d[:50], MALFORMED),
     "random bytes": (lambda d, tmp: random.Random(1).randbytes(20_000), "the file is not an SQLite database"),
     "garbage over the runs b-tree": (_garbage_over_the_runs_tree, MALFORMED),
-    "garbage inside a stored record": (lambda d, tmp: _overwrite(d, b'"grad_norms"', b"@"), "a stored record is not valid JSON"),
-    "invalid UTF-8 inside a stored record": (lambda d, tmp: _overwrite(d, b'"grad_norms"', b"\xff\xfe"),
-                                             "a stored record is not valid UTF-8 text"),
-    "another program's SQLite file": (lambda d, tmp: _foreign_sqlite(tmp), "it is an SQLite database with other tables (t)"),
+    "garbage inside a stored record": (
+        lambda d, tmp: _overwrite(d, b'"grad_norms"', b"@"),
+        "a stored record is not valid JSON",
+    ),
+    "invalid UTF-8 inside a stored record": (
+        lambda d, tmp: _overwrite(d, b'"grad_norms"', b"\xff\xfe"),
+        "a stored record is not valid UTF-8 text",
+    ),
+    "another program's SQLite file": (
+        lambda d, tmp: _foreign_sqlite(tmp),
+        "it is an SQLite database with other tables (t)",
+    ),
 }
 
 
@@ -162,14 +172,20 @@ def test_a_store_path_that_is_a_directory(tmp_path, capsys):
     (tmp_path / STORE_NAME).mkdir()
     before = snapshot(tmp_path)
     code, _, err = run_cli(["run", "fig5", "--out", tmp_path], capsys)
-    assert_one_line_error(code, err, f"gradreg run: error: result store {tmp_path / STORE_NAME}: is a directory; move it away")
+    assert_one_line_error(
+        code, err, f"gradreg run: error: result store {tmp_path / STORE_NAME}: is a directory; move it away"
+    )
     assert snapshot(tmp_path) == before
 
 
 def test_report_without_a_store(tmp_path, capsys):
     code, _, err = run_cli(["report", "fig5", "--out", tmp_path], capsys)
-    assert_one_line_error(code, err, f"gradreg report: error: no result store at {tmp_path / STORE_NAME}; "
-                                     f"run `gradreg run fig5 --out {tmp_path}` first")
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg report: error: no result store at {tmp_path / STORE_NAME}; "
+        f"run `gradreg run fig5 --out {tmp_path}` first",
+    )
     assert snapshot(tmp_path) == {}
 
 
@@ -177,9 +193,13 @@ def test_report_of_a_profile_that_was_not_run(good_store, tmp_path, capsys):
     (tmp_path / STORE_NAME).write_bytes(good_store)
     before = snapshot(tmp_path)
     code, _, err = run_cli(["report", "fig5", "--out", tmp_path, "--profile", "paper"], capsys)
-    assert_one_line_error(code, err, f"gradreg report: error: the store {tmp_path / STORE_NAME} has no plan for 'fig5' "
-                                     f"with profile 'paper' (it has: quick); run `gradreg run fig5 --profile paper "
-                                     f"--out {tmp_path}` first")
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg report: error: the store {tmp_path / STORE_NAME} has no plan for 'fig5' "
+        f"with profile 'paper' (it has: quick); run `gradreg run fig5 --profile paper "
+        f"--out {tmp_path}` first",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -189,25 +209,37 @@ def test_report_of_a_profile_that_was_not_run(good_store, tmp_path, capsys):
 def test_train_out_is_a_directory(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     code, _, err = run_cli(["train", "--dataset", "sin", "--steps", STEPS, "--quiet", "--out", tmp_path / "d"], capsys)
-    assert_one_line_error(code, err, f"gradreg train: error: --out {tmp_path / 'd'}: is a directory; give a file name, "
-                                     f"e.g. {tmp_path / 'd' / 'result.json'}")
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg train: error: --out {tmp_path / 'd'}: is a directory; give a file name, "
+        f"e.g. {tmp_path / 'd' / 'result.json'}",
+    )
     assert snapshot(tmp_path) == {"d": None}
 
 
 def test_train_out_under_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("a file")
-    code, _, err = run_cli(["train", "--dataset", "sin", "--steps", STEPS, "--quiet", "--out", tmp_path / "f" / "r.json"], capsys)
-    assert_one_line_error(code, err, f"gradreg train: error: --out {tmp_path / 'f' / 'r.json'}: {tmp_path / 'f'} is a file, "
-                                     "not a directory")
+    code, _, err = run_cli(
+        ["train", "--dataset", "sin", "--steps", STEPS, "--quiet", "--out", tmp_path / "f" / "r.json"], capsys
+    )
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg train: error: --out {tmp_path / 'f' / 'r.json'}: {tmp_path / 'f'} is a file, not a directory",
+    )
     assert snapshot(tmp_path) == {"f": b"a file"}
 
 
 def test_train_out_in_a_read_only_directory(tmp_path, capsys):
     ro = tmp_path / "ro"
     with read_only_dir(ro) as err_no:
-        code, _, err = run_cli(["train", "--dataset", "sin", "--steps", STEPS, "--quiet", "--out", ro / "r.json"], capsys)
-        assert_one_line_error(code, err, f"gradreg train: error: --out {ro / 'r.json'}: cannot write into {ro} "
-                                         f"({os.strerror(err_no)})")
+        code, _, err = run_cli(
+            ["train", "--dataset", "sin", "--steps", STEPS, "--quiet", "--out", ro / "r.json"], capsys
+        )
+        assert_one_line_error(
+            code, err, f"gradreg train: error: --out {ro / 'r.json'}: cannot write into {ro} ({os.strerror(err_no)})"
+        )
     assert snapshot(tmp_path) == {"ro": None}
 
 
@@ -222,9 +254,26 @@ def test_train_out_with_missing_directories_leaves_no_trace_on_failure(tmp_path,
 def test_train_checkpoint_under_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("a file")
     ckpt = tmp_path / "f" / "c.ckpt"
-    code, _, err = run_cli(["train", "--dataset", "sin", "--steps", STEPS, "--quiet", "--checkpoint-every", "5",
-                            "--out", tmp_path / "r.json", "--checkpoint", ckpt], capsys)
-    assert_one_line_error(code, err, f"gradreg train: error: --checkpoint {ckpt}: {tmp_path / 'f'} is a file, not a directory")
+    code, _, err = run_cli(
+        [
+            "train",
+            "--dataset",
+            "sin",
+            "--steps",
+            STEPS,
+            "--quiet",
+            "--checkpoint-every",
+            "5",
+            "--out",
+            tmp_path / "r.json",
+            "--checkpoint",
+            ckpt,
+        ],
+        capsys,
+    )
+    assert_one_line_error(
+        code, err, f"gradreg train: error: --checkpoint {ckpt}: {tmp_path / 'f'} is a file, not a directory"
+    )
     assert snapshot(tmp_path) == {"f": b"a file"}  # no result either: the check ran before training
 
 
@@ -239,16 +288,21 @@ def test_run_out_in_a_read_only_directory(tmp_path, capsys):
     ro = tmp_path / "ro"
     with read_only_dir(ro) as err_no:
         code, _, err = run_cli(["run", "fig5", "--out", ro / "results"], capsys)
-        assert_one_line_error(code, err, f"gradreg run: error: --out {ro / 'results'}: cannot create the directory "
-                                         f"{ro / 'results'} ({os.strerror(err_no)})")
+        assert_one_line_error(
+            code,
+            err,
+            f"gradreg run: error: --out {ro / 'results'}: cannot create the directory "
+            f"{ro / 'results'} ({os.strerror(err_no)})",
+        )
     assert snapshot(tmp_path) == {"ro": None}
 
 
 def test_run_report_file_that_is_a_directory_stops_before_training(tmp_path, capsys):
     (tmp_path / "fig5.quick.md").mkdir()
     code, _, err = run_cli(["run", "fig5", "--out", tmp_path], capsys)
-    assert_one_line_error(code, err, f"gradreg run: error: report file {tmp_path / 'fig5.quick.md'}: is a directory; "
-                                     "move it away")
+    assert_one_line_error(
+        code, err, f"gradreg run: error: report file {tmp_path / 'fig5.quick.md'}: is a directory; move it away"
+    )
     assert snapshot(tmp_path) == {"fig5.quick.md": None}  # no store: nothing trained
 
 
@@ -257,8 +311,11 @@ def test_bench_json_is_a_directory_stops_before_measuring(tmp_path, capsys, monk
 
     monkeypatch.setattr(gradreg.bench, "run_bench", lambda *a, **k: pytest.fail("bench ran"))
     code, _, err = run_cli(["bench", "--quick", "--json", tmp_path], capsys)
-    assert_one_line_error(code, err, f"gradreg bench: error: --json {tmp_path}: is a directory; give a file name, "
-                                     f"e.g. {tmp_path / 'result.json'}")
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg bench: error: --json {tmp_path}: is a directory; give a file name, e.g. {tmp_path / 'result.json'}",
+    )
 
 
 # --------------------------------------------------------------------------- arguments
@@ -267,8 +324,9 @@ def test_bench_json_is_a_directory_stops_before_measuring(tmp_path, capsys, monk
 @pytest.mark.parametrize("value", ["-2", "0", "two"])
 def test_max_members_must_be_a_positive_integer(value, tmp_path, capsys):
     code, _, err = run_cli(["run", "fig5", "--out", tmp_path, "--max-members", value], capsys)
-    assert_one_line_error(code, err, f"gradreg run: error: argument --max-members: must be a positive integer, got {value!r}",
-                          status=2)
+    assert_one_line_error(
+        code, err, f"gradreg run: error: argument --max-members: must be a positive integer, got {value!r}", status=2
+    )
     assert snapshot(tmp_path) == {}
 
 
@@ -277,19 +335,31 @@ def test_unknown_experiment_and_profile(tmp_path, capsys):
     assert code == 2 and err.splitlines()[-1].startswith("gradreg run: error: argument name: invalid choice: 'table99'")
     assert all(name in err for name in EXPERIMENTS)
     code, _, err = run_cli(["run", "fig5", "--profile", "huge", "--out", tmp_path], capsys)
-    assert code == 2 and err.splitlines()[-1].startswith("gradreg run: error: argument --profile: invalid choice: 'huge'")
+    assert code == 2 and err.splitlines()[-1].startswith(
+        "gradreg run: error: argument --profile: invalid choice: 'huge'"
+    )
     assert snapshot(tmp_path) == {}
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("dtagrad=1", "unknown regularizer 'dtagrad' (did you mean 'datagrad'?); valid names: confidence, confidencepenalty, "
-                  "cp, datagrad, dg, frob, frobreg, jac, jacreg, onehot, random_onehot, randomonehot, rndonehot, spect, "
-                  "spectreg, sr"),
-    ("datagrad", "regularizer 'datagrad' needs a weight, e.g. datagrad=0.1"),
-    ("datagrad=abc", "regularizer 'datagrad=abc': weight 'abc' is not a number"),
-    ("spectreg=1,foo=2", "SpectReg has no option 'foo'; valid options: every, n_proj, norm, normalize, projection"),
-    ("spectreg=1,n_proj", "regularizer option 'n_proj' must be key=value"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (
+            "dtagrad=1",
+            "unknown regularizer 'dtagrad' (did you mean 'datagrad'?); valid names: confidence, confidencepenalty, "
+            "cp, datagrad, dg, frob, frobreg, jac, jacreg, onehot, random_onehot, randomonehot, rndonehot, spect, "
+            "spectreg, sr",
+        ),
+        ("datagrad", "regularizer 'datagrad' needs a weight, e.g. datagrad=0.1"),
+        ("datagrad=abc", "regularizer 'datagrad=abc': weight 'abc' is not a number"),
+        (
+            "spectreg=1,foo=2",
+            "SpectReg has no option 'foo'; valid options: every, fd_scheme, fd_step, method, n_proj, norm, normalize, "
+            "projection",
+        ),
+        ("spectreg=1,n_proj", "regularizer option 'n_proj' must be key=value"),
+    ],
+)
 def test_bad_regularizer_strings(spec, message, tmp_path, capsys):
     code, _, err = run_cli(["train", "--dataset", "sin", "--reg", spec, "--out", tmp_path / "r.json"], capsys)
     assert_one_line_error(code, err, f"gradreg train: error: {message}", status=2)
@@ -298,8 +368,13 @@ def test_bad_regularizer_strings(spec, message, tmp_path, capsys):
 
 def test_sin_train_size_is_worded_for_the_command_line(tmp_path, capsys):
     code, _, err = run_cli(["train", "--dataset", "sin", "--train-size", "50", "--out", tmp_path / "r.json"], capsys)
-    assert_one_line_error(code, err, "gradreg train: error: --train-size 50: sin has a fixed training set of 100 points; "
-                                     "leave --train-size out (or pass --train-size none)", status=2)
+    assert_one_line_error(
+        code,
+        err,
+        "gradreg train: error: --train-size 50: sin has a fixed training set of 100 points; "
+        "leave --train-size out (or pass --train-size none)",
+        status=2,
+    )
     assert snapshot(tmp_path) == {}
 
 
@@ -313,10 +388,16 @@ def test_config_errors_name_the_option(tmp_path, capsys):
 
 
 def test_a_missing_data_dir(tmp_path, capsys):
-    code, _, err = run_cli(["train", "--dataset", "mnist", "--dry-run", "--data-dir", tmp_path / "nowhere",
-                            "--out", tmp_path / "r.json"], capsys)
-    assert_one_line_error(code, err, f"gradreg train: error: --data-dir {tmp_path / 'nowhere'}: no such directory; give the "
-                                     "directory that holds mnist/ and cifar10/, or add --download to fetch the data into it")
+    code, _, err = run_cli(
+        ["train", "--dataset", "mnist", "--dry-run", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "r.json"],
+        capsys,
+    )
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg train: error: --data-dir {tmp_path / 'nowhere'}: no such directory; give the "
+        "directory that holds mnist/ and cifar10/, or add --download to fetch the data into it",
+    )
     assert snapshot(tmp_path) == {}
 
 
@@ -326,9 +407,13 @@ def test_data_files_not_found(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GRADREG_DATA_DIR", str(empty))
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     code, _, err = run_cli(["train", "--dataset", "mnist", "--dry-run", "--out", tmp_path / "r.json"], capsys)
-    assert_one_line_error(code, err, f"gradreg train: error: data file 'train-images-idx3-ubyte' not found in any of {empty}, "
-                                     f"{cache / 'gradreg'}; pass --download to fetch it into {empty}, or --data-dir (or "
-                                     "GRADREG_DATA_DIR) naming a directory that holds mnist/ and cifar10/")
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg train: error: data file 'train-images-idx3-ubyte' not found in any of {empty}, "
+        f"{cache / 'gradreg'}; pass --download to fetch it into {empty}, or --data-dir (or "
+        "GRADREG_DATA_DIR) naming a directory that holds mnist/ and cifar10/",
+    )
     assert snapshot(tmp_path) == {"empty": None}  # nothing downloaded, no result
 
 
@@ -342,12 +427,20 @@ def test_a_failed_download(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GRADREG_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     data = tmp_path / "data"
-    code, _, err = run_cli(["train", "--dataset", "mnist", "--dry-run", "--download", "--data-dir", data,
-                            "--out", tmp_path / "r.json"], capsys)
-    failures = "; ".join(f"download into {data} failed: {base}train-images-idx3-ubyte.gz: OSError: network is unreachable"
-                         for base in download.DEFAULT_SOURCES.mnist_urls)
-    assert_one_line_error(code, err, f"gradreg train: error: data file 'train-images-idx3-ubyte' not found in any of "
-                                     f"{data}, {tmp_path / 'xdg' / 'gradreg'}; {failures}")
+    code, _, err = run_cli(
+        ["train", "--dataset", "mnist", "--dry-run", "--download", "--data-dir", data, "--out", tmp_path / "r.json"],
+        capsys,
+    )
+    failures = "; ".join(
+        f"download into {data} failed: {base}train-images-idx3-ubyte.gz: OSError: network is unreachable"
+        for base in download.DEFAULT_SOURCES.mnist_urls
+    )
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg train: error: data file 'train-images-idx3-ubyte' not found in any of "
+        f"{data}, {tmp_path / 'xdg' / 'gradreg'}; {failures}",
+    )
     assert not (tmp_path / "r.json").exists()
     assert [p for p in data.rglob("*") if p.is_file()] == []  # no partial download left behind
 
@@ -365,15 +458,21 @@ def test_a_diverged_run_names_the_step_and_the_term(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(gradreg.train, "train", diverges)
     out = tmp_path / "r.json"
     code, _, err = run_cli(["train", "--dataset", "sin", "--reg", "datagrad=1e30", "--out", out], capsys)
-    assert_one_line_error(code, err, "gradreg train: error: training diverged at step 7: the 'DataGrad' term is inf; stopping "
-                                     f"(the last checkpoint, if any, is kept); nothing was written to {out}. A smaller --lr "
-                                     "or regularizer weight may help")
+    assert_one_line_error(
+        code,
+        err,
+        "gradreg train: error: training diverged at step 7: the 'DataGrad' term is inf; stopping "
+        f"(the last checkpoint, if any, is kept); nothing was written to {out}. A smaller --lr "
+        "or regularizer weight may help",
+    )
     assert snapshot(tmp_path) == {}
 
 
 def test_a_real_divergence(tmp_path, capsys):
     out = tmp_path / "r.json"
-    code, _, err = run_cli(["train", "--dataset", "sin", "--lr", "1e30", "--steps", "50", "--quiet", "--out", out], capsys)
+    code, _, err = run_cli(
+        ["train", "--dataset", "sin", "--lr", "1e30", "--steps", "50", "--quiet", "--out", out], capsys
+    )
     assert "Traceback" not in err and code == 1
     line = err.splitlines()[-1]
     assert line.startswith("gradreg train: error: training diverged at step ") and " term is " in line

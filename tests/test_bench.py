@@ -15,9 +15,12 @@ def test_interleaved_median_times_calls_every_variant_equally():
     def mk(k):
         def f():
             calls[k] += 1
+
         return f
 
-    times = B.interleaved_median_times({"a": mk("a"), "b": mk("b")}, rounds=3, inner=4, device=torch.device("cpu"), warmup=1)
+    times = B.interleaved_median_times(
+        {"a": mk("a"), "b": mk("b")}, rounds=3, inner=4, device=torch.device("cpu"), warmup=1
+    )
     assert calls == {"a": 13, "b": 13} and set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
 
 
@@ -33,6 +36,7 @@ def test_bench_json_has_the_documented_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(B, "BENCH_MODELS", tuple(m for m in B.BENCH_MODELS if m.name == "mlp_sin"))
     monkeypatch.setattr(B, "ensemble_sizes", lambda device, quick: (2,))
     monkeypatch.setattr(B, "_mnist_available", lambda: False)
+    monkeypatch.setattr(B, "fast_regularization_cost", lambda device, quick, log: [{"config": "exact"}])
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
@@ -40,10 +44,27 @@ def test_bench_json_has_the_documented_keys(tmp_path, monkeypatch, capsys):
     assert rep["command"] == f"gradreg bench --quick --json {out}"
     rows = {r["regularizer"]: r for r in rep["regularizer_cost"]}
     assert rows["plain"]["rel_time"] == 1.0 and "batched_over_loop" in rows["FrobReg[loop]"]
-    assert {"regularized_loss([])", "DataGrad", "SpectReg", "DataGrad every=4"} <= set(rows)
+    assert {"regularized_loss([])", "DataGrad", "SpectReg"} <= set(rows)
+    assert rep["fast_regularization"] == [{"config": "exact"}]
     (ens,) = rep["ensemble"]
     assert ens["K"] == 2
     for baseline in ("loop", "loop_split", "torch_func"):  # one key per baseline, measured side by side
         assert ens[f"engine_vs_{baseline}"] == ens[f"{baseline}_ms_per_model_step"] / ens["engine_ms_per_model_step"]
     assert rep["table1_projected_s"] == 90 * 10_000 / ens["model_steps_per_s"]
     assert "vs torch.func" in capsys.readouterr().out
+
+
+def test_fast_regularization_rows_cover_every_configuration(monkeypatch):
+    """The fast-regularization table has every configuration for both regularizers, single
+    runs and the engine, each a ratio to its plain step (timed with a stub clock here)."""
+    monkeypatch.setattr(
+        B, "interleaved_median_times", lambda fns, rounds, inner, device, warmup=1: {k: 1.0 for k in fns}
+    )
+    rows = B.fast_regularization_cost(torch.device("cpu"), True, log=lambda *_: None)
+    configs = set(B.FAST_CONFIGS)
+    for where in ("single run", "engine (8 LeNets)"):
+        for reg in ("DataGrad", "SpectReg"):
+            got = {r["config"] for r in rows if r["where"] == where and r["regularizer"] == reg}
+            assert got == configs
+    lazy = [r for r in rows if r["config"] == "lazy k=4 exact" and r["where"] == "single run"]
+    assert all(r["rel_time"] == 0.25 for r in lazy)  # a 4-step cycle divided by 4

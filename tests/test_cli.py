@@ -8,21 +8,17 @@ import dataclasses
 import gzip
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
 import gradreg.paper.experiments as E
+from conftest import DATA
 from gradreg.cli import _HELP, _SPECIAL, build_parser, check_writable_output, main
 from gradreg.config import TrainConfig
 from gradreg.paper.experiments import PROFILES
 from gradreg.sweep.report import render_csv, render_markdown, report_paths, significance, summarize_cell
 from gradreg.sweep.runner import STORE_NAME
 from gradreg.sweep.store import Store, code_version
-
-DATA = Path(__file__).resolve().parents[1] / "shared" / "data"
-if not DATA.exists():
-    DATA = Path("/work/shared/data")
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:
@@ -65,7 +61,9 @@ def test_every_option_says_what_it_means():
             assert a.help and a.help != argparse.SUPPRESS, f"{command} {name} has no help"
             words = a.help.replace("%%", "%").lower()
             bare = name.lstrip("-").replace("-", " ").replace("_", " ")
-            assert words.strip() != bare and len(words.split()) >= 4, f"{command} {name}: {a.help!r} only repeats the name"
+            assert words.strip() != bare and len(words.split()) >= 4, (
+                f"{command} {name}: {a.help!r} only repeats the name"
+            )
 
 
 def test_every_train_config_field_has_a_help_text_and_its_paper_default():
@@ -104,10 +102,17 @@ def test_reports_of_two_profiles_never_overwrite_each_other(tiny_profiles, tmp_p
     assert sorted(paper) == ["fig5.paper.csv", "fig5.paper.md", "fig5.paper.png"]
     code, out, _ = run_cli(["run", "fig5", "--out", tmp_path, "--quiet", "--profile", "quick"], capsys)
     assert code == 0
-    assert re.search(r"fig5 \(quick profile\): trained 5 runs in [0-9.]+ s of wall time \(this command: data loading, "
-                     r"training and evaluation; 0 runs were stored already\)", out), out
+    assert re.search(
+        r"fig5 \(quick profile\): trained 5 runs in [0-9.]+ s of wall time \(this command: data loading, "
+        r"training and evaluation; 0 runs were stored already\)",
+        out,
+    ), out
     assert {p.name: p.read_bytes() for p in tmp_path.glob("fig5.paper.*")} == paper  # untouched
-    assert sorted(p.name for p in tmp_path.glob("fig5.quick.*")) == ["fig5.quick.csv", "fig5.quick.md", "fig5.quick.png"]
+    assert sorted(p.name for p in tmp_path.glob("fig5.quick.*")) == [
+        "fig5.quick.csv",
+        "fig5.quick.md",
+        "fig5.quick.png",
+    ]
     quick_md = (tmp_path / "fig5.quick.md").read_text()
     paper_md = (tmp_path / "fig5.paper.md").read_text()
     for md, prof in ((quick_md, "quick"), (paper_md, "paper")):
@@ -141,10 +146,23 @@ def test_store_keeps_one_plan_per_profile(tmp_path):
 
 
 def _row(key, dev, test):
-    return {"run_key": key, "error": None, "device": "cpu", "torch_version": "t", "code_version": "v", "wall_time_s": 1.5,
-            "curve": [{"step": 1, "dev": dev, "test": test, "train_loss": 0.1}],
-            "metrics": {"dev": dev, "test": test, "train_loss": 0.1, "weight_norm_sq": 2.0,
-                        "grad_norms": {"train": 1.0, "test": 2.0, "off_manifold": 3.0}, "fit": None}}
+    return {
+        "run_key": key,
+        "error": None,
+        "device": "cpu",
+        "torch_version": "t",
+        "code_version": "v",
+        "wall_time_s": 1.5,
+        "curve": [{"step": 1, "dev": dev, "test": test, "train_loss": 0.1}],
+        "metrics": {
+            "dev": dev,
+            "test": test,
+            "train_loss": 0.1,
+            "weight_norm_sq": 2.0,
+            "grad_norms": {"train": 1.0, "test": 2.0, "off_manifold": 3.0},
+            "fit": None,
+        },
+    }
 
 
 def _report(cells: dict, metric="accuracy", **plan):
@@ -207,8 +225,12 @@ def test_a_header_counts_missing_runs_as_missing():
     assert "3 runs behind" in md
     # Only two of the three planned runs are stored.
     rows = [_row(f"k{i}", 0.9, 0.8) for i in range(2)]
-    plan = {"name": "t", "title": "a test", "metric": "accuracy",
-            "cells": [{"row": "r", "col": "c", "x": None, "candidates": [{"lambda": None, "runs": ["k0", "k1", "k2"]}]}]}
+    plan = {
+        "name": "t",
+        "title": "a test",
+        "metric": "accuracy",
+        "cells": [{"row": "r", "col": "c", "x": None, "candidates": [{"lambda": None, "runs": ["k0", "k1", "k2"]}]}],
+    }
     s = [summarize_cell(plan["cells"][0], {r["run_key"]: r for r in rows}, "accuracy")]
     assert "2 of 3 planned runs stored behind this table" in render_markdown(plan, s, [], rows)
 
@@ -233,8 +255,9 @@ def test_download_fetches_into_the_data_dir(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     data = tmp_path / "data"
     out = tmp_path / "r.json"
-    code, _, err = run_cli(["train", "--dataset", "mnist", "--dry-run", "--quiet", "--download", "--data-dir", data,
-                            "--out", out], capsys)
+    code, _, err = run_cli(
+        ["train", "--dataset", "mnist", "--dry-run", "--quiet", "--download", "--data-dir", data, "--out", out], capsys
+    )
     assert code == 0, err
     assert len(fetched) == 4 and out.exists()
     names = sorted(p.name for p in (data / "mnist").iterdir() if not p.name.startswith("."))

@@ -33,10 +33,10 @@ def test_stream_is_one_randperm_per_epoch(n, batch_size):
     oracle_generator = seeded(3)
     epochs = -(-len(stream) // n)
     oracle = torch.cat([torch.randperm(n, generator=oracle_generator) for _ in range(epochs)])
-    torch.testing.assert_close(stream, oracle[:len(stream)])
+    torch.testing.assert_close(stream, oracle[: len(stream)])
     assert sampler.epoch == epochs
     for e in range(len(stream) // n):  # every index exactly once per epoch
-        assert sorted(stream[e * n:(e + 1) * n].tolist()) == list(range(n))
+        assert sorted(stream[e * n : (e + 1) * n].tolist()) == list(range(n))
 
 
 def test_state_dict_resumes_identical_stream():
@@ -62,6 +62,7 @@ def test_bad_sampler_arguments():
 
 # --- augmentation ---------------------------------------------------------------------------
 
+
 def loop_reference(x, shifts, flips, pad=4):
     """One example at a time: zero pad, crop at offset (pad - dy, pad - dx), then maybe flip."""
     out = torch.empty_like(x)
@@ -69,7 +70,7 @@ def loop_reference(x, shifts, flips, pad=4):
     for i in range(x.shape[0]):
         padded = F.pad(x[i], (pad, pad, pad, pad))
         dy, dx = int(shifts[i, 0]), int(shifts[i, 1])
-        crop = padded[:, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+        crop = padded[:, pad - dy : pad - dy + h, pad - dx : pad - dx + w]
         out[i] = crop.flip(-1) if flips[i] else crop
     return out
 
@@ -79,8 +80,7 @@ def test_translate_flip_matches_loop_reference():
     x = torch.randn(64, 3, 32, 32, generator=g, dtype=torch.float64)
     shifts = torch.randint(-4, 5, (64, 2), generator=g)
     flips = torch.rand(64, generator=g) < 0.5
-    torch.testing.assert_close(gd.translate_flip(x, shifts, flips),
-                               loop_reference(x, shifts, flips), rtol=0, atol=0)
+    torch.testing.assert_close(gd.translate_flip(x, shifts, flips), loop_reference(x, shifts, flips), rtol=0, atol=0)
 
 
 def test_random_translate_flip_uses_documented_draws():

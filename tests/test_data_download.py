@@ -29,16 +29,14 @@ def isolated(tmp_path, monkeypatch):
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
 
 
 def fake_mnist_test_files():
     """{name: raw IDX bytes} for a 4-example fake MNIST test split."""
     rng = np.random.RandomState(0)
-    return {TEST_NAMES[0]: idx_bytes(rng.randint(0, 256, (4, 28, 28))),
-            TEST_NAMES[1]: idx_bytes(rng.randint(0, 10, 4))}
+    return {TEST_NAMES[0]: idx_bytes(rng.randint(0, 256, (4, 28, 28))), TEST_NAMES[1]: idx_bytes(rng.randint(0, 10, 4))}
 
 
 def sha(data: bytes) -> str:
@@ -59,8 +57,7 @@ def http_root(tmp_path):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -77,20 +74,25 @@ def test_mnist_download_from_local_http_server(tmp_path, http_root):
     (www / "good").mkdir()
     for name, data in raw.items():
         (www / "good" / f"{name}.gz").write_bytes(gzip.compress(data))
-    sources = gd.DataSources(checksums={n: sha(d) for n, d in raw.items()},
-                             mnist_urls=(f"{url}/missing/", f"{url}/good/"))  # 404, then ok
+    sources = gd.DataSources(
+        checksums={n: sha(d) for n, d in raw.items()}, mnist_urls=(f"{url}/missing/", f"{url}/good/")
+    )  # 404, then ok
     x, y = gd.load_mnist("test", sources=sources, progress=False)  # default: cache dir only
     assert x.shape == (4, 28, 28)
     np.testing.assert_array_equal(x.reshape(-1), np.frombuffer(raw[TEST_NAMES[0]][16:], np.uint8))
     cache = tmp_path / "xdg" / "gradreg"
-    assert files_under(cache) == [f"mnist/{integrity_sidecar()}",
-                                  f"mnist/{TEST_NAMES[0]}.gz", f"mnist/{TEST_NAMES[1]}.gz"]
+    assert files_under(cache) == [
+        f"mnist/{integrity_sidecar()}",
+        f"mnist/{TEST_NAMES[0]}.gz",
+        f"mnist/{TEST_NAMES[1]}.gz",
+    ]
     x2, _ = gd.load_mnist("test", sources=sources, fetch=refuse)  # now found locally
     np.testing.assert_array_equal(x, x2)
 
 
 def integrity_sidecar():
     from gradreg.data.integrity import SIDECAR_NAME
+
     return SIDECAR_NAME
 
 
@@ -112,8 +114,9 @@ def test_unreachable_server_is_a_not_found_error(tmp_path, http_root):
 
 def test_fake_fetcher_and_download_policy(tmp_path):
     raw = fake_mnist_test_files()
-    sources = gd.DataSources(checksums={n: sha(d) for n, d in raw.items()},
-                             mnist_urls=("https://example.invalid/mnist/",))
+    sources = gd.DataSources(
+        checksums={n: sha(d) for n, d in raw.items()}, mnist_urls=("https://example.invalid/mnist/",)
+    )
     fetched = []
 
     def fetch(url, dest, progress):
@@ -190,8 +193,7 @@ def fake_cifar_batches():
     batches = {}
     for b in CIFAR_BATCHES:
         labels = rng.randint(0, 10, (3, 1)).astype(np.uint8)
-        batches[b] = np.concatenate([labels, rng.randint(0, 256, (3, 3072)).astype(np.uint8)],
-                                    axis=1).tobytes()
+        batches[b] = np.concatenate([labels, rng.randint(0, 256, (3, 3072)).astype(np.uint8)], axis=1).tobytes()
     return batches
 
 
@@ -199,14 +201,15 @@ def test_cifar_download_from_local_http_server(tmp_path, http_root):
     www, url = http_root
     batches = fake_cifar_batches()
     (www / "cifar-10-binary.tar.gz").write_bytes(cifar_tarball(batches))
-    sources = gd.DataSources(checksums={f"{b}.bin": sha(d) for b, d in batches.items()},
-                             cifar10_binary_urls=(f"{url}/cifar-10-binary.tar.gz",))
+    sources = gd.DataSources(
+        checksums={f"{b}.bin": sha(d) for b, d in batches.items()},
+        cifar10_binary_urls=(f"{url}/cifar-10-binary.tar.gz",),
+    )
     x, y = gd.load_cifar10("train", sources=sources, progress=False)
     assert x.shape == (15, 3, 32, 32)
     assert y[:3].tolist() == list(batches["data_batch_1"][::3073][:3])
     folder = tmp_path / "xdg" / "gradreg" / "cifar10" / "cifar-10-batches-bin"
-    assert files_under(folder) == sorted([integrity_sidecar()]
-                                         + [f"{b}.bin" for b in CIFAR_BATCHES])
+    assert files_under(folder) == sorted([integrity_sidecar()] + [f"{b}.bin" for b in CIFAR_BATCHES])
     gd.load_cifar10("test", sources=sources, fetch=refuse)  # all six came with one download
 
 
@@ -223,5 +226,4 @@ def test_corrupt_cifar_archive_member(tmp_path):
         gd.load_cifar10("train", sources=gd.DataSources(checksums=checksums), fetch=fetch)
     folder = tmp_path / "xdg" / "gradreg" / "cifar10" / "cifar-10-batches-bin"
     # the verified members before it are installed; no archive, no partial file
-    assert files_under(folder) == sorted([integrity_sidecar(), "data_batch_1.bin",
-                                          "data_batch_2.bin"])
+    assert files_under(folder) == sorted([integrity_sidecar(), "data_batch_1.bin", "data_batch_2.bin"])

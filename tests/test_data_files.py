@@ -13,11 +13,10 @@ import pytest
 
 import gradreg.data as gd
 import gradreg.data.integrity as integrity
+from conftest import DATA
 
-REAL_MNIST = Path(os.environ.get("GRADREG_TEST_DATA")
-                  or Path(__file__).resolve().parents[1].parent / "shared" / "data") / "mnist"
-MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte")
+REAL_MNIST = DATA / "mnist"
+MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
@@ -32,8 +31,7 @@ def no_fetch(url, dest, progress):
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
 
 
@@ -44,10 +42,12 @@ def compress(data: bytes, suffix: str) -> bytes:
 def write_mnist(root: Path, suffix: str = ".gz", n: int = 7, seed: int = 0) -> dict:
     """Small fake MNIST under root/mnist; returns the arrays and a checksum table for them."""
     rng = np.random.RandomState(seed)
-    arrays = {"train-images-idx3-ubyte": rng.randint(0, 256, (n, 28, 28)),
-              "train-labels-idx1-ubyte": rng.randint(0, 10, n),
-              "t10k-images-idx3-ubyte": rng.randint(0, 256, (n - 2, 28, 28)),
-              "t10k-labels-idx1-ubyte": rng.randint(0, 10, n - 2)}
+    arrays = {
+        "train-images-idx3-ubyte": rng.randint(0, 256, (n, 28, 28)),
+        "train-labels-idx1-ubyte": rng.randint(0, 10, n),
+        "t10k-images-idx3-ubyte": rng.randint(0, 256, (n - 2, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.randint(0, 10, n - 2),
+    }
     (root / "mnist").mkdir(parents=True, exist_ok=True)
     checksums = {}
     for name, array in arrays.items():
@@ -78,7 +78,7 @@ def test_truncated_idx_is_a_clear_error(tmp_path):
 def test_truncated_gzip_is_a_clear_error(tmp_path):
     made = write_mnist(tmp_path, ".gz")
     path = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
-    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(gd.DataError, match="truncated or corrupt") as err:
         gd.load_mnist("test", tmp_path, sources=made["sources"])
     assert str(path) in str(err.value)
@@ -186,9 +186,11 @@ def test_cifar_missing_names_both_layouts(tmp_path):
     with pytest.raises(gd.DataNotFoundError) as err:
         gd.load_cifar10("test", tmp_path, fetch=no_fetch)
     message = str(err.value)
-    for rel in ("cifar10/cifar-10-batches-bin/test_batch.bin",
-                "cifar10/cifar-10-batches-bin/test_batch.bin.xz",
-                "cifar10/cifar-10-batches-py/test_batch"):
+    for rel in (
+        "cifar10/cifar-10-batches-bin/test_batch.bin",
+        "cifar10/cifar-10-batches-bin/test_batch.bin.xz",
+        "cifar10/cifar-10-batches-py/test_batch",
+    ):
         assert str(tmp_path / rel) in message
 
 
@@ -200,20 +202,22 @@ def test_resolution_order(tmp_path, monkeypatch):
     key = "t10k-labels-idx1-ubyte"
     monkeypatch.setenv(gd.DATA_DIR_ENV, str(tmp_path / "env"))
     assert gd.data_dir_candidates(tmp_path / "explicit") == (
-        tmp_path / "explicit", tmp_path / "env", tmp_path / "xdg" / "gradreg")
-    np.testing.assert_array_equal(
-        gd.load_mnist("test", tmp_path / "explicit", sources=unchecked)[1], explicit[key])
+        tmp_path / "explicit",
+        tmp_path / "env",
+        tmp_path / "xdg" / "gradreg",
+    )
+    np.testing.assert_array_equal(gd.load_mnist("test", tmp_path / "explicit", sources=unchecked)[1], explicit[key])
     np.testing.assert_array_equal(gd.load_mnist("test", sources=unchecked)[1], env[key])
     monkeypatch.delenv(gd.DATA_DIR_ENV)
     np.testing.assert_array_equal(gd.load_mnist("test", sources=unchecked)[1], cache[key])
     # a file missing from the first directory is found in the next
     for name in MNIST_NAMES:
         (tmp_path / "explicit" / "mnist" / f"{name}.gz").unlink()
-    np.testing.assert_array_equal(
-        gd.load_mnist("test", tmp_path / "explicit", sources=unchecked)[1], cache[key])
+    np.testing.assert_array_equal(gd.load_mnist("test", tmp_path / "explicit", sources=unchecked)[1], cache[key])
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------
+
 
 def cifar_arrays(n: int, seed: int):
     rng = np.random.RandomState(seed)
@@ -221,14 +225,16 @@ def cifar_arrays(n: int, seed: int):
 
 
 def cifar_bin(images, labels) -> bytes:
-    return np.concatenate([labels[:, None].astype(np.uint8), images.reshape(len(images), -1)],
-                          axis=1).tobytes()
+    return np.concatenate([labels[:, None].astype(np.uint8), images.reshape(len(images), -1)], axis=1).tobytes()
 
 
 def cifar_py_batch(images, labels, protocol: int) -> bytes:
-    batch = {b"batch_label": b"synthetic", b"labels": [int(v) for v in labels],
-             b"data": images.reshape(len(images), -1),
-             b"filenames": [b"x.png"] * len(labels)}
+    batch = {
+        b"batch_label": b"synthetic",
+        b"labels": [int(v) for v in labels],
+        b"data": images.reshape(len(images), -1),
+        b"filenames": [b"x.png"] * len(labels),
+    }
     return pickle.dumps(batch, protocol=protocol)
 
 
@@ -312,8 +318,12 @@ def test_malicious_pickle_is_refused(tmp_path):
 def test_restricted_unpickler_allows_only_the_listed_globals():
     unpickler = gd.RestrictedUnpickler(__import__("io").BytesIO(b""))
     assert unpickler.find_class("numpy", "ndarray") is np.ndarray
-    for module, name in [("builtins", "getattr"), ("numpy", "load"), ("subprocess", "Popen"),
-                         ("numpy.core.multiarray", "scalar")]:
+    for module, name in [
+        ("builtins", "getattr"),
+        ("numpy", "load"),
+        ("subprocess", "Popen"),
+        ("numpy.core.multiarray", "scalar"),
+    ]:
         with pytest.raises(pickle.UnpicklingError):
             unpickler.find_class(module, name)
 
@@ -321,8 +331,7 @@ def test_restricted_unpickler_allows_only_the_listed_globals():
 def test_python_batch_with_wrong_content(tmp_path):
     folder = tmp_path / "cifar10" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    (folder / "test_batch").write_bytes(
-        pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}))
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}))
     with pytest.raises(gd.DataError, match="uint8"):
         gd.load_cifar10("test", tmp_path)
     (folder / "test_batch").write_bytes(pickle.dumps([1, 2]))
@@ -332,9 +341,11 @@ def test_python_batch_with_wrong_content(tmp_path):
 
 def test_errors_survive_pickling(tmp_path):
     # e.g. raised inside a worker process and re-raised in the parent
-    errors = [gd.ChecksumError(tmp_path / "f", "a" * 64, "b" * 64),
-              gd.DataNotFoundError("f", [tmp_path / "x", tmp_path / "y"], ["offline"]),
-              gd.DownloadError("f", ["u: 404"])]
+    errors = [
+        gd.ChecksumError(tmp_path / "f", "a" * 64, "b" * 64),
+        gd.DataNotFoundError("f", [tmp_path / "x", tmp_path / "y"], ["offline"]),
+        gd.DownloadError("f", ["u: 404"]),
+    ]
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error)

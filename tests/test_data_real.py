@@ -1,11 +1,9 @@
 """Facts from shared/data/README.md, checked on the real files (skipped when they are absent).
 
-The data directory is $GRADREG_TEST_DATA, else ``../shared/data`` beside the repository root.
+The data directory is the one the README names: $GRADREG_DATA_DIR, else ``../shared/data`` (tests/conftest.py).
 """
 
 import hashlib
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,16 +11,8 @@ import torch
 
 import gradreg.data as gd
 import gradreg.data.splits as splits_module
+from conftest import DATA, needs_cifar, needs_mnist
 from gradreg.data.download import OFFICIAL_SHA256
-
-DATA = Path(os.environ.get("GRADREG_TEST_DATA")
-            or Path(__file__).resolve().parents[1].parent / "shared" / "data")
-MNIST_MISSING = not (DATA / "mnist").is_dir()
-CIFAR_MISSING = not (DATA / "cifar10").is_dir()
-needs_mnist = pytest.mark.skipif(MNIST_MISSING, reason=f"real MNIST not found under {DATA} "
-                                 "(set GRADREG_TEST_DATA to the shared data directory)")
-needs_cifar = pytest.mark.skipif(CIFAR_MISSING, reason=f"real CIFAR-10 not found under {DATA} "
-                                 "(set GRADREG_TEST_DATA to the shared data directory)")
 
 # Copied by hand from shared/data/README.md: the oracle for the library's table.
 README_SHA256 = {
@@ -50,14 +40,12 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mnist(isolated_cache):
-    return (gd.load_mnist("train", DATA, download=False),
-            gd.load_mnist("test", DATA, download=False))
+    return (gd.load_mnist("train", DATA, download=False), gd.load_mnist("test", DATA, download=False))
 
 
 @pytest.fixture(scope="module")
 def cifar(isolated_cache):
-    return (gd.load_cifar10("train", DATA, download=False),
-            gd.load_cifar10("test", DATA, download=False))
+    return (gd.load_cifar10("train", DATA, download=False), gd.load_cifar10("test", DATA, download=False))
 
 
 def test_checksum_table_matches_readme():
@@ -65,8 +53,7 @@ def test_checksum_table_matches_readme():
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
 
 
@@ -74,8 +61,12 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def test_mnist_arrays_are_the_official_files(mnist):
     # Re-encoding the decoded arrays must give back files with the README's hashes.
     (x, y), (xt, yt) = mnist
-    for name, array in [("train-images-idx3-ubyte", x), ("train-labels-idx1-ubyte", y),
-                        ("t10k-images-idx3-ubyte", xt), ("t10k-labels-idx1-ubyte", yt)]:
+    for name, array in [
+        ("train-images-idx3-ubyte", x),
+        ("train-labels-idx1-ubyte", y),
+        ("t10k-images-idx3-ubyte", xt),
+        ("t10k-labels-idx1-ubyte", yt),
+    ]:
         assert hashlib.sha256(idx_bytes(array)).hexdigest() == README_SHA256[name], name
 
 
@@ -84,8 +75,7 @@ def test_mnist_readme_facts(mnist):
     (x, y), (xt, yt) = mnist
     assert x.shape == (60000, 28, 28) and x.dtype == np.uint8 and y.dtype == np.int64
     assert xt.shape == (10000, 28, 28) and yt.shape == (10000,)
-    assert np.bincount(y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851,
-                                       5949]
+    assert np.bincount(y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert round(float(x.mean(dtype=np.float64)), 3) == 33.318
 
 
@@ -114,8 +104,7 @@ def test_mnist_per_set_standardization_flag(mnist):
     (x, _), (xt, _) = mnist
     s = gd.load_mnist_splits(2000, 1, DATA, download=False, per_set_standardization=True)
     test = xt.astype(np.float64) / 255
-    np.testing.assert_allclose(s.x_test[:, 0].numpy(), (test - test.mean()) / test.std(),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(s.x_test[:, 0].numpy(), (test - test.mean()) / test.std(), rtol=0, atol=1e-5)
     for t in (s.x_train, s.x_dev, s.x_test):  # each set standardized by itself
         assert abs(t.double().mean().item()) < 1e-5 and abs(t.double().std().item() - 1) < 1e-3
     shared = gd.load_mnist_splits(2000, 1, DATA, download=False)
@@ -134,8 +123,7 @@ def test_cifar_arrays_are_the_official_files(cifar):
     (x, y), (xt, yt) = cifar
 
     def records(images, labels):
-        return np.concatenate([labels[:, None].astype(np.uint8), images.reshape(len(images), -1)],
-                              axis=1).tobytes()
+        return np.concatenate([labels[:, None].astype(np.uint8), images.reshape(len(images), -1)], axis=1).tobytes()
 
     for i in range(5):
         chunk = slice(10000 * i, 10000 * (i + 1))
@@ -160,8 +148,9 @@ def test_cifar_readme_facts(cifar):
 @needs_cifar
 def test_cifar_splits_hold_out_dev(cifar, monkeypatch):
     (x, y), (xt, yt) = cifar
-    monkeypatch.setattr(splits_module, "load_cifar10",
-                        lambda split, *a, **k: cifar[0] if split == "train" else cifar[1])
+    monkeypatch.setattr(
+        splits_module, "load_cifar10", lambda split, *a, **k: cifar[0] if split == "train" else cifar[1]
+    )
     s = gd.load_cifar10_splits(2000, 3)
     idx = np.random.RandomState(3).permutation(45000)[:2000]
     train = x[idx].astype(np.float64) / 255

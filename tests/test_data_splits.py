@@ -54,10 +54,12 @@ def test_split_and_standardize_oracle():
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.mean = 0.0
 
-    per_set = splits_module.split_and_standardize(x, y, xd, yd, xt, yt, train_size=20, seed=5,
-                                                  per_set_standardization=True)
-    np.testing.assert_allclose(per_set.x_dev.numpy(),
-                               (xd / 255.0 - (xd / 255.0).mean()) / (xd / 255.0).std(), atol=1e-6)
+    per_set = splits_module.split_and_standardize(
+        x, y, xd, yd, xt, yt, train_size=20, seed=5, per_set_standardization=True
+    )
+    np.testing.assert_allclose(
+        per_set.x_dev.numpy(), (xd / 255.0 - (xd / 255.0).mean()) / (xd / 255.0).std(), atol=1e-6
+    )
     torch.testing.assert_close(per_set.x_train, s.x_train)
     assert (per_set.mean, per_set.std) == (s.mean, s.std)
 
@@ -73,8 +75,7 @@ def test_cifar_full_pool_default(monkeypatch):
     x = np.random.RandomState(0).randint(0, 256, (50000, 3, 1, 1)).astype(np.uint8)
     y = np.arange(50000) % 10
     test = (x[:100], y[:100])
-    monkeypatch.setattr(splits_module, "load_cifar10",
-                        lambda split, *a, **k: (x, y) if split == "train" else test)
+    monkeypatch.setattr(splits_module, "load_cifar10", lambda split, *a, **k: (x, y) if split == "train" else test)
     s = gd.load_cifar10_splits(seed=7)
     assert s.x_train.shape == (45000, 3, 1, 1) and s.x_dev.shape == (5000, 3, 1, 1)
     idx = np.random.RandomState(7).permutation(45000)
@@ -84,6 +85,7 @@ def test_cifar_full_pool_default(monkeypatch):
 
 
 # --- SIN -----------------------------------------------------------------------------------
+
 
 def test_sin_matches_numpy_oracle():
     s = gd.make_sin()

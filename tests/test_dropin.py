@@ -97,9 +97,15 @@ def gradreg_terms(logits, y, wrt, m):
     _, terms = gr.regularize(logits, y, wrt, [gr.DataGrad(1.0), gr.DataGrad(1.0, norm="l1"), gr.FrobReg(1.0)])
     spect = gr.SpectReg(1.0, projection="example")
     terms["SpectReg"] = gr.regularize(logits, y, wrt, [spect], generator=torch.Generator().manual_seed(SEED))[1][
-        "SpectReg"]
-    terms["SpectReg_l1"] = gr.regularize(logits, y, wrt, [gr.SpectReg(1.0, projection="example", norm="l1")],
-                                         generator=torch.Generator().manual_seed(SEED))[1]["SpectReg"]
+        "SpectReg"
+    ]
+    terms["SpectReg_l1"] = gr.regularize(
+        logits,
+        y,
+        wrt,
+        [gr.SpectReg(1.0, projection="example", norm="l1")],
+        generator=torch.Generator().manual_seed(SEED),
+    )[1]["SpectReg"]
     # the draws regularize made, from the contract's draw(): (B, n_proj=1, m)
     r = spect.draw(logits.shape[0], m, torch.Generator().manual_seed(SEED), "cpu", logits.dtype)[:, 0]
     return terms, r
@@ -240,7 +246,7 @@ def text_batch():
 
 def test_transformer_embedding_output_matches_brute_force(text_batch):
     model, tokens, y = text_batch
-    with capture(model, "embed") as act:
+    with capture(model, "embed") as act, sdpa_kernel(SDPBackend.MATH):  # fused kernels: no double backward
         logits = model(tokens)
     close(act.value, model.embed(tokens), rtol=0)
     check_against_brute_force(lambda e: model(e, from_embedding=True), logits, y, act.value, 3)
@@ -282,7 +288,7 @@ def test_frozen_embedding_is_captured_as_a_leaf(text_batch):
     """A frozen embedding's output requires no grad; capture makes it a leaf that does, so the
     penalty exists and equals the trainable embedding's (same function of the embedding output)."""
     model, tokens, y = text_batch
-    with capture(model, "embed") as act:
+    with capture(model, "embed") as act, sdpa_kernel(SDPBackend.MATH):
         logits = model(tokens)
     want = gr.regularize(logits, y, act.value, [gr.FrobReg(1.0)])[1]["FrobReg"]
     model.embed.weight.requires_grad_(False)
@@ -328,19 +334,19 @@ def test_capture_zero_and_several_calls(lenet_batch):
     with capture(model, "conv1") as act:
         pass
     with pytest.raises(RuntimeError, match="module 'conv1' was not called in the with block"):
-        act.value
+        _ = act.value
     with capture(model, "conv1") as act:
         model(x)
         model(x)
     with pytest.raises(RuntimeError, match="module 'conv1' was called 2 times"):
-        act.value
+        _ = act.value
     # a module the forward pass uses twice (weight sharing)
     shared = nn.Linear(3, 3)
     twice = nn.Sequential(shared, nn.Tanh(), shared)
     with capture(twice, "0") as act:
         twice(torch.randn(2, 3))
     with pytest.raises(RuntimeError, match="called 2 times"):
-        act.value
+        _ = act.value
 
 
 def test_capture_non_tensor_output(text_batch):
@@ -348,7 +354,7 @@ def test_capture_non_tensor_output(text_batch):
     with capture(model, "encoder.layers.0.self_attn") as act:  # nn.MultiheadAttention returns a tuple
         model(tokens)
     with pytest.raises(TypeError, match="returned a tuple, not a tensor"):
-        act.value
+        _ = act.value
 
 
 def test_capture_outside_with_and_reentry(lenet_batch):
@@ -356,7 +362,7 @@ def test_capture_outside_with_and_reentry(lenet_batch):
     act = capture(model, "conv1")
     model(x)
     with pytest.raises(RuntimeError, match="records only inside a with block"):
-        act.value
+        _ = act.value
     assert not model.conv1._forward_hooks
     for _ in range(2):  # every with block is a fresh recording
         with act:
@@ -375,7 +381,7 @@ def test_capture_removes_its_hooks_on_exit_and_on_exceptions(lenet_batch):
     assert not model.conv1._forward_hooks and not model.fc1._forward_hooks
     with pytest.raises(ZeroDivisionError):
         with capture(model, "conv1", "fc1"):
-            1 / 0
+            raise ZeroDivisionError
     assert not model.conv1._forward_hooks and not model.fc1._forward_hooks
     model(x)  # and a later forward pass records nothing
     assert act["conv1"].shape == (3, 6, 28, 28)
@@ -387,7 +393,7 @@ def test_capture_refuses_an_output_overwritten_in_place():
     with capture(net, "0") as act:
         net(x)
     with pytest.raises(RuntimeError, match="modified in place"):
-        act.value
+        _ = act.value
     with capture(net, "1") as act:  # the in-place module's own output is fine
         logits = net(x)
     assert gr.regularize(logits, y, act.value, [gr.FrobReg(1.0)])[1]["FrobReg"] > 0
@@ -398,7 +404,7 @@ def test_capture_under_no_grad(lenet_batch):
     with capture(model, "conv1") as act, torch.no_grad():
         model(x)
     with pytest.raises(RuntimeError, match="no autograd graph.*no_grad"):
-        act.value
+        _ = act.value
 
 
 # --------------------------------------------------------------------------- regularize's errors
@@ -570,6 +576,7 @@ def _reference_grads(case):
     return torch.autograd.grad(loss, list(model.parameters()))
 
 
+@pytest.mark.slow  # 10-12 s on 2 busy cores: most of it is each rank importing torch and torch._dynamo
 def test_ddp_two_gloo_processes_match_one_process_on_the_full_batch(tmp_path):
     """Each rank's loss is the mean over its half; DDP averages the two halves' gradients, which
     is the full-batch mean's gradient. Both ranks end with the reference's gradients."""
@@ -622,7 +629,7 @@ def test_compile_aot_autograd_backends_fail_loudly_at_the_double_backward():
         assert "torch.compile'd" in str(e) and "no double backward" in str(e), e
         return
     close(loss_c, loss_e)
-    with pytest.raises(RuntimeError, match="torch.compile with aot_autograd does not currently support double backward"):
+    with pytest.raises(RuntimeError, match="aot_autograd does not currently support double backward"):
         loss_c.backward()
 
 

@@ -2,21 +2,17 @@
 depend on its neighbours, and K=1 matches a single `gradreg train` run."""
 
 import dataclasses
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 import gradreg as gr
-from gradreg.paper import models as M
+from conftest import DATA, needs_mnist
 from gradreg.config import paper_config
 from gradreg.ensemble.loop import ensemble_key, iter_train_many, train_many
 from gradreg.ensemble.pack import NotPackable, PackedModel
+from gradreg.paper import models as M
 from gradreg.train import train
-
-DATA = Path(os.environ.get("GRADREG_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"MNIST not found under {DATA}")
 
 ARCHS = {
     "lenet_dropout": (lambda g: M.lenet5(generator=g), (1, 28, 28)),
@@ -96,8 +92,14 @@ def test_member_trajectory_does_not_depend_on_its_ensemble():
 def test_single_member_engine_matches_gradreg_train(arch):
     opts = dict(dropout=0.5) if arch == "dropout" else dict(dropout=None, batchnorm=True)
     cfg = paper_config(
-        "mnist", train_size=200, steps=6, eval_every=3, penalty_window=3, eval_limit=1000,
-        regularizers=(gr.DataGrad(50.0), gr.SpectReg(0.03), gr.ConfidencePenalty(0.5)), **opts,
+        "mnist",
+        train_size=200,
+        steps=6,
+        eval_every=3,
+        penalty_window=3,
+        eval_limit=1000,
+        regularizers=(gr.DataGrad(50.0), gr.SpectReg(0.03), gr.ConfidencePenalty(0.5)),
+        **opts,
     )
     a = train(cfg, data_dir=DATA)
     (b,) = train_many([cfg], data_dir=DATA, strategy="packed")
@@ -115,8 +117,12 @@ def test_single_member_engine_matches_gradreg_train(arch):
 def test_sin_ensemble_matches_single_runs_and_keeps_input_order():
     cfgs = [
         paper_config("sin", steps=60, eval_every=30, seed=s, regularizers=regs)
-        for s, regs in [(1, (gr.SpectReg(0.01),)), (2, (gr.SpectReg(0.03),)), (4, (gr.SpectReg(0.0),)),
-                        (3, (gr.DataGrad(0.1), gr.FrobReg(0.01)))]
+        for s, regs in [
+            (1, (gr.SpectReg(0.01),)),
+            (2, (gr.SpectReg(0.03),)),
+            (4, (gr.SpectReg(0.0),)),
+            (3, (gr.DataGrad(0.1), gr.FrobReg(0.01))),
+        ]
     ]
     cfgs.append(paper_config("sin2", steps=40, seed=1))  # another group
     results = train_many(cfgs, strategy="packed", workers=1)
@@ -156,8 +162,9 @@ def test_a_diverging_member_is_reported_and_does_not_disturb_the_others():
 
 def test_ensemble_key_groups_only_member_fields():
     a = paper_config("mnist", regularizers=(gr.DataGrad(50.0),))
-    assert ensemble_key(a) == ensemble_key(a.replace(seed=9, lr=0.1, weight_decay=0, train_size=100,
-                                                      regularizers=(gr.DataGrad(1.0),)))
+    assert ensemble_key(a) == ensemble_key(
+        a.replace(seed=9, lr=0.1, weight_decay=0, train_size=100, regularizers=(gr.DataGrad(1.0),))
+    )
     assert ensemble_key(a) != ensemble_key(a.replace(steps=5))
     assert ensemble_key(a) != ensemble_key(a.replace(dropout=None))
     # regularizer kinds are part of the key: no member pays for a penalty it does not have
@@ -201,13 +208,10 @@ def test_cpu_chunks_split_over_worker_threads_give_the_same_results():
 # --------------------------------------------------------------------------- any regularizer, any model
 
 
-@gr.register
 @dataclasses.dataclass(frozen=True)
 class LogitGradL1(gr.Regularizer):
     """A user-defined regularizer: mean_i ||d (sum_k z_ik) / d x_i||_1, plus a random sign
-    per example (exercises draw())."""
-
-    aliases = ("test_logitgrad",)
+    per example (exercises draw()). Not registered: it serializes by its import path."""
 
     def draw(self, batch, m, generator, device, dtype):
         return torch.randint(0, 2, (batch, 1), generator=generator, device=device).to(dtype) * 2 - 1
@@ -238,13 +242,16 @@ def _alone_and_inside(target, others, strategy, dtype=torch.float64):
 def test_user_regularizer_trains_in_an_ensemble_as_alone(strategy):
     base = paper_config("sin", steps=25, eval_every=0)
     target = base.replace(seed=3, regularizers=(LogitGradL1(0.05), gr.SpectReg(0.01)))
-    others = [base.replace(seed=s, lr=0.005 * s, regularizers=(LogitGradL1(0.2 * s), gr.SpectReg(0.02))) for s in (1, 2)]
+    others = [
+        base.replace(seed=s, lr=0.005 * s, regularizers=(LogitGradL1(0.2 * s), gr.SpectReg(0.02))) for s in (1, 2)
+    ]
     inside, alone = _alone_and_inside(target, others, strategy)
     assert inside.result.ensemble_size == 3 and alone.result.ensemble_size == 1
     for name, w in alone.state_dict.items():
         torch.testing.assert_close(inside.state_dict[name], w, rtol=1e-9, atol=1e-12)
     assert inside.result.penalties == pytest.approx(alone.result.penalties, rel=1e-9)
     assert set(alone.result.penalties) == {"LogitGradL1", "SpectReg"}
+    assert alone.result.config["regularizers"][0]["name"] == f"{__name__}:LogitGradL1"  # its import path
     # ... and alone in the engine as in gradreg.train (one code path for the penalty)
     single = train(target.replace(), progress=False)
     assert alone.result.penalties == pytest.approx(single.penalties, rel=1e-3)
@@ -281,8 +288,10 @@ def test_vmap_ensemble_keeps_per_member_batchnorm_statistics():
     from gradreg.ensemble.functional import FunctionalEnsemble
 
     torch.manual_seed(0)
-    singles = [torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
-               for _ in range(3)]
+    singles = [
+        torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+        for _ in range(3)
+    ]
     ens = FunctionalEnsemble(singles).train()
     x = torch.randn(3, 8, 3)
     out = ens(x)
@@ -340,5 +349,24 @@ def test_a_regularizer_that_breaks_the_contract_is_named():
         def per_example(self, fwd, draw=None):
             return fwd.logits.sum()
 
-    with pytest.raises(ValueError, match=r"Scalar.per_example returned \(\); a regularizer returns one value per example"):
+    with pytest.raises(
+        ValueError, match=r"Scalar.per_example returned \(\); a regularizer returns one value per example"
+    ):
         train_many([paper_config("sin", steps=2, regularizers=(Scalar(1.0),))], strategy="packed")
+
+
+@needs_mnist
+def test_hidden_layer_penalty_in_the_engine_equals_alone_and_the_single_run():
+    """wrt="pool1" (LeNet's first conv block): a member inside an ensemble reaches the same
+    weights as alone (float64), and the engine's penalties equal gradreg.train's."""
+    base = paper_config("mnist", steps=8, eval_every=0, eval_limit=200, train_size=200, wrt="pool1")
+    target = base.replace(seed=3, regularizers=(gr.DataGrad(5.0), gr.SpectReg(0.3)))
+    others = [base.replace(seed=s, regularizers=(gr.DataGrad(1.0 * s), gr.SpectReg(0.1))) for s in (1, 2)]
+    kw = dict(data_dir=DATA, dtype=torch.float64, keep_weights=True, strategy="packed", workers=1)
+    inside = {o.index: o for o in iter_train_many(others[:1] + [target] + others[1:], **kw)}[1]
+    (alone,) = list(iter_train_many([target], **kw))
+    for name, w in alone.state_dict.items():
+        torch.testing.assert_close(inside.state_dict[name], w, rtol=1e-9, atol=1e-12)
+    single = train(target, data_dir=DATA)
+    assert alone.result.penalties == pytest.approx(single.penalties, rel=1e-5)
+    assert alone.result.penalties != train(target.replace(wrt=None), data_dir=DATA).penalties

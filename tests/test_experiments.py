@@ -6,13 +6,13 @@ import math
 import pytest
 
 import gradreg as gr
-from gradreg.sweep import stats
 from gradreg.cli import main
 from gradreg.paper.experiments import EXPERIMENTS, PROFILES, Experiment, build, grid_for
 from gradreg.paper.numbers import LAMBDA_GRIDS, TABLES
+from gradreg.sweep import stats
 from gradreg.sweep.report import build_report, significance, summarize_cell, write_report
-from gradreg.sweep.store import Store, run_key
 from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
+from gradreg.sweep.store import Store, run_key
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
@@ -64,16 +64,34 @@ def test_unknown_names_are_clear_errors():
 
 
 def _row(key, dev, test, error=None):
-    return {"run_key": key, "error": error, "curve": [{"step": 1, "dev": dev, "test": test, "train_loss": 0.1}],
-            "metrics": {"dev": dev, "test": test, "train_loss": 0.1, "weight_norm_sq": 2.0,
-                        "grad_norms": {"train": 1.0, "test": 2.0, "off_manifold": 3.0}, "fit": None}}
+    return {
+        "run_key": key,
+        "error": error,
+        "curve": [{"step": 1, "dev": dev, "test": test, "train_loss": 0.1}],
+        "metrics": {
+            "dev": dev,
+            "test": test,
+            "train_loss": 0.1,
+            "weight_norm_sq": 2.0,
+            "grad_norms": {"train": 1.0, "test": 2.0, "off_manifold": 3.0},
+            "fit": None,
+        },
+    }
 
 
 def test_tuning_picks_best_mean_dev_and_reports_its_test_scores():
-    cell = {"row": "r", "col": "c", "x": None, "candidates": [
-        {"lambda": 1.0, "runs": ["a1", "a2"]}, {"lambda": 10.0, "runs": ["b1", "b2"]}]}
-    rows = {"a1": _row("a1", 0.90, 0.80), "a2": _row("a2", 0.92, 0.82),
-            "b1": _row("b1", 0.95, 0.70), "b2": _row("b2", 0.93, 0.72)}
+    cell = {
+        "row": "r",
+        "col": "c",
+        "x": None,
+        "candidates": [{"lambda": 1.0, "runs": ["a1", "a2"]}, {"lambda": 10.0, "runs": ["b1", "b2"]}],
+    }
+    rows = {
+        "a1": _row("a1", 0.90, 0.80),
+        "a2": _row("a2", 0.92, 0.82),
+        "b1": _row("b1", 0.95, 0.70),
+        "b2": _row("b2", 0.93, 0.72),
+    }
     s = summarize_cell(cell, rows, "accuracy")
     assert s.lam == 10.0 and s.test == [0.70, 0.72]  # chosen on dev, not on test
     assert s.mean == pytest.approx(0.71) and s.std == pytest.approx(math.sqrt(2e-4))  # ddof=1
@@ -92,7 +110,11 @@ def test_significance_is_welch_with_bonferroni_over_the_table():
     def cell(row, col, keys):
         return {"row": row, "col": col, "x": None, "candidates": [{"lambda": None, "runs": keys}]}
 
-    values = {"base": [0.970, 0.972, 0.968, 0.971], "big": [0.980, 0.982, 0.979, 0.981], "same": [0.971, 0.969, 0.970, 0.972]}
+    values = {
+        "base": [0.970, 0.972, 0.968, 0.971],
+        "big": [0.980, 0.982, 0.979, 0.981],
+        "same": [0.971, 0.969, 0.970, 0.972],
+    }
     rows, cells = {}, []
     for col, vals in values.items():
         keys = [f"{col}{i}" for i in range(len(vals))]
@@ -113,7 +135,9 @@ def test_significance_is_welch_with_bonferroni_over_the_table():
 def tiny_sin_experiment() -> Experiment:
     exp = build("table7", "quick")
     cells = tuple(
-        dataclasses.replace(c, candidates=tuple((lam, cfg.replace(steps=30, eval_every=10)) for lam, cfg in c.candidates))
+        dataclasses.replace(
+            c, candidates=tuple((lam, cfg.replace(steps=30, eval_every=10)) for lam, cfg in c.candidates)
+        )
         for c in exp.cells[:3]
     )
     return dataclasses.replace(exp, cells=cells, seeds=(1, 2))

@@ -26,11 +26,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradreg.sweep.store import Store, StoreError, run_key
-from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
-from gradreg.train import train
-
 import helpers_faults as H
+from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
+from gradreg.sweep.store import Store, StoreError, run_key
+from gradreg.train import train
 
 HELPERS = str(Path(__file__).resolve().parent / "helpers_faults.py")
 EXPERIMENT = H.small_sin_experiment()
@@ -44,8 +43,14 @@ TIMEOUT = 120
 
 
 def start_sweep(out: Path, env=None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, HELPERS, "sweep", str(out)], env=env or H.subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, HELPERS, "sweep", str(out)],
+        env=env or H.subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def finish_sweep(out: Path) -> str:
@@ -200,8 +205,11 @@ def test_a_packed_sweep_killed_mid_chunk_agrees_with_an_uninterrupted_one_to_flo
             assert b[name] == pytest.approx(a[name], rel=1e-4, abs=0), (key, name)
 
 
-@pytest.mark.xfail(strict=True, reason="gradreg.ensemble.loop: a chunk of one member does not round like a chunk of "
-                   "K>1 members (about 1e-6 relative on SIN), so a rerun's repacked runs differ in the last bits")
+@pytest.mark.xfail(
+    strict=True,
+    reason="gradreg.ensemble.loop: a chunk of one member does not round like a chunk of "
+    "K>1 members (about 1e-6 relative on SIN), so a rerun's repacked runs differ in the last bits",
+)
 def test_a_packed_sweep_killed_mid_chunk_is_bitwise_equal_to_an_uninterrupted_one(packed_runs):
     clean, resumed = packed_runs
 
@@ -294,7 +302,9 @@ def test_a_read_only_store_fails_before_training_and_keeps_its_rows(tmp_path):
     before = snapshot(tmp_path)
     assert len(before) == 2
     if not chattr("+i", db):
-        pytest.skip("cannot make a file immutable here (chattr +i needs ext4-like file systems and CAP_LINUX_IMMUTABLE)")
+        pytest.skip(
+            "cannot make a file immutable here (chattr +i needs ext4-like file systems and CAP_LINUX_IMMUTABLE)"
+        )
     try:
         with pytest.raises(StoreError, match="read-only") as e:
             run_experiment(EXPERIMENT, tmp_path, RefusingExecutor(), log=lambda *a: None)

@@ -19,15 +19,26 @@ def tanh_mlp():
 
 
 def tanh_convnet():
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(4, 6, 3), nn.Tanh(),
-                         nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 6, 3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 5),
+    )
 
 
 MODELS = {
     "tanh_mlp": (tanh_mlp, (6,), 5),
     "tanh_convnet": (tanh_convnet, (1, 12, 12), 5),
     "lenet_dropout": (lambda: lenet5(dropout=0.5, generator=torch.Generator().manual_seed(1)), (1, 28, 28), 10),
-    "lenet_bn": (lambda: lenet5(dropout=None, batchnorm=True, generator=torch.Generator().manual_seed(1)), (1, 28, 28), 10),
+    "lenet_bn": (
+        lambda: lenet5(dropout=None, batchnorm=True, generator=torch.Generator().manual_seed(1)),
+        (1, 28, 28),
+        10,
+    ),
 }
 REGS = {
     "DataGrad": lambda **k: gr.DataGrad(5.0, **k),
@@ -77,11 +88,14 @@ def test_fd_error_shrinks_as_h_one_sided_and_h_squared_central(name, reg):
     for scheme, lo, hi in (("one_sided", 6, 16), ("central", 40, 250)):
         errs = []
         for h in steps:
-            g, v, t = penalty_gradient(model, x, y, make(method="finite_difference", fd_scheme=scheme, fd_step=h),
-                                       make().__class__(0.0))
+            g, v, t = penalty_gradient(
+                model, x, y, make(method="finite_difference", fd_scheme=scheme, fd_step=h), make().__class__(0.0)
+            )
             errs.append(float((g - exact).norm() / exact.norm()))
             # the value the loss carries and reports is the exact penalty's
-            assert torch.allclose(v, value, rtol=1e-12) and torch.allclose(t[make().name], terms[make().name], rtol=1e-12)
+            assert torch.allclose(v, value, rtol=1e-12) and torch.allclose(
+                t[make().name], terms[make().name], rtol=1e-12
+            )
         assert errs[1] < 1e-2
         if errs[0] < 1e-9:
             # projections of the logits of a piecewise-linear net with its kinks frozen are
@@ -100,7 +114,9 @@ def test_fd_float32_default_step_cosine_on_lenet_with_dropout(reg):
     make = REGS[reg]
     exact, _, _ = penalty_gradient(model, x, y, make(), make().__class__(0.0))
     for scheme in ("one_sided", "central"):
-        g, _, _ = penalty_gradient(model, x, y, make(method="finite_difference", fd_scheme=scheme), make().__class__(0.0))
+        g, _, _ = penalty_gradient(
+            model, x, y, make(method="finite_difference", fd_scheme=scheme), make().__class__(0.0)
+        )
         assert torch.nn.functional.cosine_similarity(g, exact, dim=0) >= 0.999
 
 
@@ -184,7 +200,10 @@ def test_fd_in_the_engine_equals_the_single_run():
     from gradreg.ensemble.loop import train_many
     from gradreg.train import train
 
-    for reg in (gr.DataGrad(0.1, method="finite_difference"), gr.SpectReg(0.03, method="finite_difference", fd_scheme="central")):
+    for reg in (
+        gr.DataGrad(0.1, method="finite_difference"),
+        gr.SpectReg(0.03, method="finite_difference", fd_scheme="central"),
+    ):
         cfgs = [paper_config("sin", steps=40, eval_every=0, seed=s, regularizers=(reg,)) for s in (1, 2)]
         ens = train_many(cfgs, dtype=torch.float64, workers=1, strategy="packed")
         single = train(cfgs[1])
@@ -214,10 +233,13 @@ def test_lazy_every_k_applies_k_lambda_on_its_steps_and_nothing_else():
     k, lam = 4, 0.3
     for reg_cls in (gr.DataGrad, gr.SpectReg):
         for i in range(6):
-            lazy, terms = gr.regularized_loss(model, x, y, [reg_cls(lam, every=k)], step=i,
-                                              generator=torch.Generator().manual_seed(i))
+            lazy, terms = gr.regularized_loss(
+                model, x, y, [reg_cls(lam, every=k)], step=i, generator=torch.Generator().manual_seed(i)
+            )
             if i % k == 0:
-                ref, _ = gr.regularized_loss(model, x, y, [reg_cls(k * lam)], generator=torch.Generator().manual_seed(i))
+                ref, _ = gr.regularized_loss(
+                    model, x, y, [reg_cls(k * lam)], generator=torch.Generator().manual_seed(i)
+                )
                 assert set(terms) == {"loss", reg_cls.__name__} and model.calls[-1]
             else:
                 ref, _ = gr.regularized_loss(model, x, y, [], generator=torch.Generator().manual_seed(i))

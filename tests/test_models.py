@@ -13,13 +13,13 @@ from torch import nn
 from gradreg.paper.models import (
     MODELS,
     BasicBlock,
+    _Conv2dTFSame,
     build_model,
     decayed_parameters,
     lenet5,
     mlp_sin,
     resnet_cifar,
 )
-from gradreg.paper.models import _Conv2dTFSame
 
 SMALL_RESNET = dict(widths=(4, 8, 16), blocks=1)
 
@@ -85,9 +85,7 @@ def test_resnet_parameter_counts():
 # --- shapes and layer order --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{}, {"dropout": None}, {"dropout": None, "batchnorm": True}, {"dropout": 0.0}]
-)
+@pytest.mark.parametrize("kwargs", [{}, {"dropout": None}, {"dropout": None, "batchnorm": True}, {"dropout": 0.0}])
 def test_lenet_output_shape(kwargs):
     assert lenet5(**kwargs)(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
@@ -210,7 +208,12 @@ def test_mlp_init():
     torch.manual_seed(0)
     convs, denses = check_tflib_init(mlp_sin())
     assert not convs and [tuple(d.weight.shape) for d in denses] == [
-        (64, 1), (64, 64), (64, 64), (64, 64), (64, 64), (1, 64)
+        (64, 1),
+        (64, 64),
+        (64, 64),
+        (64, 64),
+        (64, 64),
+        (1, 64),
     ]
 
 
@@ -241,7 +244,11 @@ def test_decayed_parameters_lenet():
         params = decayed_parameters(model)
         names = {id(p): n for n, p in model.named_parameters()}
         assert [names[id(p)] for p in params] == [
-            "conv1.weight", "conv2.weight", "conv3.weight", "fc1.weight", "fc2.weight"
+            "conv1.weight",
+            "conv2.weight",
+            "conv3.weight",
+            "fc1.weight",
+            "fc2.weight",
         ]
         assert sum(p.numel() for p in params) == 6 * 25 + 6 * 16 * 25 + 16 * 120 * 25 + 120 * 84 + 84 * 10
 
@@ -342,8 +349,9 @@ def test_bn_batch_stats_at_eval(build, shape):
     x = torch.randn(shape)
     in_batch, in_other_batch = eval_output_of_first_example(build(True), x)
     assert not torch.allclose(in_batch, in_other_batch, atol=1e-4)
-    assert not any(m.track_running_stats for m in build(True).modules()
-                   if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    assert not any(
+        m.track_running_stats for m in build(True).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    )
 
     model = build(False)
     model.train()

@@ -152,8 +152,8 @@ def test_hand_checked_spot_values():
 
 
 def test_reference_calibration_table_agrees():
-    # REFERENCE.md quotes the paper's Table 1 Dropout row: "| NoGR | 97.29 (0.19) |" etc.
-    path = PAPER_DIR / "REFERENCE.md"
+    # docs/settings.md quotes the paper's Table 1 Dropout row: "| NoGR | 97.29 (0.19) |" etc.
+    path = PAPER_DIR / "docs/settings.md"
     if not path.is_file():
         pytest.skip(f"{path} not found")
     quoted = dict(re.findall(r"^\| (NoGR|SpectReg|DataGrad) \| ([\d.]+ \([\d.]+\)) \|$", path.read_text(), re.M))
@@ -210,7 +210,9 @@ def test_table2_and_table3_weights_render_their_captions(paper_flat):
     assert w2[("CP", "DataGrad")]["CP"] == w2[("CP", "SpectReg")]["CP"] == cp
     w3 = TABLES["table3"].weights
     cp3, sr3, dg3 = (w3[("ResNet", k)][k] for k in ("CP", "SpectReg", "DataGrad"))
-    assert f"Optimal weights for CP, SpectReg and DataGrad are {cp3:g}, {sr3:g} and {dg3:g}, respectively." in paper_flat
+    assert (
+        f"Optimal weights for CP, SpectReg and DataGrad are {cp3:g}, {sr3:g} and {dg3:g}, respectively." in paper_flat
+    )
 
 
 def test_sweep_weights_follow_the_column_labels():
@@ -248,7 +250,7 @@ def test_lambda_grids_match_section_6_1(paper_lines):
 
 
 def test_tuned_weights_match_reference_and_tables():
-    path = PAPER_DIR / "REFERENCE.md"
+    path = PAPER_DIR / "docs/settings.md"
     if path.is_file():
         rows = dict(re.findall(r"^\s*\| ([A-Za-z /]+?) \| ([\d.]+) \|$", path.read_text(), re.M))
         assert len(rows) == 6, rows
@@ -282,7 +284,10 @@ def test_facts_agree_with_the_tables():
     acc = FACTS["cifar10_full_resnet_test_accuracy"].value
     assert t5.cell("SpectReg", "0").mean == t5.cell("DataGrad", "0").mean == acc
     assert max(t5.col_labels[1:], key=lambda c: t5.cell("DataGrad", c).mean) == "0.01"
-    assert float(max(t5.col_labels[1:], key=lambda c: t5.cell("DataGrad", c).mean)) == FACTS["figure3_datagrad_lambda"].value
+    assert (
+        float(max(t5.col_labels[1:], key=lambda c: t5.cell("DataGrad", c).mean))
+        == FACTS["figure3_datagrad_lambda"].value
+    )
     best = min(t7.col_labels, key=lambda c: t7.cell("SpectReg", c).mean)
     assert float(best) == FACTS["table7_best_spectreg_lambda"].value
     ratio = t7.cell("SpectReg", "0").mean / t7.cell("SpectReg", best).mean

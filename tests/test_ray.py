@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from gradreg.ensemble.loop import plan_chunks
-from gradreg.sweep.store import Store, run_key
-from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
-
 import helpers_faults as H
+from gradreg.ensemble.loop import plan_chunks
+from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
+from gradreg.sweep.store import Store, run_key
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'gradreg[ray]')")
@@ -61,9 +60,15 @@ def ray_cluster(kill_dir):
         ray.shutdown()
     tests = str(Path(__file__).resolve().parent)
     ray.init(
-        num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        log_to_driver=False,
         runtime_env={
-            "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])), H.KILL_DIR_ENV: str(kill_dir)},
+            "env_vars": {
+                "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+                H.KILL_DIR_ENV: str(kill_dir),
+            },
             "worker_process_setup_hook": "helpers_faults.ray_worker_setup",
         },
     )
@@ -144,12 +149,15 @@ def test_ray_sweep_stores_the_same_metrics_as_in_process(tmp_path, ray_cluster, 
 
 @needs_ray
 def test_a_worker_killed_mid_chunk_is_retried_and_nothing_is_lost_or_duplicated(
-        tmp_path, ray_cluster, experiment, reference, kill_dir):
+    tmp_path, ray_cluster, experiment, reference, kill_dir
+):
     from gradreg.sweep.ray import RayExecutor
 
     class Recording:  # the store's put is idempotent, so count the executor's calls directly
         def run(self, configs, on_result):
-            RayExecutor(max_members=MAX_MEMBERS, max_retries=2).run(configs, lambda i, r: (calls.append(i), on_result(i, r)))
+            RayExecutor(max_members=MAX_MEMBERS, max_retries=2).run(
+                configs, lambda i, r: (calls.append(i), on_result(i, r))
+            )
 
     calls = []
     before = len(attempts(kill_dir))
@@ -178,7 +186,8 @@ def test_a_worker_killed_mid_chunk_is_retried_and_nothing_is_lost_or_duplicated(
 
 @needs_ray
 def test_a_chunk_out_of_retries_fails_the_sweep_after_the_others_are_stored(
-        tmp_path, ray_cluster, experiment, reference, kill_dir):
+    tmp_path, ray_cluster, experiment, reference, kill_dir
+):
     """max_retries=0: the killed chunk is lost, the error surfaces once the other chunks are
     stored, and a rerun trains only the lost chunk."""
     from gradreg.sweep.ray import RayExecutor
@@ -187,7 +196,9 @@ def test_a_chunk_out_of_retries_fails_the_sweep_after_the_others_are_stored(
     (kill_dir / "arm").touch()
     try:
         with pytest.raises(ray_cluster.exceptions.RayError) as info:
-            run_experiment(experiment, tmp_path, RayExecutor(max_members=MAX_MEMBERS, max_retries=0), log=lambda *a: None)
+            run_experiment(
+                experiment, tmp_path, RayExecutor(max_members=MAX_MEMBERS, max_retries=0), log=lambda *a: None
+            )
     finally:
         (kill_dir / "arm").unlink()
     assert (kill_dir / "fired").exists()

@@ -17,7 +17,7 @@ SIGMA = 0.1
 
 
 def test_seed10_oracle_mse_matches_reference():
-    # REFERENCE.md: "about 3.2e-4" on the seed-10 draw. Two significant figures means the true
+    # docs/settings.md: "about 3.2e-4" on the seed-10 draw. Two significant figures means the true
     # value lies in the rounding interval [3.15e-4, 3.25e-4).
     x, y = sin_training_points(10)
     mse = st.oracle_test_mse(x, y)
@@ -62,7 +62,7 @@ def test_oracle_expected_mse_matches_monte_carlo():
     mc = np.mean((a - 1) ** 2 * m)
     expected = st.oracle_expected_test_mse(100, SIGMA)
     assert expected == pytest.approx(mc, rel=0.04)
-    assert 0.95e-4 < expected < 1.1e-4  # REFERENCE.md: "about 1e-4 in expectation"
+    assert 0.95e-4 < expected < 1.1e-4  # docs/settings.md: "about 1e-4 in expectation"
 
 
 def test_oracle_conditional_expected_mse_matches_monte_carlo():
@@ -130,7 +130,7 @@ def test_euler_lagrange_constant_by_direct_minimization(lam, w, omega):
     assert err < 1e-4
     # Wrong constants are clearly rejected (the interior is dominated by c·sin ωx).
     interior = np.abs(t) < 0.5
-    for c_wrong in (1 / (1 + w * lam), w / (w + lam), 1 / (1 + lam * omega ** 2)):
+    for c_wrong in (1 / (1 + w * lam), w / (w + lam), 1 / (1 + lam * omega**2)):
         if math.isclose(c_wrong, st.euler_lagrange_shrinkage(lam, w, omega)):
             continue
         assert np.max(np.abs(f[interior] - c_wrong * np.sin(omega * t[interior]))) > 100 * err
@@ -211,8 +211,10 @@ def test_explanation_contains_computed_numbers():
     assert f"{st.oracle_test_mse(x, y) / 1e-5:.1f}e-5" in text
     assert f"{st.oracle_expected_test_mse() / 1e-5:.1f}e-5" in text
     for lam, v in st.paper_table7().items():
-        row = (f"| {lam:g} | {st.OURS_TABLE7[lam] / 1e-5:.1f} | {v / 1e-5:.1f} | "
-               f"{st.oracle_test_mse(x, y) / 1e-5:.1f} | {st.optimum_test_mse(lam) / 1e-5:.1f} |")
+        row = (
+            f"| {lam:g} | {st.OURS_TABLE7[lam] / 1e-5:.1f} | {v / 1e-5:.1f} | "
+            f"{st.oracle_test_mse(x, y) / 1e-5:.1f} | {st.optimum_test_mse(lam) / 1e-5:.1f} |"
+        )
         assert row in text
     assert f"{st.discrete_optimum_test_mse(1.0) / 1e-5:.1f}" in text
     # The "ours" column follows the argument.

@@ -75,7 +75,13 @@ def test_run_key_ignores_key_order_and_separates_configs():
     assert run_key(a) == run_key(b)
     assert run_key(a) == run_key({**a, "regularizers": ({"name": "DataGrad", "weight": 50.0},)})  # tuple == list
     assert run_key(a) == run_key({**a, "lr": np.float64(1e-3)})  # NumPy scalars hash as their value
-    variants = [{**a, "seed": 2}, {**a, "lr": 1e-2}, {**a, "extra": None}, {**a, "regularizers": []}, {**a, "seed": 1.0}]
+    variants = [
+        {**a, "seed": 2},
+        {**a, "lr": 1e-2},
+        {**a, "extra": None},
+        {**a, "regularizers": []},
+        {**a, "seed": 1.0},
+    ]
     keys = {run_key(v) for v in variants}
     assert len(keys) == len(variants) and run_key(a) not in keys
     with pytest.raises(TypeError):
@@ -108,8 +114,21 @@ def test_round_trip(tmp_path):
     assert before <= created <= dt.datetime.now(dt.timezone.utc)
     with sqlite3.connect(path) as conn:  # the columns are really there, as plain SQL
         cols = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-        assert {"run_key", "experiment", "config_json", "seed", "metrics_json", "curve_json", "wall_time_s",
-                "steps_per_s", "code_version", "device", "torch_version", "created_at", "error"} <= cols
+        assert {
+            "run_key",
+            "experiment",
+            "config_json",
+            "seed",
+            "metrics_json",
+            "curve_json",
+            "wall_time_s",
+            "steps_per_s",
+            "code_version",
+            "device",
+            "torch_version",
+            "created_at",
+            "error",
+        } <= cols
         assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
 
 
@@ -179,7 +198,9 @@ def test_closed_store_raises(tmp_path):
 # --------------------------------------------------------------------------- processes
 
 
-CONCURRENT_WRITER = WORKER_PRELUDE + """
+CONCURRENT_WRITER = (
+    WORKER_PRELUDE
+    + """
 import os, time
 path, lo, hi, writer, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 def record(i):
@@ -194,6 +215,7 @@ with S.Store(path) as store:  # both open (and create the schema) at the same ti
     written = sum(store.put("concurrent", record(i)) for i in range(lo, hi))
 print(json.dumps({"written": written}), flush=True)
 """
+)
 
 
 def test_two_processes_writing_concurrently(tmp_path):
@@ -202,7 +224,9 @@ def test_two_processes_writing_concurrently(tmp_path):
     procs = {
         w: subprocess.Popen(
             [sys.executable, "-c", CONCURRENT_WRITER, str(path), str(lo), str(hi), w, str(go)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for w, (lo, hi) in ranges.items()
     }
@@ -224,7 +248,9 @@ def test_two_processes_writing_concurrently(tmp_path):
         assert len(r["curve"]) == 50
 
 
-KILLED_WRITER = WORKER_PRELUDE + """
+KILLED_WRITER = (
+    WORKER_PRELUDE
+    + """
 path = sys.argv[1]
 with S.Store(path) as store:
     i = 0
@@ -237,6 +263,7 @@ with S.Store(path) as store:
         print(i, flush=True)  # printed only after the commit returned
         i += 1
 """
+)
 
 
 def test_integrity_after_a_writer_is_killed_mid_write(tmp_path):

@@ -2,21 +2,17 @@
 the result record and the command line. All on tiny slices, seconds each."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 import gradreg as gr
+from conftest import DATA, needs_mnist
 from gradreg import data as D
 from gradreg.cli import main
 from gradreg.config import TrainConfig, paper_config, parse_regularizer
 from gradreg.paper.models import decayed_parameters
 from gradreg.train import RunResult, TrainingDiverged, piecewise_lr, stream_seed, train
-
-DATA = Path(os.environ.get("GRADREG_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"MNIST not found under {DATA}")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +23,7 @@ def mnist_tiny():
 
 
 def test_piecewise_lr_matches_the_paper_schedule():
-    # x0.1 at step 5000 and x0.01 from step 7500 of 10000 (REFERENCE.md)
+    # x0.1 at step 5000 and x0.01 from step 7500 of 10000 (docs/settings.md)
     got = [piecewise_lr(s, 1e-3, 10_000) for s in (0, 4999, 5000, 7499, 7500, 9999)]
     assert got == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rel=1e-12)
 
@@ -40,7 +36,14 @@ def test_stream_seeds_are_distinct_and_stable():
 
 def test_paper_presets_are_the_reference_settings():
     m = paper_config("mnist")
-    assert (m.optimizer, m.lr, m.batch_size, m.steps, m.weight_decay, m.dropout) == ("adam", 1e-3, 50, 10_000, 5e-4, 0.5)
+    assert (m.optimizer, m.lr, m.batch_size, m.steps, m.weight_decay, m.dropout) == (
+        "adam",
+        1e-3,
+        50,
+        10_000,
+        5e-4,
+        0.5,
+    )
     c = paper_config("cifar10")
     assert (c.optimizer, c.lr, c.batch_size, c.steps, c.weight_decay) == ("sgd_nesterov", 0.01, 128, 50_000, 0.003)
     assert c.bn_batch_stats_at_eval
@@ -89,7 +92,9 @@ def test_sin_training_is_deterministic_and_learns():
 
 @needs_mnist
 def test_result_record_fields(mnist_tiny, monkeypatch):
-    cfg = paper_config("mnist", train_size=200, steps=20, eval_every=10, penalty_window=5, regularizers=(gr.DataGrad(50.0),))
+    cfg = paper_config(
+        "mnist", train_size=200, steps=20, eval_every=10, penalty_window=5, regularizers=(gr.DataGrad(50.0),)
+    )
     r = train(cfg, splits=mnist_tiny)
     assert isinstance(r, RunResult) and r.metric == "accuracy" and 0 <= r.test <= 1
     assert r.config == cfg.to_dict() and r.steps_done == 20 and r.torch_version == torch.__version__
@@ -103,16 +108,19 @@ def test_result_record_fields(mnist_tiny, monkeypatch):
     r2 = train(cfg, splits=mnist_tiny)
     expected = sum(float(p.detach().pow(2).sum()) for p in decayed_parameters(built[0]))
     assert r2.weight_norm_sq == pytest.approx(expected, rel=1e-6)
-    assert r2.dev == pytest.approx(
-        T.evaluate(built[0], mnist_tiny.x_dev, mnist_tiny.y_dev, "accuracy", 1000), abs=0
-    )
+    assert r2.dev == pytest.approx(T.evaluate(built[0], mnist_tiny.x_dev, mnist_tiny.y_dev, "accuracy", 1000), abs=0)
 
 
 @needs_mnist
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(mnist_tiny, tmp_path):
     """Dropout, SpectReg draws and batch order all restored: the final weights match exactly."""
     cfg = paper_config(
-        "mnist", train_size=200, steps=30, eval_every=10, checkpoint_every=10, regularizers=(gr.SpectReg(0.03), gr.DataGrad(1.0))
+        "mnist",
+        train_size=200,
+        steps=30,
+        eval_every=10,
+        checkpoint_every=10,
+        regularizers=(gr.SpectReg(0.03), gr.DataGrad(1.0)),
     )
     full = train(cfg, splits=mnist_tiny, checkpoint=tmp_path / "full.ckpt")
 
@@ -155,7 +163,24 @@ def test_nan_guard_names_step_and_term_and_keeps_checkpoint(tmp_path):
 
 def test_cli_train_dry_run_writes_a_record(tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert main(["train", "--dataset", "sin", "--reg", "datagrad=0.1", "--reg", "spectreg=0.01", "--dry-run", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "sin",
+                "--reg",
+                "datagrad=0.1",
+                "--reg",
+                "spectreg=0.01",
+                "--dry-run",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip()
     assert line.startswith("sin mlp_sin") and str(out) in line
     rec = json.loads(out.read_text())
@@ -165,8 +190,25 @@ def test_cli_train_dry_run_writes_a_record(tmp_path, capsys):
 @needs_mnist
 def test_cli_mnist_options_and_none(tmp_path, capsys):
     out = tmp_path / "m.json"
-    main(["train", "--dataset", "mnist", "--dropout", "none", "--seed", "3", "--reg", "cp=0.5", "--dry-run", "--quiet",
-          "--data-dir", str(DATA), "--out", str(out)])
+    main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--dropout",
+            "none",
+            "--seed",
+            "3",
+            "--reg",
+            "cp=0.5",
+            "--dry-run",
+            "--quiet",
+            "--data-dir",
+            str(DATA),
+            "--out",
+            str(out),
+        ]
+    )
     rec = json.loads(out.read_text())
     assert rec["config"]["dropout"] is None and rec["config"]["seed"] == 3 and rec["config"]["train_size"] == 100
 

@@ -15,7 +15,9 @@ or, for a forward pass you already ran (several inputs, embeddings, autocast, DD
 Importing this package has no side effects: no data loading, no printing.
 """
 
+from . import penalties
 from .core import penalty, per_example_loss, regularize, regularized_loss
+from .hooks import Capture, capture
 from .penalties import NoInputGradient
 from .regularizers import (
     REGISTRY,
@@ -35,6 +37,9 @@ from .regularizers import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "capture",
+    "Capture",
+    "penalties",
     "regularize",
     "regularized_loss",
     "penalty",

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any
 
 
 def write_atomic(path: os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:

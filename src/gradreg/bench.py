@@ -15,21 +15,21 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .paper import models as M
 from . import regularizers as R
 from .config import paper_config
 from .core import regularized_loss
 from .ensemble.plan import cpu_workers, single_threaded_ops, split_evenly
 from .ensemble.trainer import EnsembleTrainer
+from .paper import models as M
 
 PAPER_TABLE1_RUNS = 90  # 3 architectures x {NoGR, SpectReg, DataGrad} x 10 seeds
 PAPER_TABLE1_STEPS = 10_000
@@ -47,7 +47,9 @@ class BenchModel:
 
 BENCH_MODELS = (
     BenchModel("lenet5", lambda: M.lenet5(), (1, 28, 28), 50, 10, "cross_entropy"),
-    BenchModel("resnet_cifar", lambda: M.resnet_cifar(bn_batch_stats_at_eval=True), (3, 32, 32), 128, 10, "cross_entropy"),
+    BenchModel(
+        "resnet_cifar", lambda: M.resnet_cifar(bn_batch_stats_at_eval=True), (3, 32, 32), 128, 10, "cross_entropy"
+    ),
     BenchModel("mlp_sin", lambda: M.mlp_sin(), (1,), 50, 1, "half_sse"),
 )
 
@@ -123,8 +125,11 @@ def step_memory(step: Callable[[], None], device: torch.device) -> int:
 
 
 def _regularizer_set(bm: BenchModel, quick_cpu: bool) -> dict:
-    regs: dict = {"regularized_loss([])": [], "DataGrad": [R.DataGrad(1.0)], "SpectReg": [R.SpectReg(1.0)],
-                  "DataGrad every=4": [R.DataGrad(1.0, every=4)]}
+    regs: dict = {
+        "regularized_loss([])": [],
+        "DataGrad": [R.DataGrad(1.0)],
+        "SpectReg": [R.SpectReg(1.0)],
+    }
     if quick_cpu and bm.name == "resnet_cifar":
         return regs  # a ResNet step takes seconds on 2 cores: the quick bench keeps the three that matter
     regs |= {
@@ -134,7 +139,11 @@ def _regularizer_set(bm: BenchModel, quick_cpu: bool) -> dict:
     if bm.classes > 1:
         regs |= {"JacReg[batched]": [R.JacReg(1.0, method="batched")], "JacReg[loop]": [R.JacReg(1.0, method="loop")]}
     if bm.classes > 1:
-        regs |= {"OneHot": [R.OneHot(1.0)], "RandomOneHot": [R.RandomOneHot(1.0)], "ConfidencePenalty": [R.ConfidencePenalty(1.0)]}
+        regs |= {
+            "OneHot": [R.OneHot(1.0)],
+            "RandomOneHot": [R.RandomOneHot(1.0)],
+            "ConfidencePenalty": [R.ConfidencePenalty(1.0)],
+        }
     return regs
 
 
@@ -159,12 +168,20 @@ def regularizer_cost(device: torch.device, quick: bool, log=print) -> list:
         model = bm.make().to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         x = torch.randn(bm.batch, *bm.input_shape, device=device)
-        y = torch.randint(0, bm.classes, (bm.batch,), device=device) if bm.loss == "cross_entropy" else torch.randn(bm.batch, 1, device=device)
+        y = (
+            torch.randint(0, bm.classes, (bm.batch,), device=device)
+            if bm.loss == "cross_entropy"
+            else torch.randn(bm.batch, 1, device=device)
+        )
         gen = torch.Generator(device=device).manual_seed(0)
         regs = _regularizer_set(bm, quick and device.type == "cpu")
         fns = {"plain": plain_step(model, opt, x, y, bm.loss)}
-        fns |= {k: _lazy_cycle(model, opt, x, y, r, bm.loss, gen) if any(g.every > 1 for g in r)
-                else eager_step(model, opt, x, y, r, bm.loss, gen) for k, r in regs.items()}
+        fns |= {
+            k: _lazy_cycle(model, opt, x, y, r, bm.loss, gen)
+            if any(g.every > 1 for g in r)
+            else eager_step(model, opt, x, y, r, bm.loss, gen)
+            for k, r in regs.items()
+        }
         regs = {"plain": []} | regs
         heavy = bm.name == "resnet_cifar" and device.type == "cpu"
         rounds, inner = ((2, 1) if quick else (3, 1)) if heavy else ((5, 3) if quick else (7, 10))
@@ -175,16 +192,123 @@ def regularizer_cost(device: torch.device, quick: bool, log=print) -> list:
                 times[k] /= max(g.every for g in r)
         for k in regs:
             row = {
-                "model": bm.name, "batch": bm.batch, "regularizer": k,
-                "step_ms": 1e3 * times[k], "rel_time": times[k] / times["plain"],
+                "model": bm.name,
+                "batch": bm.batch,
+                "regularizer": k,
+                "step_ms": 1e3 * times[k],
+                "rel_time": times[k] / times["plain"],
                 "peak_mem_rel": mems[k] / max(mems["plain"], 1),
             }
             if k.endswith("[loop]"):
                 batched = k.replace("[loop]", "[batched]")
                 row["batched_over_loop"] = times[batched] / times[k]
             rows.append(row)
-            log(f"  {bm.name:13s} B={bm.batch:<4d} {k:18s} {1e3 * times[k]:9.2f} ms  x{row['rel_time']:6.2f} time"
-                f"  x{row['peak_mem_rel']:6.2f} mem" + (f"  batched/loop {row['batched_over_loop']:.2f}" if "batched_over_loop" in row else ""))
+            log(
+                f"  {bm.name:13s} B={bm.batch:<4d} {k:18s} {1e3 * times[k]:9.2f} ms  x{row['rel_time']:6.2f} time"
+                f"  x{row['peak_mem_rel']:6.2f} mem"
+                + (f"  batched/loop {row['batched_over_loop']:.2f}" if "batched_over_loop" in row else "")
+            )
+    return rows
+
+
+FAST_CONFIGS = {  # issue "fast regularization": (method, scheme, every) and the target cost x plain
+    "exact": ("double_backprop", "one_sided", 1),
+    "finite-difference one-sided": ("finite_difference", "one_sided", 1),
+    "finite-difference central": ("finite_difference", "central", 1),
+    "lazy k=4 exact": ("double_backprop", "one_sided", 4),
+    "finite-difference + lazy k=4": ("finite_difference", "one_sided", 4),
+}
+FAST_TARGETS = {"finite-difference one-sided": 2.1, "lazy k=4 exact": 1.5, "finite-difference + lazy k=4": 1.3}
+
+
+def fast_regularization_cost(device: torch.device, quick: bool, log=print) -> list:
+    """DataGrad and SpectReg by method (exact, finite differences, lazy), as multiples of a
+    hand-written plain step, in single runs (LeNet B=50, the paper's ResNet at B=16) and in
+    the ensemble engine (8 LeNets, against the engine's own NoGR step). Lazy rows time a
+    cycle of ``every`` steps and divide by it."""
+    rows = []
+    models = [
+        BenchModel("lenet5", lambda: M.lenet5(), (1, 28, 28), 50, 10, "cross_entropy"),
+        BenchModel("resnet_cifar", lambda: M.resnet_cifar(), (3, 32, 32), 16, 10, "cross_entropy"),
+    ]
+    key: str | tuple[str, str]  # the timed functions' keys: "plain" or (regularizer, config)
+    for bm in models:
+        torch.manual_seed(0)
+        model = bm.make().to(device).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        x = torch.randn(bm.batch, *bm.input_shape, device=device)
+        y = torch.randint(0, bm.classes, (bm.batch,), device=device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        fns: dict[str | tuple[str, str], Callable[[], None]] = {"plain": plain_step(model, opt, x, y, bm.loss)}
+        regs: dict[tuple[str, str], Sequence[R.Regularizer]] = {}
+        for reg_name, make in (
+            ("DataGrad", lambda **k: R.DataGrad(1.0, **k)),
+            ("SpectReg", lambda **k: R.SpectReg(1.0, **k)),
+        ):
+            for label, (method, scheme, every) in FAST_CONFIGS.items():
+                r = [make(method=method, fd_scheme=scheme, every=every)]
+                regs[(reg_name, label)] = r
+                fns[(reg_name, label)] = (_lazy_cycle if every > 1 else eager_step)(model, opt, x, y, r, bm.loss, gen)
+        heavy = bm.name == "resnet_cifar" and device.type == "cpu"
+        rounds, inner = ((3, 1) if quick else (5, 2)) if heavy else ((5, 3) if quick else (7, 10))
+        times = interleaved_median_times(fns, rounds, inner, device)
+        for key, r in regs.items():
+            t = times[key] / r[0].every
+            row = {
+                "where": "single run",
+                "model": bm.name,
+                "batch": bm.batch,
+                "regularizer": key[0],
+                "config": key[1],
+                "rel_time": t / times["plain"],
+                "target": FAST_TARGETS.get(key[1]),
+            }
+            rows.append(row)
+            log(
+                f"  {bm.name:13s} B={bm.batch:<3d} {key[0]:9s} {key[1]:30s} x{row['rel_time']:5.2f} plain"
+                + (f"  (target <= {row['target']})" if row["target"] else "")
+            )
+    # the engine: 8 LeNets split over the workers, against the engine's NoGR step
+    workers = cpu_workers(device)
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    k = 8
+    parts = split_evenly(list(range(1, k + 1)), workers if pool else 1)
+    fns = {}
+    configs: dict[str | tuple[str, str], tuple[R.Regularizer, ...]] = {"plain": ()}
+    for reg_name, make in (
+        ("DataGrad", lambda **kw: R.DataGrad(1.0, **kw)),
+        ("SpectReg", lambda **kw: R.SpectReg(1.0, **kw)),
+    ):
+        for label, (method, scheme, every) in FAST_CONFIGS.items():
+            configs[(reg_name, label)] = (make(method=method, fd_scheme=scheme, every=every),)
+    for key, regs_ in configs.items():
+        steps = []
+        for part in parts:
+            cfg = paper_config("mnist", device=str(device), regularizers=regs_)
+            tr = EnsembleTrainer([cfg.replace(seed=s_) for s_ in part], device, torch.float32, "packed")
+            xk = torch.randn(len(part), 50, 1, 28, 28, device=device)
+            yk = torch.randint(0, 10, (len(part), 50), device=device)
+            every = regs_[0].every if regs_ else 1
+            steps.append(lambda tr=tr, xk=xk, yk=yk, every=every: [tr.step(xk, yk, i) for i in range(every)])
+        fns[key] = _split(steps, pool)
+    times = interleaved_median_times(fns, 3 if quick else 5, 1 if quick else 3, device)
+    if pool is not None:
+        pool.shutdown()
+    for key, regs_ in configs.items():
+        if key == "plain":
+            continue
+        t = times[key] / regs_[0].every
+        row = {
+            "where": "engine (8 LeNets)",
+            "model": "lenet5",
+            "batch": 50,
+            "regularizer": key[0],
+            "config": key[1],
+            "rel_time": t / times["plain"],
+            "target": FAST_TARGETS.get(key[1]),
+        }
+        rows.append(row)
+        log(f"  engine x8     B=50  {key[0]:9s} {key[1]:30s} x{row['rel_time']:5.2f} the engine's NoGR step")
     return rows
 
 
@@ -259,13 +383,25 @@ def ensemble_speed(device: torch.device, ks: tuple, quick: bool, log=print) -> l
             engine.append(lambda tr=tr, xk=xk, yk=yk: tr.step(xk, yk, 0))
             singles = [M.lenet5(generator=torch.Generator().manual_seed(s)).to(device).train() for s in part]
             singles_all += list(zip(singles, xk, yk))
-            steps = [eager_step(m, torch.optim.Adam(m.parameters(), lr=1e-4), xk[i], yk[i], [R.DataGrad(50.0)],
-                                "cross_entropy", None) for i, m in enumerate(singles)]
+            steps = [
+                eager_step(
+                    m,
+                    torch.optim.Adam(m.parameters(), lr=1e-4),
+                    xk[i],
+                    yk[i],
+                    [R.DataGrad(50.0)],
+                    "cross_entropy",
+                    None,
+                )
+                for i, m in enumerate(singles)
+            ]
             split_loop.append(lambda steps=steps: [f() for f in steps])
             tf = _torch_func_datagrad(singles, 50.0, device)
             tfunc.append(lambda tf=tf, xk=xk, yk=yk: tf(xk, yk))
-        loop_steps = [eager_step(m, torch.optim.Adam(m.parameters(), lr=1e-4), x, y, [R.DataGrad(50.0)],
-                                 "cross_entropy", None) for m, x, y in singles_all]
+        loop_steps = [
+            eager_step(m, torch.optim.Adam(m.parameters(), lr=1e-4), x, y, [R.DataGrad(50.0)], "cross_entropy", None)
+            for m, x, y in singles_all
+        ]
         fns["engine"] = _split(engine, pool)
         fns["loop"] = lambda steps=loop_steps: [f() for f in steps]
         fns["loop_split"] = _split(split_loop, pool)
@@ -276,10 +412,12 @@ def ensemble_speed(device: torch.device, ks: tuple, quick: bool, log=print) -> l
         row |= {f"engine_vs_{n}": times[n] / times["engine"] for n in ("loop", "loop_split", "torch_func")}
         row["model_steps_per_s"] = k / times["engine"]
         rows.append(row)
-        log(f"  K={k:<3d} ms per model-step: engine {row['engine_ms_per_model_step']:6.2f}  loop "
+        log(
+            f"  K={k:<3d} ms per model-step: engine {row['engine_ms_per_model_step']:6.2f}  loop "
             f"{row['loop_ms_per_model_step']:6.2f}  loop split {row['loop_split_ms_per_model_step']:6.2f}  torch.func "
             f"{row['torch_func_ms_per_model_step']:6.2f}   engine x{row['engine_vs_loop']:.2f} vs loop, "
-            f"x{row['engine_vs_loop_split']:.2f} vs loop split, x{row['engine_vs_torch_func']:.2f} vs torch.func")
+            f"x{row['engine_vs_loop_split']:.2f} vs loop split, x{row['engine_vs_torch_func']:.2f} vs torch.func"
+        )
     if pool is not None:
         pool.shutdown()
     return rows
@@ -296,13 +434,15 @@ def mixed_sweep_cost(device: torch.device, quick: bool, data_dir=None, log=print
     kinds = {"NoGR": (), "SpectReg": (R.SpectReg(0.03),), "DataGrad": (R.DataGrad(50.0),)}
     lists = {n: [base.replace(seed=s, regularizers=r) for s in (1, 2, 3)] for n, r in kinds.items()}
     mixed = [c for cs in lists.values() for c in cs]
-    fns = {"mixed": lambda: train_many(mixed, data_dir=data_dir)}
+    fns: dict[str, Callable[[], object]] = {"mixed": lambda: train_many(mixed, data_dir=data_dir)}
     fns |= {n: (lambda cs=cs: train_many(cs, data_dir=data_dir)) for n, cs in lists.items()}
     times = interleaved_median_times(fns, 2 if quick else 3, 1, device)
     singles = sum(times[n] for n in kinds)
     out = {"mixed_s": times["mixed"], "sum_of_single_kind_s": singles, "mixed_over_sum": times["mixed"] / singles}
-    log(f"  mixed sweep {times['mixed']:.2f} s, its single-kind sweeps {singles:.2f} s in sum: "
-        f"x{out['mixed_over_sum']:.2f}")
+    log(
+        f"  mixed sweep {times['mixed']:.2f} s, its single-kind sweeps {singles:.2f} s in sum: "
+        f"x{out['mixed_over_sum']:.2f}"
+    )
     return out
 
 
@@ -318,28 +458,32 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run_bench(device: str = "cpu", quick: bool = False, command: Optional[str] = None, log=print,
-              data_dir=None) -> dict:
+def run_bench(device: str = "cpu", quick: bool = False, command: str | None = None, log=print, data_dir=None) -> dict:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available; use --device cpu")
     log(f"gradreg bench on {device_name(dev)}, torch {torch.__version__}{' (quick)' if quick else ''}")
     log("regularizer cost (one training step, relative to a hand-written plain step):")
     cost = regularizer_cost(dev, quick, log)
+    log("fast regularization (exact, finite differences, lazy), relative to a plain step:")
+    fast = fast_regularization_cost(dev, quick, log)
     log("ensemble engine, LeNet DataGrad, B=50, against the best alternatives in the same thread layout:")
     ens = ensemble_speed(dev, ensemble_sizes(dev, quick), quick, log)
     best = max(r["model_steps_per_s"] for r in ens)
     projected = PAPER_TABLE1_RUNS * PAPER_TABLE1_STEPS / best
     loop_rate = max(1e3 / r["loop_ms_per_model_step"] for r in ens)
     loop_projected = PAPER_TABLE1_RUNS * PAPER_TABLE1_STEPS / loop_rate
-    log(f"Table 1 ({PAPER_TABLE1_RUNS} runs x {PAPER_TABLE1_STEPS} steps, at DataGrad cost): "
-        f"{projected:.0f} s with the engine, {loop_projected:.0f} s one run at a time")
+    log(
+        f"Table 1 ({PAPER_TABLE1_RUNS} runs x {PAPER_TABLE1_STEPS} steps, at DataGrad cost): "
+        f"{projected:.0f} s with the engine, {loop_projected:.0f} s one run at a time"
+    )
     out = {
         "device": device_name(dev),
         "torch": torch.__version__,
         "command": command or " ".join(["gradreg", "bench", "--device", device] + (["--quick"] if quick else [])),
         "quick": quick,
         "regularizer_cost": cost,
+        "fast_regularization": fast,
         "ensemble": ens,
         "table1_projected_s": projected,
         "table1_projected_loop_s": loop_projected,
@@ -353,5 +497,7 @@ def run_bench(device: str = "cpu", quick: bool = False, command: Optional[str] =
 def _mnist_available() -> bool:
     from .data.paths import data_dir_candidates
 
-    return any((Path(d) / "mnist").is_dir() or (Path(d) / "train-images-idx3-ubyte.gz").is_file()
-               for d in data_dir_candidates(None))
+    return any(
+        (Path(d) / "mnist").is_dir() or (Path(d) / "train-images-idx3-ubyte.gz").is_file()
+        for d in data_dir_candidates(None)
+    )

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import typing
 from pathlib import Path
-from typing import Optional
 
 from .atomic import write_json_atomic
 from .config import DATASETS, MODELS_FOR, PAPER, TrainConfig, paper_config, parse_regularizer
@@ -28,7 +27,12 @@ from .config import DATASETS, MODELS_FOR, PAPER, TrainConfig, paper_config, pars
 # Fields the CLI sets through dedicated options (or not at all).
 _SPECIAL = {"dataset", "regularizers"}
 
-_METAVAR = {"model": "MODEL", "optimizer": "{adam,sgd_nesterov}", "loss": "{cross_entropy,half_sse}", "device": "DEVICE"}
+_METAVAR = {
+    "model": "MODEL",
+    "optimizer": "{adam,sgd_nesterov}",
+    "loss": "{cross_entropy,half_sse}",
+    "device": "DEVICE",
+}
 
 # What each TrainConfig field means, with its unit. The default is appended from the paper's
 # presets (config.PAPER), per dataset where they differ.
@@ -119,7 +123,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         elif typing.get_origin(hint) is tuple:
             p.add_argument(flag, type=float, nargs="+", default=argparse.SUPPRESS, metavar="FRACTION", help=help_)
         elif type(None) in args:
-            p.add_argument(flag, type=_optional(base), default=argparse.SUPPRESS, metavar=base.__name__.upper(), help=help_)
+            p.add_argument(
+                flag, type=_optional(base), default=argparse.SUPPRESS, metavar=base.__name__.upper(), help=help_
+            )
         else:
             metavar = _METAVAR.get(f.name, base.__name__.upper())
             p.add_argument(flag, type=base, default=argparse.SUPPRESS, metavar=metavar, help=help_)
@@ -128,7 +134,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The paper's preset for ``args.dataset`` with every given option applied."""
     overrides = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SPECIAL and hasattr(args, f.name)
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in _SPECIAL and hasattr(args, f.name)
     }
     overrides["regularizers"] = tuple(parse_regularizer(s) for s in args.reg)
     if "lr_milestones" in overrides:
@@ -141,7 +149,7 @@ def _name_the_option(message: str) -> str:
     for f in sorted(dataclasses.fields(TrainConfig), key=lambda f: -len(f.name)):
         for sep in (" ", "="):
             if message.startswith(f.name + sep):
-                return f"--{f.name.replace('_', '-')} {message[len(f.name) + len(sep):]}"
+                return f"--{f.name.replace('_', '-')} {message[len(f.name) + len(sep) :]}"
     return message
 
 
@@ -159,8 +167,7 @@ def positive_int(text: str) -> int:
 # --------------------------------------------------------------------------- checks before any work
 
 
-def check_writable_output(path, *, directory: bool = False, label: str = "output",
-                          if_dir: Optional[str] = None) -> Path:
+def check_writable_output(path, *, directory: bool = False, label: str = "output", if_dir: str | None = None) -> Path:
     """Make sure ``path`` can be written, before any work: a real probe, not a permission guess.
 
     ``directory=False``: ``path`` is a file to be (re)placed; ``directory=True``: a directory
@@ -208,7 +215,7 @@ def check_writable_output(path, *, directory: bool = False, label: str = "output
     return path
 
 
-def _check_data_dir(data_dir: Optional[str], download: bool) -> None:
+def _check_data_dir(data_dir: str | None, download: bool) -> None:
     if data_dir is None:
         return
     d = Path(data_dir).expanduser()
@@ -217,11 +224,13 @@ def _check_data_dir(data_dir: Optional[str], download: bool) -> None:
     if d.exists():
         raise CLIError(f"--data-dir {data_dir}: is a file, not a directory")
     if not download:
-        raise CLIError(f"--data-dir {data_dir}: no such directory; give the directory that holds mnist/ and cifar10/, "
-                       "or add --download to fetch the data into it")
+        raise CLIError(
+            f"--data-dir {data_dir}: no such directory; give the directory that holds mnist/ and cifar10/, "
+            "or add --download to fetch the data into it"
+        )
 
 
-def _data_not_found(e, data_dir: Optional[str], download: bool) -> str:
+def _data_not_found(e, data_dir: str | None, download: bool) -> str:
     """A :class:`gradreg.data.DataNotFoundError` as one line, worded for the command line."""
     from .data.paths import data_dir_candidates
 
@@ -232,11 +241,13 @@ def _data_not_found(e, data_dir: Optional[str], download: bool) -> str:
         return line + f"; {'; '.join(failures)}"
     if download:
         return line
-    return (line + f"; pass --download to fetch it into {roots[0]}, or --data-dir (or GRADREG_DATA_DIR) naming "
-            "a directory that holds mnist/ and cifar10/")
+    return (
+        line + f"; pass --download to fetch it into {roots[0]}, or --data-dir (or GRADREG_DATA_DIR) naming "
+        "a directory that holds mnist/ and cifar10/"
+    )
 
 
-def _prepare_data(datasets, data_dir: Optional[str], download: bool) -> None:
+def _prepare_data(datasets, data_dir: str | None, download: bool) -> None:
     """Find every file of ``datasets`` (downloading with ``download``) before training starts,
     where the library's loaders will look for them (``gradreg.data.paths``)."""
     from .data.cifar import CIFAR10_BATCHES, cifar10_file
@@ -264,8 +275,11 @@ def _check_fixed_train_size(cfg: TrainConfig) -> None:
 
     n = len((make_sin if cfg.dataset == "sin" else make_sin2)().x_train)
     if cfg.train_size != n:
-        raise CLIError(f"--train-size {cfg.train_size}: {cfg.dataset} has a fixed training set of {n} points; "
-                       "leave --train-size out (or pass --train-size none)", code=2)
+        raise CLIError(
+            f"--train-size {cfg.train_size}: {cfg.dataset} has a fixed training set of {n} points; "
+            "leave --train-size out (or pass --train-size none)",
+            code=2,
+        )
 
 
 def _open_store_checked(path: Path) -> None:
@@ -315,8 +329,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
         )
     except TrainingDiverged as e:
-        raise CLIError(f"training diverged at {e}; nothing was written to {out}. "
-                       "A smaller --lr or regularizer weight may help") from e
+        raise CLIError(
+            f"training diverged at {e}; nothing was written to {out}. A smaller --lr or regularizer weight may help"
+        ) from e
     write_json_atomic(Path(out), result.to_dict())
     print(result.summary() + f"  -> {out}")
     return 0
@@ -343,9 +358,15 @@ def _executor(args: argparse.Namespace):
         return RayExecutor(address=args.ray_address, data_dir=args.data_dir, max_members=args.max_members)
     from .sweep.runner import InProcessExecutor
 
-    return InProcessExecutor(data_dir=args.data_dir, max_members=args.max_members, progress=False if args.quiet else None,
-                             checkpoint_dir=Path(args.out) / CHECKPOINT_DIR, checkpoint_seconds=60.0 * args.checkpoint_minutes,
-                             stop=args.stop, download=args.download or None)
+    return InProcessExecutor(
+        data_dir=args.data_dir,
+        max_members=args.max_members,
+        progress=False if args.quiet else None,
+        checkpoint_dir=Path(args.out) / CHECKPOINT_DIR,
+        checkpoint_seconds=60.0 * args.checkpoint_minutes,
+        stop=args.stop,
+        download=args.download or None,
+    )
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -374,8 +395,9 @@ class graceful_interrupt:
                 sys.stderr.flush()
                 os._exit(130)
             self.stop.set()
-            sys.stderr.write("\ngradreg: Ctrl-C: saving checkpoints and stopping after this step "
-                             "(Ctrl-C again to stop at once)\n")
+            sys.stderr.write(
+                "\ngradreg: Ctrl-C: saving checkpoints and stopping after this step (Ctrl-C again to stop at once)\n"
+            )
             sys.stderr.flush()
 
         self.old = signal.signal(signal.SIGINT, handler)
@@ -388,7 +410,7 @@ class graceful_interrupt:
             signal.signal(signal.SIGINT, self.old)
 
 
-def _check_report_outputs(name: str, profile: Optional[str], out: Path) -> None:
+def _check_report_outputs(name: str, profile: str | None, out: Path) -> None:
     from .sweep.report import report_paths
 
     for p in report_paths(name, profile, out):
@@ -414,16 +436,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.stop = threading.Event()
     records = None if args.no_records else out / RECORDS_DIR
     with graceful_interrupt(args.stop):
-        summary = run_experiment(exp, out, _executor(args), log=print, meta={"command": command, "profile": args.profile},
-                                 records_dir=records)
+        summary = run_experiment(
+            exp,
+            out,
+            _executor(args),
+            log=print,
+            meta={"command": command, "profile": args.profile},
+            records_dir=records,
+        )
     if summary.interrupted:
-        sys.stderr.write(f"gradreg run: interrupted; {summary.trained} finished runs were stored and running chunks were "
-                         f"checkpointed in {out / CHECKPOINT_DIR}. Resume with: {command}\n")
+        sys.stderr.write(
+            f"gradreg run: interrupted; {summary.trained} finished runs were stored and running chunks were "
+            f"checkpointed in {out / CHECKPOINT_DIR}. Resume with: {command}\n"
+        )
         return 130
     paths = write_report(out / STORE_NAME, exp.name, out, profile=args.profile)
-    print(f"{exp.name} ({args.profile} profile): trained {summary.trained} runs in {summary.wall_time_s:.1f} s of wall "
-          f"time (this command: data loading, training and evaluation; {summary.already_stored} runs were stored "
-          f"already); report: {', '.join(str(p) for p in paths)}")
+    print(
+        f"{exp.name} ({args.profile} profile): trained {summary.trained} runs in {summary.wall_time_s:.1f} s of wall "
+        f"time (this command: data loading, training and evaluation; {summary.already_stored} runs were stored "
+        f"already); report: {', '.join(str(p) for p in paths)}"
+    )
     return 0
 
 
@@ -458,16 +490,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.profile is not None:
         if args.profile not in stored:
             have = f"it has: {', '.join(stored)}" if stored else "it has none"
-            raise CLIError(f"the store {store_path} has no plan for {args.name!r} with profile {args.profile!r} "
-                           f"({have}); run `gradreg run {args.name} --profile {args.profile} --out {args.out}` first")
+            raise CLIError(
+                f"the store {store_path} has no plan for {args.name!r} with profile {args.profile!r} "
+                f"({have}); run `gradreg run {args.name} --profile {args.profile} --out {args.out}` first"
+            )
         profiles = [args.profile]
     elif stored:
         profiles = stored
     elif has_plan:
         profiles = [None]  # a plan stored without a profile
     else:
-        raise CLIError(f"the store {store_path} has no plan for {args.name!r}; run `gradreg run {args.name} "
-                       f"--out {args.out}` first")
+        raise CLIError(
+            f"the store {store_path} has no plan for {args.name!r}; run `gradreg run {args.name} "
+            f"--out {args.out}` first"
+        )
     for profile in profiles:
         _check_report_outputs(args.name, profile, out)
     for profile in profiles:
@@ -502,88 +538,180 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-_DATA_DIR_HELP = ("directory holding mnist/ and cifar10/, searched first; then $GRADREG_DATA_DIR and "
-                  "~/.cache/gradreg are searched (default: only those two)")
-_DOWNLOAD_HELP = ("fetch missing MNIST / CIFAR-10 files from the official sources, verified by SHA-256, into "
-                  "--data-dir (else $GRADREG_DATA_DIR, else ~/.cache/gradreg); without it, files are fetched only "
-                  "into ~/.cache/gradreg and only when no data directory is named")
+_DATA_DIR_HELP = (
+    "directory holding mnist/ and cifar10/, searched first; then $GRADREG_DATA_DIR and "
+    "~/.cache/gradreg are searched (default: only those two)"
+)
+_DOWNLOAD_HELP = (
+    "fetch missing MNIST / CIFAR-10 files from the official sources, verified by SHA-256, into "
+    "--data-dir (else $GRADREG_DATA_DIR, else ~/.cache/gradreg); without it, files are fetched only "
+    "into ~/.cache/gradreg and only when no data directory is named"
+)
 _DEVICE_HELP = "cpu or cuda (default: cpu)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="on an error, show the full traceback instead of one line")
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, show the full traceback instead of one line",
+    )
     parser = argparse.ArgumentParser(prog="gradreg", description="Input-gradient regularization: train, sweep, report.")
     parser.add_argument("--version", action=_Version, help="print the gradreg version (and git commit) and exit")
-    parser.add_argument("--debug", action="store_true", default=False,
-                        help="on an error, show the full traceback instead of one line")
+    parser.add_argument(
+        "--debug", action="store_true", default=False, help="on an error, show the full traceback instead of one line"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", parents=[common], help="train one model with the paper's settings", description=cmd_train.__doc__)
-    t.add_argument("--dataset", required=True, choices=DATASETS, help="the task; it selects the paper's preset for every option below")
+    t = sub.add_parser(
+        "train", parents=[common], help="train one model with the paper's settings", description=cmd_train.__doc__
+    )
     t.add_argument(
-        "--reg", action="append", default=[], metavar="NAME=WEIGHT[,OPT=V...]",
+        "--dataset",
+        required=True,
+        choices=DATASETS,
+        help="the task; it selects the paper's preset for every option below",
+    )
+    t.add_argument(
+        "--reg",
+        action="append",
+        default=[],
+        metavar="NAME=WEIGHT[,OPT=V...]",
         help="a regularizer, repeatable: datagrad=50, spectreg=0.03, frobreg=0.03, jacreg=1, onehot=0.3, "
         "randomonehot=0.3, cp=0.5; options after commas, e.g. spectreg=0.03,projection=example (default: none)",
     )
     add_config_options(t)
     t.add_argument("--data-dir", default=None, metavar="DIR", help=_DATA_DIR_HELP)
     t.add_argument("--download", action="store_true", help=_DOWNLOAD_HELP)
-    t.add_argument("--out", type=Path, default=None, metavar="FILE",
-                   help="result JSON file, checked writable before training (default: runs/<dataset>-<model>-seed<S>-<hash>.json)")
-    t.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
-                   help="checkpoint file, written every --checkpoint-every steps (default: --out with suffix .ckpt)")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists (default: start anew)")
-    t.add_argument("--dry-run", action="store_true",
-                   help="at most 5 steps on at most 100 training and 200 evaluation examples, to check the set-up")
+    t.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="result JSON file, checked writable before training (default: runs/<dataset>-<model>-seed<S>-<hash>.json)",
+    )
+    t.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="checkpoint file, written every --checkpoint-every steps (default: --out with suffix .ckpt)",
+    )
+    t.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint if it exists (default: start anew)"
+    )
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="at most 5 steps on at most 100 training and 200 evaluation examples, to check the set-up",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar (default: a bar when stderr is a terminal)")
     t.set_defaults(func=cmd_train)
 
-    b = sub.add_parser("bench", parents=[common], help="measure regularizer cost and ensemble speed, side by side",
-                       description=cmd_bench.__doc__)
+    b = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="measure regularizer cost and ensemble speed, side by side",
+        description=cmd_bench.__doc__,
+    )
     b.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help=_DEVICE_HELP)
     b.add_argument("--quick", action="store_true", help="fewer repetitions (under two minutes on 2 CPU cores)")
-    b.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results to this JSON file (default: none)")
+    b.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the results to this JSON file (default: none)",
+    )
     b.set_defaults(func=cmd_bench)
 
     from .paper.experiments import EXPERIMENTS, PROFILES
 
-    r = sub.add_parser("run", parents=[common], help="run one of the paper's experiments: sweep, store, report",
-                       description=cmd_run.__doc__)
+    r = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run one of the paper's experiments: sweep, store, report",
+        description=cmd_run.__doc__,
+    )
     r.add_argument("name", choices=list(EXPERIMENTS), help="the experiment (see `gradreg list`)")
-    profiles = " ".join(f"{name}: {(getattr(p, 'note', '') or 'see gradreg.paper.experiments').rstrip('.')}."
-                        for name, p in PROFILES.items())
-    r.add_argument("--profile", default="quick", choices=list(PROFILES),
-                   help=f"how much of the paper's protocol to run. {profiles} (default: quick)".replace("%", "%%"))
-    r.add_argument("--out", default="results", metavar="DIR",
-                   help="directory of the result store (gradreg.sqlite) and the reports NAME.PROFILE.md/.csv/.png "
-                   "(default: results)")
+    profiles = " ".join(
+        f"{name}: {(getattr(p, 'note', '') or 'see gradreg.paper.experiments').rstrip('.')}."
+        for name, p in PROFILES.items()
+    )
+    r.add_argument(
+        "--profile",
+        default="quick",
+        choices=list(PROFILES),
+        help=f"how much of the paper's protocol to run. {profiles} (default: quick)".replace("%", "%%"),
+    )
+    r.add_argument(
+        "--out",
+        default="results",
+        metavar="DIR",
+        help="directory of the result store (gradreg.sqlite) and the reports NAME.PROFILE.md/.csv/.png "
+        "(default: results)",
+    )
     r.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help=_DEVICE_HELP)
     r.add_argument("--data-dir", default=None, metavar="DIR", help=_DATA_DIR_HELP)
     r.add_argument("--download", action="store_true", help=_DOWNLOAD_HELP)
-    r.add_argument("--executor", default="inprocess", choices=("inprocess", "ray"),
-                   help="where runs train: inprocess (this process) or ray (a Ray cluster; needs the ray extra) "
-                   "(default: inprocess)")
-    r.add_argument("--ray-address", default=None, metavar="ADDRESS", help="address of an existing Ray cluster (default: start a local one)")
-    r.add_argument("--max-members", type=positive_int, default=None, metavar="N",
-                   help="at most N runs trained together as one ensemble, a positive integer (default: the device's "
-                   "default, e.g. 16 LeNets or 128 SIN MLPs on a CPU)")
-    r.add_argument("--checkpoint-minutes", type=positive_float, default=5.0, metavar="MIN",
-                   help="minutes of wall time between checkpoints of each running chunk, in DIR/checkpoints; a rerun "
-                   "resumes from them (default: 5)")
-    r.add_argument("--no-records", action="store_true",
-                   help="do not import/export the text run records in DIR/records (runs.jsonl, plans.json); by "
-                   "default records found there are imported first and the store is exported there as runs finish")
-    r.add_argument("--quiet", action="store_true", help="no progress line (default: one line when stderr is a terminal)")
+    r.add_argument(
+        "--executor",
+        default="inprocess",
+        choices=("inprocess", "ray"),
+        help="where runs train: inprocess (this process) or ray (a Ray cluster; needs the ray extra) "
+        "(default: inprocess)",
+    )
+    r.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="address of an existing Ray cluster (default: start a local one)",
+    )
+    r.add_argument(
+        "--max-members",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="at most N runs trained together as one ensemble, a positive integer (default: the device's "
+        "default, e.g. 16 LeNets or 128 SIN MLPs on a CPU)",
+    )
+    r.add_argument(
+        "--checkpoint-minutes",
+        type=positive_float,
+        default=5.0,
+        metavar="MIN",
+        help="minutes of wall time between checkpoints of each running chunk, in DIR/checkpoints; a rerun "
+        "resumes from them (default: 5)",
+    )
+    r.add_argument(
+        "--no-records",
+        action="store_true",
+        help="do not import/export the text run records in DIR/records (runs.jsonl, plans.json); by "
+        "default records found there are imported first and the store is exported there as runs finish",
+    )
+    r.add_argument(
+        "--quiet", action="store_true", help="no progress line (default: one line when stderr is a terminal)"
+    )
     r.set_defaults(func=cmd_run)
 
-    rp = sub.add_parser("report", parents=[common], help="rebuild an experiment's report from the store",
-                        description=cmd_report.__doc__)
+    rp = sub.add_parser(
+        "report", parents=[common], help="rebuild an experiment's report from the store", description=cmd_report.__doc__
+    )
     rp.add_argument("name", choices=list(EXPERIMENTS), help="the experiment (see `gradreg list`)")
-    rp.add_argument("--out", default="results", metavar="DIR", help="directory holding gradreg.sqlite; the reports go there too (default: results)")
-    rp.add_argument("--profile", default=None, choices=list(PROFILES),
-                    help="rebuild only this profile's report (default: every profile stored for the experiment)")
+    rp.add_argument(
+        "--out",
+        default="results",
+        metavar="DIR",
+        help="directory holding gradreg.sqlite; the reports go there too (default: results)",
+    )
+    rp.add_argument(
+        "--profile",
+        default=None,
+        choices=list(PROFILES),
+        help="rebuild only this profile's report (default: every profile stored for the experiment)",
+    )
     rp.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", parents=[common], help="the experiments and their sizes", description=cmd_list.__doc__)
@@ -594,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- errors
 
 
-def _one_line(e: BaseException, args: argparse.Namespace) -> Optional[tuple[str, int]]:
+def _one_line(e: BaseException, args: argparse.Namespace) -> tuple[str, int] | None:
     """The message and exit status of an expected failure (see the module docstring), or None
     for anything else: a bug, whose traceback must show."""
     from .data.errors import DataError, DataNotFoundError, DownloadError
@@ -626,15 +754,21 @@ def positive_float(text: str) -> float:
     return v
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    if args.command == "train" and getattr(args, "model", None) is not None and ":" not in args.model \
-            and args.model not in MODELS_FOR[args.dataset]:
-        parser.error(f"--model {args.model!r} does not fit --dataset {args.dataset}; "
-                     f"valid: {', '.join(MODELS_FOR[args.dataset])}")
+    if (
+        args.command == "train"
+        and getattr(args, "model", None) is not None
+        and ":" not in args.model
+        and args.model not in MODELS_FOR[args.dataset]
+    ):
+        parser.error(
+            f"--model {args.model!r} does not fit --dataset {args.dataset}; "
+            f"valid: {', '.join(MODELS_FOR[args.dataset])}"
+        )
     try:
         return args.func(args)
     except Exception as e:

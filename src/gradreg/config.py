@@ -1,6 +1,6 @@
 """Run configuration: one frozen dataclass, with the paper's settings as presets.
 
-The presets are the settings behind the published numbers (``shared/paper/REFERENCE.md``),
+The presets are the settings behind the published numbers (``docs/settings.md``),
 which differ from the paper's text in places: MNIST used Adam with lr 1e-3 (not 0.1), CIFAR
 SGD with lr 0.01 (not 0.1).
 """
@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Optional
+from typing import Any
 
 from . import regularizers as R
 from .models import check_model_name, models_for
@@ -37,11 +37,11 @@ class TrainConfig:
     # --- what is trained
     dataset: str = "mnist"
     model: str = "lenet5"  # a registered name (gradreg.models.MODELS) or an import path "package.module:factory"
-    train_size: Optional[int] = 2000  # None: the whole training pool
+    train_size: int | None = 2000  # None: the whole training pool
     seed: int = 1  # data subset, init, batch order, dropout and projection draws
     regularizers: tuple[R.Regularizer, ...] = ()
     # --- model options
-    dropout: Optional[float] = 0.5  # LeNet only; None removes it
+    dropout: float | None = 0.5  # LeNet only; None removes it
     batchnorm: bool = False  # LeNet: BatchNorm on the 84 hidden units instead of dropout
     bn_batch_stats_at_eval: bool = False  # the original's BN always used batch statistics
     # --- optimization
@@ -61,16 +61,27 @@ class TrainConfig:
     device: str = "cpu"
     eval_every: int = 500  # learning-curve sampling period, steps (0: only at the end)
     eval_batch_size: int = 1000
-    eval_limit: Optional[int] = None  # evaluate on the first N dev/test examples only (quick checks)
+    eval_limit: int | None = None  # evaluate on the first N dev/test examples only (quick checks)
     penalty_window: int = 100  # penalties are averaged over the last this many steps
     checkpoint_every: int = 0  # steps between checkpoints (0: none)
+    # --- added after the first release (omitted from to_dict() while at their defaults)
+    # the penalties differentiate by this submodule's output (e.g. "pool1", LeNet's first conv
+    # block) instead of the input; None: the input
+    wrt: Optional[str] = dataclasses.field(default=None, metadata={"added": True})
 
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, DATASETS)
         check_model_name(self.model, self.dataset)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("seed", "steps", "batch_size", "eval_batch_size", "penalty_window", "eval_every",
-                     "checkpoint_every"):
+        for name in (
+            "seed",
+            "steps",
+            "batch_size",
+            "eval_batch_size",
+            "penalty_window",
+            "eval_every",
+            "checkpoint_every",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an integer, got {v!r}")
@@ -96,14 +107,20 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.wrt is not None and (not isinstance(self.wrt, str) or not self.wrt):
+            raise ValueError(f"wrt must be a submodule name (e.g. 'pool1') or None, got {self.wrt!r}")
         regs = tuple(self.regularizers)
+        if self.wrt is not None and any(getattr(r, "finite_difference", False) for r in regs):
+            raise ValueError(
+                "finite-difference penalties perturb the input; with wrt (a hidden layer) use the exact method"
+            )
         for r in regs:
             if not isinstance(r, R.Regularizer):
                 raise TypeError(f"regularizers must be gradreg regularizers, got {type(r).__name__}")
         object.__setattr__(self, "regularizers", regs)
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -118,7 +135,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
@@ -141,18 +158,52 @@ def _choice(name: str, value, valid) -> None:
 
 # --------------------------------------------------------------------------- presets
 
-PAPER = {
-    # REFERENCE.md: Adam 1e-3, batch 50, 10k steps, x0.1 at 50%/75%, L2 5e-4 in the loss.
-    "mnist": dict(dataset="mnist", model="lenet5", train_size=2000, optimizer="adam", lr=1e-3, steps=10_000,
-                  batch_size=50, weight_decay=5e-4, loss="cross_entropy", dropout=0.5, eval_every=500),
+PAPER: dict[str, dict[str, Any]] = {
+    # docs/settings.md: Adam 1e-3, batch 50, 10k steps, x0.1 at 50%/75%, L2 5e-4 in the loss.
+    "mnist": dict(
+        dataset="mnist",
+        model="lenet5",
+        train_size=2000,
+        optimizer="adam",
+        lr=1e-3,
+        steps=10_000,
+        batch_size=50,
+        weight_decay=5e-4,
+        loss="cross_entropy",
+        dropout=0.5,
+        eval_every=500,
+    ),
     # Nesterov SGD 0.9, batch 128, 50k steps, lr 0.01, x0.1 at 50%/75%, wd 0.003; BN always
     # on batch statistics in the original.
-    "cifar10": dict(dataset="cifar10", model="resnet_cifar", train_size=2000, optimizer="sgd_nesterov", lr=0.01,
-                    steps=50_000, batch_size=128, weight_decay=0.003, loss="cross_entropy", dropout=None,
-                    bn_batch_stats_at_eval=True, eval_every=1000, eval_batch_size=500),
+    "cifar10": dict(
+        dataset="cifar10",
+        model="resnet_cifar",
+        train_size=2000,
+        optimizer="sgd_nesterov",
+        lr=0.01,
+        steps=50_000,
+        batch_size=128,
+        weight_decay=0.003,
+        loss="cross_entropy",
+        dropout=None,
+        bn_batch_stats_at_eval=True,
+        eval_every=1000,
+        eval_batch_size=500,
+    ),
     # Adam 0.01, same piecewise decay, 10k steps, batch 50, 1/2 sum of squared errors.
-    "sin": dict(dataset="sin", model="mlp_sin", train_size=None, optimizer="adam", lr=0.01, steps=10_000,
-                batch_size=50, weight_decay=0.0, loss="half_sse", dropout=None, eval_every=500),
+    "sin": dict(
+        dataset="sin",
+        model="mlp_sin",
+        train_size=None,
+        optimizer="adam",
+        lr=0.01,
+        steps=10_000,
+        batch_size=50,
+        weight_decay=0.0,
+        loss="half_sse",
+        dropout=None,
+        eval_every=500,
+    ),
 }
 PAPER["sin2"] = dict(PAPER["sin"], dataset="sin2")
 

@@ -14,7 +14,7 @@ All regularizers share the one forward pass and its graph.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Union
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ VALIDATE = ("auto", True, False)
 # --------------------------------------------------------------------------- data losses
 
 
-def per_example_loss(logits: Tensor, y: Tensor, loss: Union[str, LossFn]) -> Tensor:
+def per_example_loss(logits: Tensor, y: Tensor, loss: str | LossFn) -> Tensor:
     """The data loss of each example, ``logits.shape[:-1]``.
 
     - ``"cross_entropy"``: ``-log softmax(z_i)[y_i]``; ``y`` holds integer class labels.
@@ -55,7 +55,7 @@ def per_example_loss(logits: Tensor, y: Tensor, loss: Union[str, LossFn]) -> Ten
     raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSSES)} or a callable")
 
 
-def batch_data_loss(per_example: Tensor, loss: Union[str, LossFn]) -> Tensor:
+def batch_data_loss(per_example: Tensor, loss: str | LossFn) -> Tensor:
     """The data term of the training loss: the mean over the last (batch) axis, except
     ``"half_sse"``, the batch sum ``1/2 sum_i ||z_i - y_i||^2`` as in the paper's SIN experiment."""
     return per_example.sum(-1) if loss == "half_sse" else per_example.mean(-1)
@@ -75,9 +75,7 @@ def _check_input(x) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(
-            f"x has dtype {x.dtype}; input gradients need a floating-point input (convert with x.float())"
-        )
+        raise TypeError(f"x has dtype {x.dtype}; input gradients need a floating-point input (convert with x.float())")
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x must have a non-empty leading batch dimension, got shape {tuple(x.shape)}")
 
@@ -104,13 +102,19 @@ def _check_loss(loss) -> None:
 
 def _labels(y: Tensor, loss) -> Tensor:
     """Integer labels of any integer dtype become int64 (what cross_entropy indexes with)."""
-    if loss == "cross_entropy" and isinstance(y, Tensor) and not y.dtype.is_floating_point and not y.is_complex() \
-            and y.dtype != torch.bool and y.dtype != torch.int64:
+    if (
+        loss == "cross_entropy"
+        and isinstance(y, Tensor)
+        and not y.dtype.is_floating_point
+        and not y.is_complex()
+        and y.dtype != torch.bool
+        and y.dtype != torch.int64
+    ):
         return y.long()
     return y
 
 
-def check_logits_and_targets(logits, y, loss, *, batch: Optional[int] = None, validate="auto") -> None:
+def check_logits_and_targets(logits, y, loss, *, batch: int | None = None, validate="auto") -> None:
     """Shapes and dtypes of logits ``(*batch, m)`` and targets; the label range where
     ``validate`` says so (``"auto"``: on CPU only, where it needs no device synchronization)."""
     if not isinstance(logits, Tensor):
@@ -153,8 +157,10 @@ def _check_wrt(wrt, lead: torch.Size) -> tuple[Tensor, ...]:
         if not isinstance(t, Tensor):
             raise TypeError(f"wrt[{j}] is a {type(t).__name__}, not a tensor")
         if not t.is_floating_point():
-            raise TypeError(f"wrt[{j}] has dtype {t.dtype}; input gradients need floating point "
-                            "(for token ids, regularize w.r.t. the embedding output)")
+            raise TypeError(
+                f"wrt[{j}] has dtype {t.dtype}; input gradients need floating point "
+                "(for token ids, regularize w.r.t. the embedding output)"
+            )
         if t.shape[: len(lead)] != lead:
             raise ValueError(
                 f"shape mismatch: wrt[{j}] has shape {tuple(t.shape)}, but its leading axes must be the logits' "
@@ -187,9 +193,9 @@ def regularize(
     wrt,
     regularizers: Iterable[Regularizer],
     *,
-    loss: Union[str, LossFn] = "cross_entropy",
-    generator: Optional[torch.Generator] = None,
-    step: Optional[int] = None,
+    loss: str | LossFn = "cross_entropy",
+    generator: torch.Generator | None = None,
+    step: int | None = None,
     validate="auto",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``data_loss + sum_j weight_j * penalty_j`` for a forward pass the caller already ran.
@@ -233,11 +239,14 @@ def regularize(
     _check_labels_needed(regs, loss)
     names = _term_names(regs)
     active = [(n, r) for n, r in zip(names, regs) if r.active(step)]
-    xs: Optional[tuple[Tensor, ...]] = None
+    xs: tuple[Tensor, ...] | None = None
     if any(r.needs_input_grad for _, r in active):
         if wrt is None:
-            raise ValueError("wrt is None, but " + ", ".join(r.name for _, r in active if r.needs_input_grad)
-                             + " differentiate(s) by the input: pass wrt")
+            raise ValueError(
+                "wrt is None, but "
+                + ", ".join(r.name for _, r in active if r.needs_input_grad)
+                + " differentiate(s) by the input: pass wrt"
+            )
         xs = _check_wrt(wrt, logits.shape[:-1])
         P.check_differentiable(logits, xs)
     pel = per_example_loss(logits, y, loss)
@@ -277,6 +286,12 @@ def check_double_differentiable(value: Tensor, name: str) -> None:
                 "marked once_differentiable, or a fused kernel), so the exact penalty cannot be trained; use "
                 f"{name}(..., method='finite_difference')"
             )
+        if kind == "NotImplemented":
+            raise RuntimeError(
+                f"{name}: an operation in the model has no double backward (for attention, PyTorch's fused "
+                "kernels: run the forward pass under torch.nn.attention.sdpa_kernel(SDPBackend.MATH)); or use "
+                f"{name}(..., method='finite_difference')"
+            )
         if kind == "CompiledFunctionBackwardBackward":
             raise RuntimeError(
                 f"{name}: the model is torch.compile'd, and compiled graphs have no double backward, so the exact "
@@ -291,9 +306,9 @@ def regularized_loss(
     y: Tensor,
     regularizers: Iterable[Regularizer],
     *,
-    loss: Union[str, LossFn] = "cross_entropy",
-    generator: Optional[torch.Generator] = None,
-    step: Optional[int] = None,
+    loss: str | LossFn = "cross_entropy",
+    generator: torch.Generator | None = None,
+    step: int | None = None,
     validate="auto",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``data_loss + sum_j weight_j * penalty_j`` from one forward pass of ``model`` on ``x``.
@@ -319,8 +334,9 @@ def regularized_loss(
     needs_grad = any(r.needs_input_grad for r in active)
     xg = x.detach().requires_grad_(True) if needs_grad else x
     logits = _model_logits(model, xg, x)
-    return regularize(logits, y, xg if needs_grad else None, regs, loss=loss, generator=generator, step=step,
-                      validate=validate)
+    return regularize(
+        logits, y, xg if needs_grad else None, regs, loss=loss, generator=generator, step=step, validate=validate
+    )
 
 
 def _model_logits(model, xg: Tensor, x: Tensor) -> Tensor:
@@ -375,8 +391,9 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
         f_sum = pel.sum()
         gx, *g_params = torch.autograd.grad(f_sum, [xg, *params], allow_unused=True)
         v = gx.detach()
-        pen, surr, h = _fd_surrogate_shifted(model, x, y, loss, reg, v, draws[name], replay, kinks, b, f_sum,
-                                             central_base=None)
+        pen, surr, h = _fd_surrogate_shifted(
+            model, x, y, loss, reg, v, draws[name], replay, kinks, b, f_sum, central_base=None
+        )
         terms[name] = pen
         w = reg.effective_weight
         scale = b if loss != "half_sse" else 1  # data = F / scale
@@ -429,7 +446,7 @@ def _fd_surrogate_shifted(model, x, y, loss, reg, v, draw, replay, kinks, b, f_b
     return pen.detach(), surr, h
 
 
-def forward(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss: Union[str, LossFn] = "cross_entropy") -> Forward:
+def forward(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss: str | LossFn = "cross_entropy") -> Forward:
     """Run ``model`` once on a detached copy of ``x`` that requires grad, validate
     everything, and return the shared :class:`Forward` record."""
     check_grad_mode("gradreg forward")
@@ -450,8 +467,8 @@ def penalty(
     y: Tensor,
     reg: Regularizer,
     *,
-    loss: Union[str, LossFn] = "cross_entropy",
-    generator: Optional[torch.Generator] = None,
+    loss: str | LossFn = "cross_entropy",
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """One regularizer's *unweighted* penalty, as the mean over the batch's examples.
 

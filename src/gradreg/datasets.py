@@ -10,8 +10,8 @@ the same table, so a member sees bit-identical inputs. SIN/SIN2 are small fixed 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -55,8 +55,8 @@ def _cifar10(data_dir, dev_is_test: bool, download) -> RawImages:
 @dataclass(frozen=True)
 class DatasetSpec:
     kind: str  # "images" or "regression"
-    raw: Optional[Callable] = None  # (data_dir, dev_is_test, download) -> RawImages
-    make: Optional[Callable] = None  # (device) -> Splits, for fixed regression sets
+    raw: Callable | None = None  # (data_dir, dev_is_test, download) -> RawImages
+    make: Callable | None = None  # (device) -> Splits, for fixed regression sets
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -72,8 +72,10 @@ INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "sin": (1,), "sin2
 
 
 @functools.lru_cache(maxsize=2)
-def raw_images(dataset: str, data_dir: Optional[str], dev_is_test: bool = False, download=None) -> RawImages:
-    return DATASETS[dataset].raw(data_dir, dev_is_test, download)
+def raw_images(dataset: str, data_dir: str | None, dev_is_test: bool = False, download=None) -> RawImages:
+    raw = DATASETS[dataset].raw
+    assert raw is not None, f"{dataset} is not an image dataset"
+    return raw(data_dir, dev_is_test, download)
 
 
 def fixed_training_set(cfg, n: int) -> None:
@@ -88,11 +90,21 @@ def load_splits(cfg, data_dir=None, device="cpu", download=None) -> D.Splits:
     """The config's train/dev/test tensors on ``device``."""
     spec = DATASETS[cfg.dataset]
     if spec.kind == "regression":
+        assert spec.make is not None  # every regression spec has make
         splits = spec.make(device)
         fixed_training_set(cfg, len(splits.x_train))
         return splits
     raw = raw_images(cfg.dataset, None if data_dir is None else str(data_dir), cfg.dev_is_test, download)
     n = len(raw.pool_x) if cfg.train_size is None else cfg.train_size
-    return S.split_and_standardize(raw.pool_x, raw.pool_y, raw.dev_x, raw.dev_y, raw.test_x, raw.test_y,
-                                   train_size=n, seed=cfg.seed, per_set_standardization=cfg.per_set_standardization,
-                                   device=device)
+    return S.split_and_standardize(
+        raw.pool_x,
+        raw.pool_y,
+        raw.dev_x,
+        raw.dev_y,
+        raw.test_x,
+        raw.test_y,
+        train_size=n,
+        seed=cfg.seed,
+        per_set_standardization=cfg.per_set_standardization,
+        device=device,
+    )

@@ -34,7 +34,7 @@ statistics are restored afterwards).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +59,11 @@ def rms(t: Tensor, batch_dims: int) -> Tensor:
 def step_size(x: Tensor, d: Tensor, rel: float, batch_dims: int) -> Tensor:
     """``h = rel * rms(x) / rms(d)`` per run (0 where the direction is 0)."""
     rx, rd = rms(x, batch_dims), rms(d, batch_dims)
-    return torch.where(rd > 0, rel * rx.clamp_min(torch.finfo(x.dtype).tiny) / rd.clamp_min(torch.finfo(x.dtype).tiny),
-                       torch.zeros_like(rd))
+    return torch.where(
+        rd > 0,
+        rel * rx.clamp_min(torch.finfo(x.dtype).tiny) / rd.clamp_min(torch.finfo(x.dtype).tiny),
+        torch.zeros_like(rd),
+    )
 
 
 def surrogate(f_plus: Tensor, f_minus: Tensor, h: Tensor, kappa: float, batch: int, scheme: str) -> Tensor:
@@ -87,9 +90,9 @@ class Replay:
         self.device = torch.device(device)
         self.generators = list(generators)
         self.modules = [m for m in model.modules() if m._buffers] if isinstance(model, nn.Module) else []
-        self.states: Optional[tuple] = None
+        self.states: tuple | None = None
 
-    def capture(self) -> "Replay":
+    def capture(self) -> Replay:
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         self.states = (torch.get_rng_state(), cuda, [g.get_state() for g in self.generators])
         return self
@@ -137,8 +140,11 @@ class FrozenKinks:
     """
 
     def __init__(self, model):
-        self.modules = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.MaxPool2d))] \
-            if isinstance(model, nn.Module) else []
+        self.modules = (
+            [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.MaxPool2d))]
+            if isinstance(model, nn.Module)
+            else []
+        )
         self.patterns: dict = {}
 
     @contextlib.contextmanager
@@ -150,8 +156,15 @@ class FrozenKinks:
 
         def pool_hook(mod, inputs, out):
             (inp,) = inputs
-            _, idx = F.max_pool2d(inp.detach(), mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-                                  ceil_mode=mod.ceil_mode, return_indices=True)
+            _, idx = F.max_pool2d(
+                inp.detach(),
+                mod.kernel_size,
+                mod.stride,
+                mod.padding,
+                mod.dilation,
+                ceil_mode=mod.ceil_mode,
+                return_indices=True,
+            )
             self.patterns.setdefault(id(mod), []).append(idx)
 
         handles = [m.register_forward_hook(relu_hook if isinstance(m, nn.ReLU) else pool_hook) for m in self.modules]
@@ -184,5 +197,3 @@ class FrozenKinks:
         finally:
             for h in handles:
                 h.remove()
-
-

@@ -16,10 +16,11 @@ Conventions:
 - The gradient is that of the output *as the module returned it*. If a later in-place op
   (``nn.ReLU(inplace=True)``) overwrites it, the tensor now holds another value with another
   history, so ``.value`` raises instead of differentiating by the wrong thing.
-- An output that does not require grad (a frozen embedding, a parameter-free first layer) is
-  replaced, for the rest of the forward pass, by a leaf that requires grad (``detach()``:
-  same storage, no copy), so its gradient exists; nothing upstream had a gradient to lose.
-  The library sets ``requires_grad``; the caller cannot forget it.
+- An output that does not require grad (a frozen embedding, a parameter-free layer applied to
+  an input that does not require grad) is replaced, for the rest of the forward pass, by a
+  leaf that requires grad (``detach()``: same storage, no copy), so its gradient exists;
+  nothing upstream had a gradient to lose. The library sets ``requires_grad``; the caller
+  cannot forget it.
 - Under ``torch.no_grad()`` nothing is changed, and ``.value`` raises (no graph to differentiate).
 - The hooks are removed when the ``with`` block exits, also on an exception. The recorded
   values stay readable after the block, so ``gr.regularize`` can run inside or after it.
@@ -28,14 +29,11 @@ Conventions:
 from __future__ import annotations
 
 import difflib
-from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["capture", "Capture"]
-
-_UNSET = object()
 
 
 class Capture:
@@ -57,7 +55,7 @@ class Capture:
 
     # ----------------------------------------------------------------- context manager
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         if self._active:
             raise RuntimeError(f"capture{self._args()} is already active: one with block at a time")
         self._records = {n: [] for n in self.names}
@@ -83,8 +81,12 @@ class Capture:
         records = self._records[name]
 
         def hook(module, args, output):
-            if isinstance(output, Tensor) and output.is_floating_point() and torch.is_grad_enabled() \
-                    and not output.requires_grad:
+            if (
+                isinstance(output, Tensor)
+                and output.is_floating_point()
+                and torch.is_grad_enabled()
+                and not output.requires_grad
+            ):
                 # Nothing upstream requires grad, so a leaf loses nothing and gives the
                 # gradient w.r.t. this output a place to exist. detach() shares the storage.
                 output = output.detach().requires_grad_(True)
@@ -103,7 +105,7 @@ class Capture:
         return self._one(name)
 
     @property
-    def value(self) -> Union[Tensor, tuple[Tensor, ...]]:
+    def value(self) -> Tensor | tuple[Tensor, ...]:
         """The captured output (one name) or the tuple of outputs (several names)."""
         values = tuple(self._one(n) for n in self.names)
         return values[0] if len(values) == 1 else values
@@ -188,6 +190,6 @@ def _suggest(name: str, names: list[str]) -> str:
     close = by_suffix + [n for n in difflib.get_close_matches(name, names, n=5, cutoff=0.5) if n not in by_suffix]
     if close:
         return "; did you mean " + " or ".join(map(repr, close[:5])) + "?"
-    shown: Optional[list[str]] = names[:12]
+    shown: list[str] | None = names[:12]
     more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
     return "; its submodules are " + (", ".join(map(repr, shown)) + more if shown else "none")

@@ -14,8 +14,8 @@ trains any other module as a ``torch.func`` ensemble (:mod:`gradreg.ensemble.fun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -30,10 +30,15 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "lenet5": ModelSpec(("mnist",), lambda c, g: M.lenet5(
-        dropout=c.dropout, batchnorm=c.batchnorm, bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g)),
-    "resnet_cifar": ModelSpec(("cifar10",), lambda c, g: M.resnet_cifar(
-        bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g)),
+    "lenet5": ModelSpec(
+        ("mnist",),
+        lambda c, g: M.lenet5(
+            dropout=c.dropout, batchnorm=c.batchnorm, bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g
+        ),
+    ),
+    "resnet_cifar": ModelSpec(
+        ("cifar10",), lambda c, g: M.resnet_cifar(bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g)
+    ),
     "mlp_sin": ModelSpec(("sin", "sin2"), lambda c, g: M.mlp_sin(generator=g)),
 }
 

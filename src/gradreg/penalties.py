@@ -34,7 +34,7 @@ require grad, raises :class:`NoInputGradient` instead of returning 0.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ from torch import Tensor
 Norm = Literal["l2", "l1"]
 Method = Literal["auto", "batched", "loop"]
 Projection = Literal["batch", "example"]
-Inputs = Union[Tensor, tuple[Tensor, ...]]
+Inputs = Union[Tensor, tuple[Tensor, ...]]  # noqa: UP007 (a runtime alias; X | Y needs 3.10 objects)
 
 NORMS = ("l2", "l1")
 METHODS = ("auto", "batched", "loop")
@@ -66,7 +66,7 @@ def per_example_norm(v: Inputs, norm: Norm = "l2", batch_dims: int = 1) -> Tenso
     leading ``batch_dims`` axes, summed over the parts of a tuple. Returns ``v.shape[:batch_dims]``."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
-    total: Optional[Tensor] = None
+    total: Tensor | None = None
     for t in as_inputs(v):
         flat = t.reshape(*t.shape[:batch_dims], -1)
         part = flat.pow(2).sum(-1) if norm == "l2" else flat.abs().sum(-1)
@@ -94,11 +94,18 @@ def check_differentiable(outputs: Tensor, x: Inputs) -> None:
         raise NoInputGradient("the outputs have no autograd graph (computed under no_grad, or detached)")
 
 
-def _grads(outputs: Tensor, x: Inputs, cotangent: Tensor, create_graph: bool, batched: bool = False) -> tuple[Tensor, ...]:
+def _grads(
+    outputs: Tensor, x: Inputs, cotangent: Tensor, create_graph: bool, batched: bool = False
+) -> tuple[Tensor, ...]:
     xs = as_inputs(x)
     check_differentiable(outputs, xs)
     gs = torch.autograd.grad(
-        outputs, xs, grad_outputs=cotangent, create_graph=create_graph, retain_graph=True, allow_unused=True,
+        outputs,
+        xs,
+        grad_outputs=cotangent,
+        create_graph=create_graph,
+        retain_graph=True,
+        allow_unused=True,
         is_grads_batched=batched,
     )
     for j, g in enumerate(gs):
@@ -186,9 +193,7 @@ def projected_jacobian(logits: Tensor, x: Inputs, r: Tensor, norm: Norm = "l2") 
     return per_example_norm(input_vjp(logits, x, r.expand_as(logits)), norm, logits.dim() - 1)
 
 
-def projected_jacobian_mean(
-    logits: Tensor, x: Inputs, r: Tensor, norm: Norm = "l2", method: Method = "auto"
-) -> Tensor:
+def projected_jacobian_mean(logits: Tensor, x: Inputs, r: Tensor, norm: Norm = "l2", method: Method = "auto") -> Tensor:
     """``mean_k ||J_g(x_i)^T r_{k,i}||^2`` over K projections ``r`` of shape ``(K, *batch, m)``."""
     if r.shape[0] == 1:
         return projected_jacobian(logits, x, r[0], norm)
@@ -248,9 +253,9 @@ def gaussian_projections(
     *,
     projection: Projection = "batch",
     normalize: bool = False,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
-    dtype: Optional[torch.dtype] = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """SpectReg's projection vectors, ``(n_proj, batch, m)``, with covariance ``I_m``.
 
@@ -273,9 +278,9 @@ def random_onehot_projections(
     m: int,
     *,
     projection: Projection = "batch",
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
-    dtype: Optional[torch.dtype] = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """RandomOneHot's projection vectors ``sqrt(m) e_k``, ``(batch, m)``, with ``k`` uniform
     over all m classes (the original code never drew the last class). The covariance is

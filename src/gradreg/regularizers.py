@@ -46,7 +46,7 @@ import importlib
 import math
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any, ClassVar, NamedTuple, Optional
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -82,11 +82,11 @@ def _check_choice(name: str, value, valid) -> None:
         raise ValueError(f"{name}={value!r} is not valid; valid choices: {', '.join(map(repr, valid))}")
 
 
-REGISTRY: dict[str, type["Regularizer"]] = {}
+REGISTRY: dict[str, type[Regularizer]] = {}
 ALIASES: dict[str, str] = {}  # lower-case alias -> class name (command-line names)
 
 
-def register(cls: type["Regularizer"]) -> type["Regularizer"]:
+def register(cls: type[Regularizer]) -> type[Regularizer]:
     """Add ``cls`` to :data:`REGISTRY` under its class name and its ``aliases``."""
     REGISTRY[cls.__name__] = cls
     for alias in (cls.__name__.lower(), *cls.aliases):
@@ -127,17 +127,17 @@ class Regularizer(abc.ABC):
     def name(self) -> str:
         return type(self).__name__
 
-    def draw(self, batch: int, m: int, generator: Optional[torch.Generator], device, dtype) -> Optional[Tensor]:
+    def draw(self, batch: int, m: int, generator: torch.Generator | None, device, dtype) -> Tensor | None:
         """Random draws for one batch of one run, batch axis first; ``None`` if not random."""
         return None
 
     @abc.abstractmethod
-    def per_example(self, fwd: Forward, draw: Optional[Tensor] = None) -> Tensor:
+    def per_example(self, fwd: Forward, draw: Tensor | None = None) -> Tensor:
         """The unweighted penalty of each example, shape ``fwd.batch_shape``."""
 
     # ----------------------------------------------------------------- derived, not overridden
 
-    def active(self, step: Optional[int]) -> bool:
+    def active(self, step: int | None) -> bool:
         """Is the penalty applied at ``step``? (Always, unless ``every > 1``.)"""
         if self.every == 1:
             return True
@@ -150,7 +150,7 @@ class Regularizer(abc.ABC):
         """The weight on the steps where it is applied: ``every * weight``."""
         return self.every * self.weight
 
-    def value(self, fwd: Forward, generator: Optional[torch.Generator] = None) -> Tensor:
+    def value(self, fwd: Forward, generator: torch.Generator | None = None) -> Tensor:
         """Draw (for this run) and evaluate: the checked per-example penalty."""
         b, m = fwd.logits.shape[-2], fwd.logits.shape[-1]
         d = self.draw(b, m, generator, fwd.logits.device, fwd.logits.dtype)
@@ -158,7 +158,7 @@ class Regularizer(abc.ABC):
             raise ValueError("value() evaluates one run; the ensemble engine stacks per-member draws itself")
         return self.checked(fwd, d)
 
-    def checked(self, fwd: Forward, draw: Optional[Tensor]) -> Tensor:
+    def checked(self, fwd: Forward, draw: Tensor | None) -> Tensor:
         """``per_example`` with the contract's shape check."""
         out = self.per_example(fwd, draw)
         if not isinstance(out, Tensor) or out.shape != fwd.batch_shape:
@@ -191,7 +191,7 @@ class ProjectedGradient(Regularizer):
 
     method: str = field(default="double_backprop", kw_only=True, metadata={"added": True})
     fd_scheme: str = field(default="one_sided", kw_only=True, metadata={"added": True})
-    fd_step: Optional[float] = field(default=None, kw_only=True, metadata={"added": True})
+    fd_step: float | None = field(default=None, kw_only=True, metadata={"added": True})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -212,7 +212,7 @@ class ProjectedGradient(Regularizer):
 
         return self.fd_step if self.fd_step is not None else DEFAULT_STEP[self.fd_scheme]
 
-    def objective(self, fwd: Forward, draw: Optional[Tensor]) -> Tensor:
+    def objective(self, fwd: Forward, draw: Tensor | None) -> Tensor:
         """The per-example ``f_i`` whose sum's input gradient is ``v``; shape ``fwd.batch_shape``."""
         raise NotImplementedError
 
@@ -275,8 +275,16 @@ class SpectReg(ProjectedGradient):
             raise ValueError("SpectReg: method='finite_difference' needs n_proj=1 (one direction per step)")
 
     def draw(self, batch, m, generator, device, dtype):
-        r = P.gaussian_projections(self.n_proj, batch, m, projection=self.projection, normalize=self.normalize,
-                                   generator=generator, device=device, dtype=dtype)
+        r = P.gaussian_projections(
+            self.n_proj,
+            batch,
+            m,
+            projection=self.projection,
+            normalize=self.normalize,
+            generator=generator,
+            device=device,
+            dtype=dtype,
+        )
         return r.transpose(0, 1)  # (batch, n_proj, m)
 
     def per_example(self, fwd, draw=None):
@@ -371,8 +379,9 @@ class RandomOneHot(ProjectedGradient):
         _check_choice("norm", self.norm, P.NORMS)
 
     def draw(self, batch, m, generator, device, dtype):
-        return P.random_onehot_projections(batch, m, projection=self.projection, generator=generator,
-                                           device=device, dtype=dtype)
+        return P.random_onehot_projections(
+            batch, m, projection=self.projection, generator=generator, device=device, dtype=dtype
+        )
 
     def per_example(self, fwd, draw=None):
         return P.projected_jacobian(fwd.logits, fwd.x, draw, self.norm)
@@ -408,8 +417,10 @@ REGULARIZERS = dict(REGISTRY)
 
 
 def type_name(cls: type) -> str:
-    """The registry name of a built-in, else the import path ``"module:QualName"``."""
-    if REGISTRY.get(cls.__name__) is cls:
+    """The registry name of a built-in, else the import path ``"module:QualName"`` (also for a
+    user class registered with :func:`register`, so a worker that never imported its module
+    can still resolve it)."""
+    if REGISTRY.get(cls.__name__) is cls and cls.__module__.startswith("gradreg."):
         return cls.__name__
     return f"{cls.__module__}:{cls.__qualname__}"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
@@ -50,9 +49,9 @@ class RunResult:
     device: str = "cpu"
     steps_done: int = 0
     grad_norms: dict = field(default_factory=dict)  # mean ||J_g||_F at train/test/off-manifold points
-    fit: Optional[list] = None  # regression only: predictions on the test grid (SIN figures)
+    fit: list | None = None  # regression only: predictions on the test grid (SIN figures)
     ensemble_size: int = 1  # members trained together (wall time and steps/s are per member)
-    error: Optional[str] = None  # set when an ensemble member diverged (a single run raises)
+    error: str | None = None  # set when an ensemble member diverged (a single run raises)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -69,5 +68,3 @@ class RunResult:
             f"train loss {self.train_loss:.4f}  {self.steps_done} steps in {self.wall_time_s:.1f}s "
             f"({self.steps_per_s:.1f} steps/s, {self.device})"
         )
-
-

@@ -13,7 +13,8 @@ points of one chunk are coupled, like everything else evaluated that way.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -47,5 +48,5 @@ def jacobian_frobenius_norms(fn: Callable[[Tensor], Tensor], x: Tensor, lead: in
         out = fn(xg)
         m = out.shape[-1]
         eye = torch.eye(m, device=x.device, dtype=out.dtype).view(m, *([1] * lead), m).expand(m, *out.shape)
-        vjps = P.input_vjps(out, xg, eye, create_graph=False)
+        vjps = cast(Tensor, P.input_vjps(out, xg, eye, create_graph=False))  # a Tensor for Tensor inputs
     return vjps.pow(2).flatten(lead + 1).sum(-1).sum(0).sqrt().detach()

@@ -15,8 +15,8 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -26,7 +26,8 @@ from . import datasets
 from . import smoothness as S
 from .atomic import save_torch_atomic
 from .config import TrainConfig
-from .core import regularized_loss
+from .core import regularize, regularized_loss
+from .hooks import capture
 from .models import build_model, decayed_parameters
 from .result import RunResult, TrainingDiverged, hardware
 from .streams import piecewise_lr, stream_seed
@@ -45,7 +46,7 @@ def half_squared_norm(params) -> torch.Tensor:
 # --------------------------------------------------------------------------- building blocks
 
 
-def load_splits(cfg: TrainConfig, data_dir=None, device="cpu") -> "D.Splits":
+def load_splits(cfg: TrainConfig, data_dir=None, device="cpu") -> D.Splits:
     """The config's train/dev/test tensors on ``device`` (:func:`gradreg.datasets.load_splits`)."""
     return datasets.load_splits(cfg, data_dir, device)
 
@@ -92,7 +93,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     save_torch_atomic(path, state)
 
 
-def _progress(total: int, initial: int, enabled: Optional[bool]):
+def _progress(total: int, initial: int, enabled: bool | None):
     from tqdm.auto import tqdm
 
     disable = (not sys.stderr.isatty()) if enabled is None else not enabled
@@ -106,11 +107,11 @@ def train(
     cfg: TrainConfig,
     *,
     data_dir=None,
-    checkpoint: Optional[os.PathLike] = None,
+    checkpoint: os.PathLike | None = None,
     resume: bool = False,
-    progress: Optional[bool] = False,
-    splits: "Optional[D.Splits]" = None,
-    on_step: Optional[Callable[[int], None]] = None,
+    progress: bool | None = False,
+    splits: D.Splits | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train one model as ``cfg`` says and return its :class:`RunResult`.
 
@@ -143,7 +144,9 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
     model.train()
     decayed = decayed_parameters(model)
     opt = build_optimizer(cfg, model)
-    sampler = D.BatchSampler(len(x_train), cfg.batch_size, torch.Generator().manual_seed(stream_seed(cfg.seed, "batches")))
+    sampler = D.BatchSampler(
+        len(x_train), cfg.batch_size, torch.Generator().manual_seed(stream_seed(cfg.seed, "batches"))
+    )
     proj_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "projections"))
     aug_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "augment"))
     torch.manual_seed(stream_seed(cfg.seed, "dropout"))
@@ -169,10 +172,17 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
 
     def snapshot(step: int) -> dict:
         return {
-            "config": cfg.to_dict(), "step": step, "elapsed": elapsed + time.perf_counter() - t0,
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
-            "proj_gen": proj_gen.get_state(), "aug_gen": aug_gen.get_state(), "rng": _rng_states(device),
-            "curve": list(curve), "window": list(window),
+            "config": cfg.to_dict(),
+            "step": step,
+            "elapsed": elapsed + time.perf_counter() - t0,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "sampler": sampler.state_dict(),
+            "proj_gen": proj_gen.get_state(),
+            "aug_gen": aug_gen.get_state(),
+            "rng": _rng_states(device),
+            "curve": list(curve),
+            "window": list(window),
         }
 
     regs = list(cfg.regularizers)
@@ -186,7 +196,13 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
             xb, yb = x_train[idx], y_train[idx]
             if cfg.augment:
                 xb = D.random_translate_flip(xb, aug_gen)
-            loss, terms = regularized_loss(model, xb, yb, regs, loss=cfg.loss, generator=proj_gen, step=step)
+            if cfg.wrt is None:
+                loss, terms = regularized_loss(model, xb, yb, regs, loss=cfg.loss, generator=proj_gen, step=step)
+            else:  # the penalties differentiate by a hidden activation
+                with capture(model, cfg.wrt) as act:
+                    logits = model(xb)
+                hidden = act.value if any(r.needs_input_grad and r.active(step) for r in regs) else None
+                loss, terms = regularize(logits, yb, hidden, regs, loss=cfg.loss, generator=proj_gen, step=step)
             if cfg.weight_decay:
                 loss = loss + cfg.weight_decay * half_squared_norm(decayed)
             values = dict(zip(terms, torch.stack(list(terms.values())).tolist()))
@@ -256,10 +272,14 @@ def smoothness_points(cfg: TrainConfig, x_train: torch.Tensor, x_test: torch.Ten
     n = S.N_POINTS
     a, b, t = S.interpolation_draws(len(x_test), n, torch.Generator().manual_seed(stream_seed(cfg.seed, "smoothness")))
     a, b = a.to(x_test.device), b.to(x_test.device)
-    return {"train": x_train[:n], "test": x_test[:n], "off_manifold": S.interpolate(x_test[a], x_test[b], t.to(x_test.device))}
+    return {
+        "train": x_train[:n],
+        "test": x_test[:n],
+        "off_manifold": S.interpolate(x_test[a], x_test[b], t.to(x_test.device)),
+    }
 
 
-def _final_probes(model, data, cfg, metric, device) -> tuple[dict, Optional[list]]:
+def _final_probes(model, data, cfg, metric, device) -> tuple[dict, list | None]:
     was = model.training
     model.eval()
     points = smoothness_points(cfg, data.x_train.to(device), data.x_test.to(device))

@@ -14,8 +14,7 @@ from gradreg.data.errors import ChecksumError, DataError, DataNotFoundError, Dow
 from gradreg.data.mnist import load_mnist
 from gradreg.data.paths import DATA_DIR_ENV, data_dir_candidates, default_cache_dir
 from gradreg.data.sin import make_sin, make_sin2
-from gradreg.data.splits import (Splits, load_cifar10_splits, load_mnist_splits,
-                                 pixel_mean_std, training_subset_indices)
+from gradreg.data.splits import Splits, load_cifar10_splits, load_mnist_splits, pixel_mean_std, training_subset_indices
 
 __all__ = [
     "BatchSampler",

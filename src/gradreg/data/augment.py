@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 
-def translate_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
-                   max_shift: int = 4) -> torch.Tensor:
+def translate_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, max_shift: int = 4) -> torch.Tensor:
     """Deterministic part: shift each example of ``x`` ``(B, C, H, W)`` then maybe flip it.
 
     ``shifts`` is an integer ``(B, 2)`` tensor of ``(dy, dx)`` with ``|dy|, |dx| <= max_shift``;
@@ -22,30 +21,31 @@ def translate_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
     """
     b = x.shape[0]
     if shifts.shape != (b, 2) or flips.shape != (b,):
-        raise ValueError(f"expected shifts (B, 2) and flips (B,) for B={b}, "
-                         f"got {tuple(shifts.shape)} and {tuple(flips.shape)}")
+        raise ValueError(
+            f"expected shifts (B, 2) and flips (B,) for B={b}, got {tuple(shifts.shape)} and {tuple(flips.shape)}"
+        )
     if b and int(shifts.abs().max()) > max_shift:
         raise ValueError(f"shifts must lie in [-{max_shift}, {max_shift}]")
     return _translate_flip(x, shifts, flips, max_shift)
 
 
-def _translate_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
-                    max_shift: int) -> torch.Tensor:
+def _translate_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, max_shift: int) -> torch.Tensor:
     b, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4)
     shifts = shifts.to(device=x.device, dtype=torch.long)
     flips = flips.to(device=x.device, dtype=torch.bool)
-    rows = torch.arange(h, device=x.device) + max_shift - shifts[:, :1]          # (B, H)
+    rows = torch.arange(h, device=x.device) + max_shift - shifts[:, :1]  # (B, H)
     out_cols = torch.arange(w, device=x.device).expand(b, w)
-    out_cols = torch.where(flips[:, None], w - 1 - out_cols, out_cols)           # flip
-    cols = out_cols + max_shift - shifts[:, 1:]                                   # (B, W)
+    out_cols = torch.where(flips[:, None], w - 1 - out_cols, out_cols)  # flip
+    cols = out_cols + max_shift - shifts[:, 1:]  # (B, W)
     batch = torch.arange(b, device=x.device)[:, None, None]
     # advanced indices split by the channel slice -> result (B, H, W, C)
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
-def random_translate_flip(x: torch.Tensor, generator: torch.Generator, max_shift: int = 4,
-                          flip_probability: float = 0.5) -> torch.Tensor:
+def random_translate_flip(
+    x: torch.Tensor, generator: torch.Generator, max_shift: int = 4, flip_probability: float = 0.5
+) -> torch.Tensor:
     """Randomly translate (zero fill) and horizontally flip each example of ``x`` ``(B, C, H, W)``.
 
     Draws, in this order, from ``generator`` (which must live on ``x.device``):
@@ -53,7 +53,6 @@ def random_translate_flip(x: torch.Tensor, generator: torch.Generator, max_shift
     ``flips = torch.rand(B) < flip_probability``; then applies :func:`translate_flip`.
     """
     b = x.shape[0]
-    shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator,
-                           device=x.device)
+    shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator, device=x.device)
     flips = torch.rand(b, generator=generator, device=x.device) < flip_probability
     return _translate_flip(x, shifts, flips, max_shift)  # in range by construction: no sync

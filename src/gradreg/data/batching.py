@@ -26,8 +26,7 @@ class BatchSampler:
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator):
         if n < 1 or batch_size < 1:
-            raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, "
-                             f"batch_size={batch_size}")
+            raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
         self.n = n
         self.batch_size = batch_size
         self.generator = generator
@@ -42,27 +41,33 @@ class BatchSampler:
         pieces, needed = [], self.batch_size
         while needed:
             if self._position == len(self._permutation):
-                self._permutation = torch.randperm(self.n, generator=self.generator,
-                                                   device=self.generator.device)
+                self._permutation = torch.randperm(self.n, generator=self.generator, device=self.generator.device)
                 self._position = 0
                 self.epoch += 1
             take = min(needed, len(self._permutation) - self._position)
-            pieces.append(self._permutation[self._position:self._position + take])
+            pieces.append(self._permutation[self._position : self._position + take])
             self._position += take
             needed -= take
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def state_dict(self) -> dict:
         """Everything needed to resume: generator state, permutation, position, epoch."""
-        return {"n": self.n, "batch_size": self.batch_size, "epoch": self.epoch,
-                "position": self._position, "permutation": self._permutation.clone(),
-                "generator_state": self.generator.get_state()}
+        return {
+            "n": self.n,
+            "batch_size": self.batch_size,
+            "epoch": self.epoch,
+            "position": self._position,
+            "permutation": self._permutation.clone(),
+            "generator_state": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict`; also sets the generator's state."""
         if (state["n"], state["batch_size"]) != (self.n, self.batch_size):
-            raise ValueError(f"state is for n={state['n']}, batch_size={state['batch_size']}; "
-                             f"this sampler has n={self.n}, batch_size={self.batch_size}")
+            raise ValueError(
+                f"state is for n={state['n']}, batch_size={state['batch_size']}; "
+                f"this sampler has n={self.n}, batch_size={self.batch_size}"
+            )
         self.generator.set_state(state["generator_state"])
         self._permutation = state["permutation"].to(self.generator.device)
         self._position = state["position"]

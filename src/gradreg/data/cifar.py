@@ -19,27 +19,32 @@ from pathlib import Path
 
 import numpy as np
 
-from gradreg.data.download import (CIFAR10_BIN_FILES, DEFAULT_SOURCES, DataSources, Fetch,
-                                   download_tar_members, locate_or_download)
+from gradreg.data.download import (
+    CIFAR10_BIN_FILES,
+    DEFAULT_SOURCES,
+    DataSources,
+    Fetch,
+    download_tar_members,
+    locate_or_download,
+)
 from gradreg.data.errors import DataError
 from gradreg.data.integrity import check_sha256, read_decompressed
 from gradreg.data.paths import COMPRESSION_SUFFIXES, strip_compression_suffix
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
-CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)),
-                   "test": ("test_batch",)}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 BIN_DIR = "cifar10/cifar-10-batches-bin"
 PY_DIR = "cifar10/cifar-10-batches-py"
 RECORD_BYTES = 1 + 3 * 32 * 32
 
 
-def parse_cifar_binary(data: bytes, source: str | os.PathLike = "<bytes>"
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def parse_cifar_binary(data: bytes, source: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, np.ndarray]:
     """Decode a binary batch into uint8 ``(N, 3, 32, 32)`` CHW images and int64 ``(N,)`` labels."""
     if len(data) == 0 or len(data) % RECORD_BYTES:
-        raise DataError(f"{source}: {len(data)} bytes is not a whole number of "
-                        f"{RECORD_BYTES}-byte CIFAR records (truncated or corrupt)")
+        raise DataError(
+            f"{source}: {len(data)} bytes is not a whole number of "
+            f"{RECORD_BYTES}-byte CIFAR records (truncated or corrupt)"
+        )
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
     labels = records[:, 0].astype(np.int64)
     images = records[:, 1:].reshape(-1, 3, 32, 32).copy()
@@ -61,13 +66,15 @@ class RestrictedUnpickler(pickle.Unpickler):
     code (``os.system``, ``eval``, ...).
     """
 
-    ALLOWED = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    })
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -88,8 +95,7 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
-def parse_cifar_pickle(data: bytes, source: str | os.PathLike = "<bytes>"
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def parse_cifar_pickle(data: bytes, source: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, np.ndarray]:
     """Decode a python batch (dict with b'data' uint8 N×3072 and b'labels') safely.
 
     Returns uint8 ``(N, 3, 32, 32)`` CHW images and int64 ``(N,)`` labels; anything else in the
@@ -97,15 +103,12 @@ def parse_cifar_pickle(data: bytes, source: str | os.PathLike = "<bytes>"
     """
     try:
         batch = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError) as e:
-        raise DataError(f"{source}: not a valid CIFAR python batch ({type(e).__name__}: {e})"
-                        ) from e
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise DataError(f"{source}: not a valid CIFAR python batch ({type(e).__name__}: {e})") from e
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{source}: expected a dict with keys b'data' and b'labels'")
     images, labels = batch[b"data"], batch[b"labels"]
-    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2
-            or images.shape[1] != 3072):
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
         raise DataError(f"{source}: b'data' must be a uint8 array of shape (N, 3072)")
     try:
         labels = np.asarray(labels, dtype=np.int64)
@@ -116,31 +119,36 @@ def parse_cifar_pickle(data: bytes, source: str | os.PathLike = "<bytes>"
     return images.reshape(-1, 3, 32, 32).copy(), _checked_labels(labels, source)
 
 
-def cifar10_file(batch: str, data_dir: str | os.PathLike | None = None, *,
-                 download: bool | None = None, fetch: Fetch | None = None,
-                 sources: DataSources = DEFAULT_SOURCES, progress: bool = True) -> Path:
+def cifar10_file(
+    batch: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool | None = None,
+    fetch: Fetch | None = None,
+    sources: DataSources = DEFAULT_SOURCES,
+    progress: bool = True,
+) -> Path:
     """Path of a CIFAR-10 batch (``'data_batch_1'`` .. ``'test_batch'``), downloading if allowed.
 
     In each data directory, tries the binary layout (``.bin``, ``.bin.xz``, ``.bin.gz``) then the
     python layout. A download fetches the official binary archive once and installs all six
     ``.bin`` files (raw) under ``cifar10/cifar-10-batches-bin/``.
     """
-    candidates = ([f"{BIN_DIR}/{batch}.bin{s}" for s in COMPRESSION_SUFFIXES]
-                  + [f"{PY_DIR}/{batch}{s}" for s in COMPRESSION_SUFFIXES])
+    candidates = [f"{BIN_DIR}/{batch}.bin{s}" for s in COMPRESSION_SUFFIXES] + [
+        f"{PY_DIR}/{batch}{s}" for s in COMPRESSION_SUFFIXES
+    ]
 
     def install(root: Path) -> Path:
-        members = {f"cifar-10-batches-bin/{name}": sources.checksums.get(name)
-                   for name in CIFAR10_BIN_FILES}
-        download_tar_members(sources.cifar10_binary_urls, members, root / BIN_DIR,
-                             fetch=fetch, progress=progress)
+        members = {f"cifar-10-batches-bin/{name}": sources.checksums.get(name) for name in CIFAR10_BIN_FILES}
+        download_tar_members(sources.cifar10_binary_urls, members, root / BIN_DIR, fetch=fetch, progress=progress)
         return root / BIN_DIR / f"{batch}.bin"
 
     return locate_or_download(batch, candidates, data_dir, download, install)
 
 
-def read_cifar10_file(path: str | os.PathLike, *, verify: bool = True,
-                      sources: DataSources = DEFAULT_SOURCES, data: bytes | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar10_file(
+    path: str | os.PathLike, *, verify: bool = True, sources: DataSources = DEFAULT_SOURCES, data: bytes | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Decode one batch file, binary or python by its directory/name; verify it if a hash is known.
 
     ``data`` may pass the file's already-decompressed bytes.
@@ -154,10 +162,16 @@ def read_cifar10_file(path: str | os.PathLike, *, verify: bool = True,
     return images, labels
 
 
-def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None, *,
-                 download: bool | None = None, verify: bool = True, fetch: Fetch | None = None,
-                 sources: DataSources = DEFAULT_SOURCES,
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool | None = None,
+    verify: bool = True,
+    fetch: Fetch | None = None,
+    sources: DataSources = DEFAULT_SOURCES,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """The official CIFAR-10 ``split`` (``'train'``: batches 1..5 = 50,000; ``'test'``: 10,000).
 
     Returns ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` CHW raw pixels and int64 ``(N,)``
@@ -167,11 +181,11 @@ def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None
     """
     if split not in CIFAR10_BATCHES:
         raise ValueError(f"split must be one of {sorted(CIFAR10_BATCHES)}, got {split!r}")
-    paths = [cifar10_file(b, data_dir, download=download, fetch=fetch, sources=sources,
-                          progress=progress) for b in CIFAR10_BATCHES[split]]
+    paths = [
+        cifar10_file(b, data_dir, download=download, fetch=fetch, sources=sources, progress=progress)
+        for b in CIFAR10_BATCHES[split]
+    ]
     with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
         contents = list(pool.map(read_decompressed, paths))
-    parts = [read_cifar10_file(p, verify=verify, sources=sources, data=d)
-             for p, d in zip(paths, contents)]
-    return (np.concatenate([images for images, _ in parts]),
-            np.concatenate([labels for _, labels in parts]))
+    parts = [read_cifar10_file(p, verify=verify, sources=sources, data=d) for p, d in zip(paths, contents)]
+    return (np.concatenate([images for images, _ in parts]), np.concatenate([labels for _, labels in parts]))

@@ -23,31 +23,32 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gradreg.data.errors import DataError, DataNotFoundError, DownloadError
-from gradreg.data.paths import data_dir_candidates, download_allowed, first_existing
 from gradreg.data.integrity import read_decompressed, record_verified, require_sha256
+from gradreg.data.paths import data_dir_candidates, download_allowed, first_existing
 
 Fetch = Callable[[str, Path, bool], None]
 """``fetch(url, dest_path, progress)``: write the resource at ``url`` to ``dest_path``.
 
 Raise ``OSError`` (``urllib.error.URLError`` is one) when it cannot be fetched."""
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_BIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 
 # SHA-256 of the *decompressed* official files (shared/data/README.md).
-OFFICIAL_SHA256 = MappingProxyType({
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-    "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
-    "data_batch_2.bin": "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed",
-    "data_batch_3.bin": "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67",
-    "data_batch_4.bin": "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48",
-    "data_batch_5.bin": "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add",
-    "test_batch.bin": "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
-})
+OFFICIAL_SHA256 = MappingProxyType(
+    {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
+        "data_batch_2.bin": "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed",
+        "data_batch_3.bin": "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67",
+        "data_batch_4.bin": "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48",
+        "data_batch_5.bin": "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add",
+        "test_batch.bin": "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +68,7 @@ class DataSources:
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
     )
-    cifar10_binary_urls: tuple[str, ...] = (
-        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    )
+    cifar10_binary_urls: tuple[str, ...] = ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",)
 
 
 DEFAULT_SOURCES = DataSources()
@@ -85,8 +84,14 @@ def urllib_fetch(url: str, dest: Path, progress: bool) -> None:
 
     with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
-                  disable=None if progress else True, leave=False) as bar:
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=url.rsplit("/", 1)[-1],
+            disable=None if progress else True,
+            leave=False,
+        ) as bar:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -98,8 +103,7 @@ def _temp_path(directory: Path, name: str) -> Path:
     return Path(tmp)
 
 
-def _fetch_first(urls: Sequence[str], dest: Path, fetch: Fetch, progress: bool,
-                 name: str) -> None:
+def _fetch_first(urls: Sequence[str], dest: Path, fetch: Fetch, progress: bool, name: str) -> None:
     reasons = []
     for url in urls:
         try:
@@ -110,8 +114,14 @@ def _fetch_first(urls: Sequence[str], dest: Path, fetch: Fetch, progress: bool,
     raise DownloadError(name, reasons or ["no URL configured"])
 
 
-def download_file(urls: Sequence[str], dest: str | os.PathLike, sha256: str | None, *,
-                  fetch: Fetch | None = None, progress: bool = True) -> Path:
+def download_file(
+    urls: Sequence[str],
+    dest: str | os.PathLike,
+    sha256: str | None,
+    *,
+    fetch: Fetch | None = None,
+    progress: bool = True,
+) -> Path:
     """Download the first reachable of ``urls`` to ``dest``, verified, atomically.
 
     ``sha256`` is the hash of the *decompressed* content (decompression follows ``dest``'s
@@ -145,9 +155,14 @@ def _install_verified(tmp: Path, dest: Path, sha256: str | None) -> Path:
     return dest
 
 
-def download_tar_members(urls: Sequence[str], members: Mapping[str, str | None],
-                         dest_dir: str | os.PathLike, *, fetch: Fetch | None = None,
-                         progress: bool = True) -> list[Path]:
+def download_tar_members(
+    urls: Sequence[str],
+    members: Mapping[str, str | None],
+    dest_dir: str | os.PathLike,
+    *,
+    fetch: Fetch | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """Download a tar archive and install some of its members, each verified, atomically.
 
     ``members`` maps a member's path inside the archive to its expected SHA-256 (or None); each
@@ -164,8 +179,7 @@ def download_tar_members(urls: Sequence[str], members: Mapping[str, str | None],
         try:
             tar = tarfile.open(archive, "r:*")
         except tarfile.TarError as e:
-            raise DataError(f"{urls[0] if urls else archive}: not a readable tar archive "
-                            f"({e})") from e
+            raise DataError(f"{urls[0] if urls else archive}: not a readable tar archive ({e})") from e
         with tar:
             for member, sha256 in members.items():
                 dest = dest_dir / Path(member).name
@@ -188,9 +202,13 @@ def download_tar_members(urls: Sequence[str], members: Mapping[str, str | None],
     return installed
 
 
-def locate_or_download(name: str, relative_candidates: Sequence[str],
-                       data_dir: str | os.PathLike | None, download: bool | None,
-                       install: Callable[[Path], Path]) -> Path:
+def locate_or_download(
+    name: str,
+    relative_candidates: Sequence[str],
+    data_dir: str | os.PathLike | None,
+    download: bool | None,
+    install: Callable[[Path], Path],
+) -> Path:
     """Find a data file in the searched directories, else install it by downloading.
 
     ``relative_candidates`` are paths relative to a data directory, tried in order in each
@@ -205,12 +223,14 @@ def locate_or_download(name: str, relative_candidates: Sequence[str],
     if found is not None:
         return found
     if not download_allowed(download, data_dir):
-        why = ("download=False" if download is False else
-               "not downloaded: a data directory was named (data_dir or GRADREG_DATA_DIR); "
-               f"pass --download on the command line, or download=True in Python, to fetch into {dirs[0]}")
+        why = (
+            "download=False"
+            if download is False
+            else "not downloaded: a data directory was named (data_dir or GRADREG_DATA_DIR); "
+            f"pass --download on the command line, or download=True in Python, to fetch into {dirs[0]}"
+        )
         raise DataNotFoundError(name, searched, [why])
     try:
         return install(dirs[0])
     except DownloadError as e:
-        raise DataNotFoundError(name, searched,
-                                [f"download into {dirs[0]} failed: {r}" for r in e.reasons]) from e
+        raise DataNotFoundError(name, searched, [f"download into {dirs[0]} failed: {r}" for r in e.reasons]) from e

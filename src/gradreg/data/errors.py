@@ -5,6 +5,7 @@ All of them name the file concerned, so a bad or missing dataset is never silent
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ class DataError(ValueError):
 class ChecksumError(DataError):
     """The SHA-256 of a file's decompressed bytes differs from the expected one."""
 
-    def __init__(self, path: str | Path, expected: str, actual: str):
+    def __init__(self, path: str | os.PathLike, expected: str, actual: str):
         self.path = Path(path)
         self.expected = expected
         self.actual = actual

@@ -55,13 +55,11 @@ def read_decompressed(path: str | os.PathLike, *, compression_from: str | None =
             with lzma.open(path, "rb") as f:
                 return f.read()
     except (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot decompress ({type(e).__name__}: {e}); "
-                        "the file is truncated or corrupt") from e
+        raise DataError(f"{path}: cannot decompress ({type(e).__name__}: {e}); the file is truncated or corrupt") from e
     return path.read_bytes()
 
 
-def check_sha256(path: str | os.PathLike, data: bytes, expected: str | None, *,
-                 verify: bool = True) -> None:
+def check_sha256(path: str | os.PathLike, data: bytes, expected: str | None, *, verify: bool = True) -> None:
     """Raise :class:`ChecksumError` unless ``sha256_hex(data) == expected``.
 
     ``data`` are the decompressed bytes of ``path``. Nothing is checked when ``verify`` is false

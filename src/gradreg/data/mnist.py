@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from gradreg.data.download import (DEFAULT_SOURCES, DataSources, Fetch, download_file,
-                                   locate_or_download)
+from gradreg.data.download import DEFAULT_SOURCES, DataSources, Fetch, download_file, locate_or_download
 from gradreg.data.errors import DataError
 from gradreg.data.integrity import check_sha256, read_decompressed
 from gradreg.data.paths import COMPRESSION_SUFFIXES, strip_compression_suffix
@@ -25,8 +25,9 @@ def parse_idx(data: bytes, source: str | os.PathLike = "<bytes>") -> np.ndarray:
     ``prod(shape)``; any violation raises :class:`DataError` naming ``source``.
     """
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != IDX_UBYTE or data[3] == 0:
-        raise DataError(f"{source}: not an IDX file of unsigned bytes "
-                        f"(magic {data[:4].hex() or 'missing'}, expected 000008xx)")
+        raise DataError(
+            f"{source}: not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}, expected 000008xx)"
+        )
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -35,43 +36,55 @@ def parse_idx(data: bytes, source: str | os.PathLike = "<bytes>") -> np.ndarray:
     expected = header + int(np.prod(shape, dtype=np.int64))
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "has trailing bytes"
-        raise DataError(f"{source}: IDX file {kind}: {len(data)} bytes, expected {expected} "
-                        f"for shape {shape}")
+        raise DataError(f"{source}: IDX file {kind}: {len(data)} bytes, expected {expected} for shape {shape}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-def mnist_file(name: str, data_dir: str | os.PathLike | None = None, *,
-               download: bool | None = None, fetch: Fetch | None = None,
-               sources: DataSources = DEFAULT_SOURCES, progress: bool = True) -> Path:
+def mnist_file(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool | None = None,
+    fetch: Fetch | None = None,
+    sources: DataSources = DEFAULT_SOURCES,
+    progress: bool = True,
+) -> Path:
     """Path of the MNIST file ``name`` (e.g. ``'t10k-labels-idx1-ubyte'``), downloading if allowed.
 
     Looks for ``mnist/<name>``, ``mnist/<name>.gz``, ``mnist/<name>.xz`` in each data directory
     (see :mod:`gradreg.data.paths`); a download is stored as ``mnist/<name>.gz``.
     """
+
     def install(root: Path) -> Path:
         urls = [base + name + ".gz" for base in sources.mnist_urls]
-        return download_file(urls, root / "mnist" / (name + ".gz"), sources.checksums.get(name),
-                             fetch=fetch, progress=progress)
+        return download_file(
+            urls, root / "mnist" / (name + ".gz"), sources.checksums.get(name), fetch=fetch, progress=progress
+        )
 
-    return locate_or_download(name, [f"mnist/{name}{s}" for s in COMPRESSION_SUFFIXES],
-                              data_dir, download, install)
+    return locate_or_download(name, [f"mnist/{name}{s}" for s in COMPRESSION_SUFFIXES], data_dir, download, install)
 
 
-def read_idx_file(path: str | os.PathLike, *, verify: bool = True,
-                  sources: DataSources = DEFAULT_SOURCES) -> np.ndarray:
+def read_idx_file(
+    path: str | os.PathLike, *, verify: bool = True, sources: DataSources = DEFAULT_SOURCES
+) -> np.ndarray:
     """Decode one IDX file; with ``verify``, check its decompressed SHA-256 when it is known."""
     path = Path(path)
     data = read_decompressed(path)
     array = parse_idx(data, path)
-    check_sha256(path, data, sources.checksums.get(strip_compression_suffix(path.name)),
-                 verify=verify)
+    check_sha256(path, data, sources.checksums.get(strip_compression_suffix(path.name)), verify=verify)
     return array
 
 
-def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None, *,
-               download: bool | None = None, verify: bool = True, fetch: Fetch | None = None,
-               sources: DataSources = DEFAULT_SOURCES,
-               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool | None = None,
+    verify: bool = True,
+    fetch: Fetch | None = None,
+    sources: DataSources = DEFAULT_SOURCES,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """The official MNIST ``split`` (``'train'``: 60,000, ``'test'``: 10,000), in file order.
 
     Returns ``(images, labels)``: uint8 ``(N, 28, 28)`` raw pixels 0..255 and int64 ``(N,)``
@@ -82,7 +95,7 @@ def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None, 
     if split not in MNIST_SPLITS:
         raise ValueError(f"split must be one of {sorted(MNIST_SPLITS)}, got {split!r}")
     prefix = MNIST_SPLITS[split]
-    kwargs = dict(download=download, fetch=fetch, sources=sources, progress=progress)
+    kwargs: dict[str, Any] = dict(download=download, fetch=fetch, sources=sources, progress=progress)
     image_path = mnist_file(f"{prefix}-images-idx3-ubyte", data_dir, **kwargs)
     label_path = mnist_file(f"{prefix}-labels-idx1-ubyte", data_dir, **kwargs)
     images = read_idx_file(image_path, verify=verify, sources=sources)
@@ -90,8 +103,7 @@ def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None, 
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{image_path}: expected images of shape (N, 28, 28), got {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(f"{label_path}: expected {len(images)} labels to match {image_path}, "
-                        f"got shape {labels.shape}")
+        raise DataError(f"{label_path}: expected {len(images)} labels to match {image_path}, got shape {labels.shape}")
     if labels.max(initial=0) > 9:
         raise DataError(f"{label_path}: label {labels.max()} out of range 0..9")
     return images, labels.astype(np.int64)

@@ -1,4 +1,4 @@
-"""The synthetic SIN and SIN2 regression tasks (REFERENCE.md, Table 7).
+"""The synthetic SIN and SIN2 regression tasks (docs/settings.md, Table 7).
 
 SIN train: ``rng = numpy.random.RandomState(seed)``; first ``x = rng.uniform(-1, 1, size=n)``,
 then ``noise = rng.normal(0, 0.1, size=n)`` (this draw order is part of the definition);
@@ -34,15 +34,13 @@ def sin_training_points(seed: int = 10, n_train: int = 100) -> tuple[np.ndarray,
     return x, np.sin(SIN_FREQUENCY * x) + noise
 
 
-def _regression_splits(x_train: np.ndarray, y_train: np.ndarray,
-                       device: str | torch.device) -> Splits:
+def _regression_splits(x_train: np.ndarray, y_train: np.ndarray, device: str | torch.device) -> Splits:
     def column(v: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(v, dtype=np.float32).reshape(-1, 1)).to(device)
 
     grid = sin_grid()
     clean = np.sin(SIN_FREQUENCY * grid)
-    return Splits(column(x_train), column(y_train), column(grid), column(clean),
-                  column(grid), column(clean), 0.0, 1.0)
+    return Splits(column(x_train), column(y_train), column(grid), column(clean), column(grid), column(clean), 0.0, 1.0)
 
 
 def make_sin(seed: int = 10, n_train: int = 100, *, device: str | torch.device = "cpu") -> Splits:
@@ -50,8 +48,9 @@ def make_sin(seed: int = 10, n_train: int = 100, *, device: str | torch.device =
     return _regression_splits(*sin_training_points(seed, n_train), device)
 
 
-def make_sin2(seed: int = 10, n_train: int = 100, *, offset: float = 0.001,
-              device: str | torch.device = "cpu") -> Splits:
+def make_sin2(
+    seed: int = 10, n_train: int = 100, *, offset: float = 0.001, device: str | torch.device = "cpu"
+) -> Splits:
     """SIN2: SIN's points, then each duplicated as ``(x + offset, y)``: ``2 * n_train`` points."""
     x, y = sin_training_points(seed, n_train)
     return _regression_splits(np.concatenate([x, x + offset]), np.concatenate([y, y]), device)

@@ -1,4 +1,4 @@
-"""Train/dev/test splits and standardization, as in the paper's code (REFERENCE.md).
+"""Train/dev/test splits and standardization, as in the paper's code (docs/settings.md).
 
 MNIST: the training subset for seed ``s`` is the first N of
 ``numpy.random.RandomState(s).permutation(50000)`` over train[0:50000]; dev is
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +55,7 @@ class Splits:
 def training_subset_indices(pool_size: int, train_size: int, seed: int) -> np.ndarray:
     """First ``train_size`` entries of ``numpy.random.RandomState(seed).permutation(pool_size)``."""
     if not 1 <= train_size <= pool_size:
-        raise ValueError(f"train_size must be in 1..{pool_size} (the training pool), "
-                         f"got {train_size}")
+        raise ValueError(f"train_size must be in 1..{pool_size} (the training pool), got {train_size}")
     return np.random.RandomState(seed).permutation(pool_size)[:train_size]
 
 
@@ -66,7 +66,7 @@ def pixel_histogram(images: np.ndarray) -> np.ndarray:
     flat = images.reshape(-1)
     counts = np.zeros(256, dtype=np.int64)
     for start in range(0, flat.size, 1 << 24):
-        counts += np.bincount(flat[start:start + (1 << 24)], minlength=256)
+        counts += np.bincount(flat[start : start + (1 << 24)], minlength=256)
     return counts
 
 
@@ -102,10 +102,19 @@ def set_statistics(x_train: np.ndarray, x_other: np.ndarray, per_set_standardiza
     return pixel_mean_std(x_other if per_set_standardization else x_train)
 
 
-def split_and_standardize(x_pool: np.ndarray, y_pool: np.ndarray, x_dev: np.ndarray,
-                          y_dev: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-                          train_size: int, seed: int, per_set_standardization: bool = False,
-                          device: str | torch.device = "cpu") -> Splits:
+def split_and_standardize(
+    x_pool: np.ndarray,
+    y_pool: np.ndarray,
+    x_dev: np.ndarray,
+    y_dev: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    train_size: int,
+    seed: int,
+    per_set_standardization: bool = False,
+    device: str | torch.device = "cpu",
+) -> Splits:
     """Draw the seeded training subset from the pool, standardize, and move to ``device``.
 
     Inputs are raw uint8 images ``(N, C, H, W)`` (or ``(N, H, W)``, given a channel dim of 1)
@@ -119,16 +128,23 @@ def split_and_standardize(x_pool: np.ndarray, y_pool: np.ndarray, x_dev: np.ndar
         m, s = (mean, std) if x is x_train else set_statistics(x_train, x, per_set_standardization)
         x = standardize(x if x.ndim == 4 else x[:, None], m, s)
         sets.append(torch.from_numpy(x).to(device))
-    labels = [torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
-              for y in (y_train, y_dev, y_test)]
+    labels = [torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device) for y in (y_train, y_dev, y_test)]
     return Splits(sets[0], labels[0], sets[1], labels[1], sets[2], labels[2], mean, std)
 
 
-def load_mnist_splits(train_size: int, seed: int, data_dir: str | os.PathLike | None = None, *,
-                      per_set_standardization: bool = False, device: str | torch.device = "cpu",
-                      download: bool | None = None, verify: bool = True,
-                      fetch: Fetch | None = None, sources: DataSources = DEFAULT_SOURCES,
-                      progress: bool = True) -> Splits:
+def load_mnist_splits(
+    train_size: int,
+    seed: int,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    per_set_standardization: bool = False,
+    device: str | torch.device = "cpu",
+    download: bool | None = None,
+    verify: bool = True,
+    fetch: Fetch | None = None,
+    sources: DataSources = DEFAULT_SOURCES,
+    progress: bool = True,
+) -> Splits:
     """MNIST as the paper used it: N seeded training images from train[0:50000].
 
     dev = train[50000:60000], test = the official test set; images ``(N, 1, 28, 28)`` float32,
@@ -136,21 +152,37 @@ def load_mnist_splits(train_size: int, seed: int, data_dir: str | os.PathLike | 
     runs use ``train_size=2000``, seeds 1..10. File options are those of
     :func:`gradreg.data.load_mnist`.
     """
-    options = dict(download=download, verify=verify, fetch=fetch, sources=sources,
-                   progress=progress)
+    options: dict[str, Any] = dict(download=download, verify=verify, fetch=fetch, sources=sources, progress=progress)
     x, y = load_mnist("train", data_dir, **options)
     x_test, y_test = load_mnist("test", data_dir, **options)
-    return split_and_standardize(x[:MNIST_POOL], y[:MNIST_POOL], x[MNIST_POOL:], y[MNIST_POOL:],
-                                 x_test, y_test, train_size=train_size, seed=seed,
-                                 per_set_standardization=per_set_standardization, device=device)
+    return split_and_standardize(
+        x[:MNIST_POOL],
+        y[:MNIST_POOL],
+        x[MNIST_POOL:],
+        y[MNIST_POOL:],
+        x_test,
+        y_test,
+        train_size=train_size,
+        seed=seed,
+        per_set_standardization=per_set_standardization,
+        device=device,
+    )
 
 
-def load_cifar10_splits(train_size: int | None = None, seed: int = 1,
-                        data_dir: str | os.PathLike | None = None, *, dev_is_test: bool = False,
-                        per_set_standardization: bool = False,
-                        device: str | torch.device = "cpu", download: bool | None = None,
-                        verify: bool = True, fetch: Fetch | None = None,
-                        sources: DataSources = DEFAULT_SOURCES, progress: bool = True) -> Splits:
+def load_cifar10_splits(
+    train_size: int | None = None,
+    seed: int = 1,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    dev_is_test: bool = False,
+    per_set_standardization: bool = False,
+    device: str | torch.device = "cpu",
+    download: bool | None = None,
+    verify: bool = True,
+    fetch: Fetch | None = None,
+    sources: DataSources = DEFAULT_SOURCES,
+    progress: bool = True,
+) -> Splits:
     """CIFAR-10: N seeded training images from train[0:45000], dev = train[45000:50000].
 
     ``train_size=None`` takes the whole pool (45,000, in seeded permuted order; Table 5);
@@ -158,8 +190,7 @@ def load_cifar10_splits(train_size: int | None = None, seed: int = 1,
     images, dev = test). Images ``(N, 3, 32, 32)`` float32, standardized as in the module
     docstring. File options are those of :func:`gradreg.data.load_cifar10`.
     """
-    options = dict(download=download, verify=verify, fetch=fetch, sources=sources,
-                   progress=progress)
+    options: dict[str, Any] = dict(download=download, verify=verify, fetch=fetch, sources=sources, progress=progress)
     x, y = load_cifar10("train", data_dir, **options)
     x_test, y_test = load_cifar10("test", data_dir, **options)
     if dev_is_test:
@@ -167,7 +198,15 @@ def load_cifar10_splits(train_size: int | None = None, seed: int = 1,
     else:
         x_pool, y_pool = x[:CIFAR10_POOL], y[:CIFAR10_POOL]
         x_dev, y_dev = x[CIFAR10_POOL:], y[CIFAR10_POOL:]
-    return split_and_standardize(x_pool, y_pool, x_dev, y_dev, x_test, y_test,
-                                 train_size=len(x_pool) if train_size is None else train_size,
-                                 seed=seed, per_set_standardization=per_set_standardization,
-                                 device=device)
+    return split_and_standardize(
+        x_pool,
+        y_pool,
+        x_dev,
+        y_dev,
+        x_test,
+        y_test,
+        train_size=len(x_pool) if train_size is None else train_size,
+        seed=seed,
+        per_set_standardization=per_set_standardization,
+        device=device,
+    )

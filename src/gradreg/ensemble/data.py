@@ -8,8 +8,8 @@ inputs to a single run's float32 tensors at a fraction of the memory. SIN is sha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,10 +25,10 @@ class EnsembleData:
     pool_x: Tensor  # (N, *in), uint8 or float
     pool_y: Tensor
     train_idx: list  # per member: indices of its training subset into the pool (CPU, int64)
-    luts: Optional[Tensor]  # (K, 256) per-member standardization of training images
+    luts: Tensor | None  # (K, 256) per-member standardization of training images
     sets: dict  # "dev"/"test" -> (x, y, luts or None)
 
-    def inputs(self, raw: Tensor, luts: Optional[Tensor], dtype) -> Tensor:
+    def inputs(self, raw: Tensor, luts: Tensor | None, dtype) -> Tensor:
         """(K, b, *in) raw values -> standardized floats of ``dtype``."""
         if luts is None:
             return raw.to(dtype)
@@ -40,11 +40,14 @@ def ensemble_data(cfgs: Sequence[TrainConfig], data_dir, device: torch.device, d
     c0 = cfgs[0]
     spec = datasets.DATASETS[c0.dataset]
     if spec.kind == "regression":
+        assert spec.make is not None  # every regression spec has make
         s = spec.make(device)
         for c in cfgs:
             datasets.fixed_training_set(c, len(s.x_train))
         idx = [torch.arange(len(s.x_train)) for _ in cfgs]
-        return EnsembleData(s.x_train, s.y_train, idx, None, {"dev": (s.x_dev, s.y_dev, None), "test": (s.x_test, s.y_test, None)})
+        return EnsembleData(
+            s.x_train, s.y_train, idx, None, {"dev": (s.x_dev, s.y_dev, None), "test": (s.x_test, s.y_test, None)}
+        )
 
     raw = datasets.raw_images(c0.dataset, None if data_dir is None else str(data_dir), c0.dev_is_test, download)
     idx, luts, dev_luts, test_luts = [], [], [], []
@@ -69,7 +72,12 @@ def ensemble_data(cfgs: Sequence[TrainConfig], data_dir, device: torch.device, d
         return t(np.asarray(a, dtype=np.int64))
 
     return EnsembleData(
-        t(raw.pool_x), labels(raw.pool_y), idx, t(np.stack(luts)),
-        {"dev": (t(raw.dev_x), labels(raw.dev_y), t(np.stack(dev_luts))),
-         "test": (t(raw.test_x), labels(raw.test_y), t(np.stack(test_luts)))},
+        t(raw.pool_x),
+        labels(raw.pool_y),
+        idx,
+        t(np.stack(luts)),
+        {
+            "dev": (t(raw.dev_x), labels(raw.dev_y), t(np.stack(dev_luts))),
+            "test": (t(raw.test_x), labels(raw.test_y), t(np.stack(test_luts))),
+        },
     )

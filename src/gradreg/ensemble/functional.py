@@ -17,7 +17,7 @@ alone (tested); the packer keeps per-member dropout streams for the layers it kn
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,8 @@ class FunctionalEnsemble(nn.Module):
     """K copies of one architecture as stacked tensors; ``forward`` maps ``(K, B, *in)`` to
     ``(K, B, *out)``."""
 
+    base: nn.Module  # set with object.__setattr__ (not a submodule)
+
     def __init__(self, models: Sequence[nn.Module]):
         super().__init__()
         models = list(models)
@@ -43,7 +45,9 @@ class FunctionalEnsemble(nn.Module):
         object.__setattr__(self, "base", base)  # not a submodule: its tensors live here, stacked
         self.names = list(params)
         self.buffer_names = list(buffers)
-        self.stacked = nn.ParameterDict({n.replace(".", "__"): nn.Parameter(p.detach().clone()) for n, p in params.items()})
+        self.stacked = nn.ParameterDict(
+            {n.replace(".", "__"): nn.Parameter(p.detach().clone()) for n, p in params.items()}
+        )
         for n, b in buffers.items():
             self.register_buffer("buf__" + n.replace(".", "__"), b.detach().clone())
         decayed = {id(p) for p in decayed_parameters(models[0])}
@@ -66,7 +70,9 @@ class FunctionalEnsemble(nn.Module):
             return functional_call(self.base, (params, buffers), (xk,))
 
         randomness = "different" if (self.random and self.training) else "error"
-        return torch.func.vmap(one, in_dims=(0, 0, 0), randomness=randomness)(self.stacked_params(), self.stacked_buffers(), x)
+        return torch.func.vmap(one, in_dims=(0, 0, 0), randomness=randomness)(
+            self.stacked_params(), self.stacked_buffers(), x
+        )
 
     def decayed_parameters(self) -> list[Tensor]:
         return [self.stacked[n.replace(".", "__")] for n in self.decayed_names]

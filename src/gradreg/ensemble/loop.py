@@ -33,9 +33,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -62,9 +62,22 @@ from .plan import (
 from .trainer import STRATEGIES, EnsembleTrainer, choose_strategy, measure_member_bytes, warn_sequential
 
 __all__ = [
-    "train_many", "iter_train_many", "MemberOutcome", "Interrupted", "EnsembleTrainer", "PackedTrainer",
-    "plan_chunks", "ensemble_key", "default_max_members", "members_that_fit", "chunk_cap", "split_evenly",
-    "cpu_workers", "single_threaded_ops", "measure_member_bytes", "STRATEGIES",
+    "train_many",
+    "iter_train_many",
+    "MemberOutcome",
+    "Interrupted",
+    "EnsembleTrainer",
+    "PackedTrainer",
+    "plan_chunks",
+    "ensemble_key",
+    "default_max_members",
+    "members_that_fit",
+    "chunk_cap",
+    "split_evenly",
+    "cpu_workers",
+    "single_threaded_ops",
+    "measure_member_bytes",
+    "STRATEGIES",
 ]
 
 PackedTrainer = EnsembleTrainer  # the name before the torch.func path existed
@@ -82,7 +95,7 @@ class MemberOutcome:
 
     index: int
     result: RunResult
-    state_dict: Optional[dict] = None
+    state_dict: dict | None = None
 
 
 ProgressFn = Callable[[int, int], None]  # (steps just done by one part, members in that part)
@@ -107,9 +120,13 @@ def _final_probes(trainer: EnsembleTrainer, data: EnsembleData, cfgs, metric: st
     for mi, c in enumerate(cfgs):
         lut_tr = None if data.luts is None else data.luts[mi : mi + 1]
         lut_te = None if test_luts is None else test_luts[mi : mi + 1]
-        pts["train"].append(data.inputs(data.pool_x[data.train_idx[mi][:n].to(data.pool_x.device)].unsqueeze(0), lut_tr, dtype)[0])
+        pts["train"].append(
+            data.inputs(data.pool_x[data.train_idx[mi][:n].to(data.pool_x.device)].unsqueeze(0), lut_tr, dtype)[0]
+        )
         pts["test"].append(data.inputs(x_test[:n].unsqueeze(0), lut_te, dtype)[0])
-        a, b, t = S.interpolation_draws(len(x_test), n, torch.Generator().manual_seed(stream_seed(c.seed, "smoothness")))
+        a, b, t = S.interpolation_draws(
+            len(x_test), n, torch.Generator().manual_seed(stream_seed(c.seed, "smoothness"))
+        )
         xa = data.inputs(x_test[a.to(x_test.device)].unsqueeze(0), lut_te, dtype)[0]
         xb = data.inputs(x_test[b.to(x_test.device)].unsqueeze(0), lut_te, dtype)[0]
         pts["off_manifold"].append(S.interpolate(xa, xb, t.to(xa.device)))
@@ -130,12 +147,12 @@ def train_part(
     strategy: str,
     keep_weights: bool,
     *,
-    checkpoint: Optional[Path] = None,
+    checkpoint: Path | None = None,
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
-    stop: Optional[threading.Event] = None,
-    on_steps: Optional[ProgressFn] = None,
+    stop: threading.Event | None = None,
+    on_steps: ProgressFn | None = None,
     download=None,
-) -> list[tuple[RunResult, Optional[dict]]]:
+) -> list[tuple[RunResult, dict | None]]:
     """Train one part (a list of configs with one ensemble key) as one ensemble."""
     c0 = cfgs[0]
     device = torch.device(c0.device)
@@ -146,8 +163,10 @@ def train_part(
     data = ensemble_data(cfgs, data_dir, device, download)
     trainer = EnsembleTrainer(cfgs, device, dtype, strategy)
     model = trainer.model
-    samplers = [D.BatchSampler(len(i), c0.batch_size, torch.Generator().manual_seed(stream_seed(c.seed, "batches")))
-                for c, i in zip(cfgs, data.train_idx)]
+    samplers = [
+        D.BatchSampler(len(i), c0.batch_size, torch.Generator().manual_seed(stream_seed(c.seed, "batches")))
+        for c, i in zip(cfgs, data.train_idx)
+    ]
     n_terms = 1 + len(trainer.kinds)
     window = torch.zeros(c0.penalty_window, k, n_terms, device=device, dtype=torch.float64)
     seen = torch.zeros(c0.penalty_window, n_terms, device=device, dtype=torch.bool)  # lazy terms skip steps
@@ -210,12 +229,21 @@ def train_part(
     def save(step: int) -> None:
         if checkpoint is None:
             return
-        save_torch_atomic(checkpoint, {
-            "configs": [c.to_dict() for c in cfgs], "step": step, "elapsed": elapsed + time.perf_counter() - t0,
-            "trainer": trainer.state_dict(), "samplers": [s.state_dict() for s in samplers],
-            "window": window.cpu(), "seen": seen.cpu(), "first_bad": first_bad.cpu(), "bad_term": bad_term.cpu(),
-            "curves": curves,
-        })
+        save_torch_atomic(
+            checkpoint,
+            {
+                "configs": [c.to_dict() for c in cfgs],
+                "step": step,
+                "elapsed": elapsed + time.perf_counter() - t0,
+                "trainer": trainer.state_dict(),
+                "samplers": [s.state_dict() for s in samplers],
+                "window": window.cpu(),
+                "seen": seen.cpu(),
+                "first_bad": first_bad.cpu(),
+                "bad_term": bad_term.cpu(),
+                "curves": curves,
+            },
+        )
 
     for step in range(start, c0.steps):
         if stop is not None and stop.is_set():
@@ -290,15 +318,15 @@ def iter_train_many(
     *,
     data_dir=None,
     strategy: str = "auto",
-    max_members: Optional[int] = None,
+    max_members: int | None = None,
     dtype: torch.dtype = torch.float32,
-    progress: Optional[bool] = False,
+    progress: bool | None = False,
     keep_weights: bool = False,
-    workers: Optional[int] = None,
-    checkpoint_dir: Optional[os.PathLike] = None,
+    workers: int | None = None,
+    checkpoint_dir: os.PathLike | None = None,
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
-    stop: Optional[threading.Event] = None,
-    on_steps: Optional[ProgressFn] = None,
+    stop: threading.Event | None = None,
+    on_steps: ProgressFn | None = None,
     download=None,
 ) -> Iterator[MemberOutcome]:
     """Train ``configs`` and yield each member's outcome as soon as its part finishes.
@@ -331,6 +359,8 @@ def iter_train_many(
         use, why = strategy, ""
         if strategy == "auto":
             use, why = choose_strategy(c0)
+            if use == "vmap" and c0.wrt is not None:
+                use, why = "sequential", f"{why}; wrt (a hidden layer) is not supported by the torch.func path"
         if use == "sequential":
             if strategy == "auto":
                 warn_sequential(c0, len(indices), why)
@@ -340,26 +370,63 @@ def iter_train_many(
                 yield MemberOutcome(i, train(configs[i], data_dir=data_dir, progress=progress))
             continue
         cap = chunk_cap(c0, max_members)
-        n_workers = (cpu_workers(torch.device(c0.device)) if workers is None else workers) \
-            if torch.device(c0.device).type == "cpu" else 1
+        n_workers = (
+            (cpu_workers(torch.device(c0.device)) if workers is None else workers)
+            if torch.device(c0.device).type == "cpu"
+            else 1
+        )
         for start in range(0, len(indices), cap):
             chunk = indices[start : start + cap]
-            yield from _train_chunk(chunk, configs, data_dir, dtype, use, keep_weights, n_workers, ckdir,
-                                    checkpoint_seconds, stop, on_steps, download)
+            yield from _train_chunk(
+                chunk,
+                configs,
+                data_dir,
+                dtype,
+                use,
+                keep_weights,
+                n_workers,
+                ckdir,
+                checkpoint_seconds,
+                stop,
+                on_steps,
+                download,
+            )
 
 
-def _train_chunk(chunk, configs, data_dir, dtype, strategy, keep_weights, workers, ckdir, checkpoint_seconds, stop,
-                 on_steps, download) -> Iterator[MemberOutcome]:
+def _train_chunk(
+    chunk,
+    configs,
+    data_dir,
+    dtype,
+    strategy,
+    keep_weights,
+    workers,
+    ckdir,
+    checkpoint_seconds,
+    stop,
+    on_steps,
+    download,
+) -> Iterator[MemberOutcome]:
     parts = _parts(chunk, workers)
 
-    def path(part: list[int]) -> Optional[Path]:
+    def path(part: list[int]) -> Path | None:
         if ckdir is None:
             return None
         return ckdir / f"part-{part_key([configs[i] for i in part], strategy, dtype)}.pt"
 
     def run(part: list[int]) -> list[MemberOutcome]:
-        outs = train_part([configs[i] for i in part], data_dir, dtype, strategy, keep_weights, checkpoint=path(part),
-                          checkpoint_seconds=checkpoint_seconds, stop=stop, on_steps=on_steps, download=download)
+        outs = train_part(
+            [configs[i] for i in part],
+            data_dir,
+            dtype,
+            strategy,
+            keep_weights,
+            checkpoint=path(part),
+            checkpoint_seconds=checkpoint_seconds,
+            stop=stop,
+            on_steps=on_steps,
+            download=download,
+        )
         return [MemberOutcome(part[j], res, sd) for j, (res, sd) in enumerate(outs)]
 
     def finished(part: list[int]) -> None:
@@ -376,7 +443,7 @@ def _train_chunk(chunk, configs, data_dir, dtype, strategy, keep_weights, worker
 
     with single_threaded_ops(), ThreadPoolExecutor(max_workers=len(parts)) as pool:
         futures = {pool.submit(run, p): p for p in parts}
-        error: Optional[BaseException] = None
+        error: BaseException | None = None
         for f in as_completed(futures):
             try:
                 outcomes = f.result()
@@ -403,7 +470,7 @@ class ProgressLine:
     ``steps(n, members)`` counts member-steps from the worker threads; ``run_done()`` and
     ``chunk_done()`` count finished work. Redrawn at most once a second."""
 
-    def __init__(self, runs: int, chunks: int, member_steps: int, stream=None, enabled: Optional[bool] = None):
+    def __init__(self, runs: int, chunks: int, member_steps: int, stream=None, enabled: bool | None = None):
         self.runs, self.chunks, self.total = runs, chunks, max(member_steps, 1)
         self.done_runs = self.done_chunks = self.done_steps = 0
         self.stream = stream or sys.stderr
@@ -430,8 +497,10 @@ class ProgressLine:
         frac = min(self.done_steps / self.total, 1.0)
         eta = dt * (1 - frac) / frac if frac > 0 else float("nan")
         eta_s = "?" if eta != eta else f"{int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}"
-        return (f"runs {self.done_runs}/{self.runs}  chunks {self.done_chunks}/{self.chunks}  "
-                f"{100 * frac:5.1f}% of training  ETA {eta_s}")
+        return (
+            f"runs {self.done_runs}/{self.runs}  chunks {self.done_chunks}/{self.chunks}  "
+            f"{100 * frac:5.1f}% of training  ETA {eta_s}"
+        )
 
     def draw(self, force: bool = False) -> None:
         if not self.enabled:

@@ -19,7 +19,8 @@ and the ResNet's BasicBlock and ResNetCifar. Anything else raises :class:`NotPac
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +47,12 @@ class PackedConv2d(nn.Module):
         self.stride, self.padding, self.dilation, self.kernel_size = c.stride, c.padding, c.dilation, c.kernel_size
         self.tf_same = isinstance(c, M._Conv2dTFSame)
         self.weight = _stack([m.weight for m in convs])
-        self.bias = _stack([m.bias for m in convs]) if c.bias is not None else None
+        self.bias = _stack([cast(Tensor, m.bias) for m in convs]) if c.bias is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight.flatten(0, 1)
         b = None if self.bias is None else self.bias.flatten()
-        padding = self.padding
+        padding: str | tuple[int, ...] | int = self.padding
         if self.tf_same:
             x = F.pad(x, M.tf_same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation))
             padding = 0
@@ -83,13 +84,17 @@ class PackedBatchNorm(nn.Module):
     """K BatchNorms as one over K*C channels; each channel's statistics come from its own
     member's batch. Batch statistics in eval mode when the originals had no running stats."""
 
+    running_mean: Tensor | None  # registered buffers when self.track, else None
+    running_var: Tensor | None
+
     def __init__(self, bns: Sequence[nn.modules.batchnorm._BatchNorm]):
         super().__init__()
         bn = bns[0]
         self.k, self.eps, self.momentum = len(bns), bn.eps, bn.momentum
         self.track = bn.track_running_stats
-        self.weight = _stack([m.weight for m in bns])
-        self.bias = _stack([m.bias for m in bns])
+        # cast: the paper's BatchNorms are affine (weight and bias set)
+        self.weight = _stack([cast(Tensor, m.weight) for m in bns])
+        self.bias = _stack([cast(Tensor, m.bias) for m in bns])
         if self.track:
             self.register_buffer("running_mean", torch.cat([m.running_mean for m in bns]).clone())
             self.register_buffer("running_var", torch.cat([m.running_var for m in bns]).clone())
@@ -99,15 +104,25 @@ class PackedBatchNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         use_batch = self.training or not self.track
         return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight.flatten(), self.bias.flatten(),
-            use_batch, self.momentum if self.momentum is not None else 0.0, self.eps,
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight.flatten(),
+            self.bias.flatten(),
+            use_batch,
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
         )
 
     def member_state(self, k: int) -> dict:
         c = self.weight.shape[1]
         out = {"weight": self.weight[k], "bias": self.bias[k]}
         if self.track:
-            out |= {"running_mean": self.running_mean[k * c : (k + 1) * c], "running_var": self.running_var[k * c : (k + 1) * c]}
+            assert self.running_mean is not None and self.running_var is not None
+            out |= {
+                "running_mean": self.running_mean[k * c : (k + 1) * c],
+                "running_var": self.running_var[k * c : (k + 1) * c],
+            }
         return out
 
 
@@ -119,7 +134,7 @@ class PackedDropout(nn.Module):
     def __init__(self, p: float, k: int):
         super().__init__()
         self.p, self.k = p, k
-        self.generators: Optional[list[torch.Generator]] = None
+        self.generators: list[torch.Generator] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
@@ -129,7 +144,10 @@ class PackedDropout(nn.Module):
         b = x.shape[0]
         xk = x.view(b, self.k, -1)
         noise = torch.stack(
-            [torch.empty(b, xk.shape[2], dtype=x.dtype, device=x.device).bernoulli_(1 - self.p, generator=g) for g in self.generators],
+            [
+                torch.empty(b, xk.shape[2], dtype=x.dtype, device=x.device).bernoulli_(1 - self.p, generator=g)
+                for g in self.generators
+            ],
             dim=1,
         )
         noise.div_(1 - self.p)
@@ -192,17 +210,17 @@ def pack_module(mods: Sequence[nn.Module]) -> nn.Module:
         groups = zip(*[list(x.children()) for x in mods])
         return nn.Sequential(OrderedDict((n, pack_module(list(g))) for n, g in zip(names, groups)))
     if isinstance(m, nn.Conv2d):
-        return PackedConv2d(mods)
+        return PackedConv2d(cast("Sequence[nn.Conv2d]", mods))
     if isinstance(m, nn.Linear):
-        return PackedLinear(mods)
+        return PackedLinear(cast("Sequence[nn.Linear]", mods))
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return PackedBatchNorm(mods)
+        return PackedBatchNorm(cast("Sequence[nn.modules.batchnorm._BatchNorm]", mods))
     if isinstance(m, nn.Dropout):
         return PackedDropout(m.p, len(mods))
     if isinstance(m, M.BasicBlock):
-        return PackedBasicBlock(mods)
+        return PackedBasicBlock(cast("Sequence[M.BasicBlock]", mods))
     if isinstance(m, M.ResNetCifar):
-        return PackedResNet(mods)
+        return PackedResNet(cast("Sequence[M.ResNetCifar]", mods))
     if isinstance(m, _STATELESS):
         return m
     raise NotPackable(f"cannot pack a {type(m).__name__}")

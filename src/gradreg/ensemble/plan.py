@@ -8,7 +8,7 @@ have: NoGR runs never share a chunk with DataGrad runs.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -22,8 +22,9 @@ def regularizer_kinds(cfg: TrainConfig) -> tuple:
     """The config's regularizers without their weights, in order."""
     from ..regularizers import type_name
 
-    return tuple((type_name(type(r)), tuple(sorted((k, repr(v)) for k, v in r.options().items())))
-                 for r in cfg.regularizers)
+    return tuple(
+        (type_name(type(r)), tuple(sorted((k, repr(v)) for k, v in r.options().items()))) for r in cfg.regularizers
+    )
 
 
 def ensemble_key(cfg: TrainConfig) -> tuple:
@@ -57,7 +58,7 @@ def check_max_members(max_members) -> None:
         raise ValueError(f"max_members must be a positive integer or None (the device default), got {max_members!r}")
 
 
-def chunk_cap(cfg: TrainConfig, max_members: Optional[int]) -> int:
+def chunk_cap(cfg: TrainConfig, max_members: int | None) -> int:
     """``max_members`` when given; else the device default, on CUDA also limited to what fits
     in the free memory (measured with a trial step)."""
     check_max_members(max_members)
@@ -81,7 +82,7 @@ def group_configs(configs: Sequence[TrainConfig]) -> list[list[int]]:
     return list(groups.values())
 
 
-def plan_chunks(configs: Sequence[TrainConfig], max_members: Optional[int] = None) -> list[list[int]]:
+def plan_chunks(configs: Sequence[TrainConfig], max_members: int | None = None) -> list[list[int]]:
     """Indices of ``configs`` split into the chunks the engine would train: grouped by
     :func:`ensemble_key`, at most ``max_members`` (default :func:`default_max_members`) each."""
     chunks = []

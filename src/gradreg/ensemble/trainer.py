@@ -13,14 +13,15 @@ penalty it does not have, and none takes an input gradient when no active kind n
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Union, cast
 
 import torch
 from torch import Tensor, nn
 
 from .. import data as D
-from .. import finite_difference as FD
 from .. import datasets
+from .. import finite_difference as FD
 from ..config import TrainConfig
 from ..core import batch_data_loss, per_example_loss
 from ..models import build_model
@@ -37,7 +38,10 @@ def input_shape(cfg: TrainConfig) -> tuple:
     return datasets.INPUT_SHAPES[cfg.dataset]
 
 
-def build_ensemble(models: Sequence[nn.Module], strategy: str) -> nn.Module:
+EnsembleModel = Union[PackedModel, FunctionalEnsemble]  # noqa: UP007 (a runtime alias)
+
+
+def build_ensemble(models: Sequence[nn.Module], strategy: str) -> EnsembleModel:
     """``"packed"``: :class:`PackedModel` (raises :class:`NotPackable`); ``"vmap"``:
     :class:`FunctionalEnsemble`."""
     if strategy == "packed":
@@ -57,10 +61,15 @@ def choose_strategy(cfg: TrainConfig) -> tuple[str, str]:
     except NotPackable as e:
         why = str(e)
     try:
-        trainer = EnsembleTrainer([cfg.replace(seed=1), cfg.replace(seed=2)], torch.device("cpu"), torch.float32, "vmap")
+        trainer = EnsembleTrainer(
+            [cfg.replace(seed=1), cfg.replace(seed=2)], torch.device("cpu"), torch.float32, "vmap"
+        )
         x = torch.randn(2, min(cfg.batch_size, 4), *input_shape(cfg))
-        y = (torch.zeros(2, x.shape[1], dtype=torch.long) if cfg.loss == "cross_entropy"
-             else torch.zeros(2, x.shape[1], 1))
+        y = (
+            torch.zeros(2, x.shape[1], dtype=torch.long)
+            if cfg.loss == "cross_entropy"
+            else torch.zeros(2, x.shape[1], 1)
+        )
         trainer.step(x, y, 0)
         return "vmap", why
     except Exception as e:  # any failure of vmap on this module means: train one at a time
@@ -75,7 +84,7 @@ class EnsembleTrainer:
         c0 = cfgs[0]
         self.cfgs, self.c0, self.k, self.device, self.dtype = list(cfgs), c0, len(cfgs), device, dtype
         singles = [build_model(c, torch.Generator().manual_seed(stream_seed(c.seed, "init"))) for c in cfgs]
-        self.model = build_ensemble(singles, strategy).to(device=device, dtype=dtype)
+        self.model: EnsembleModel = build_ensemble(singles, strategy).to(device=device, dtype=dtype)
         self.model.train()
         self.dropout_gens = [torch.Generator(device=device).manual_seed(stream_seed(c.seed, "dropout")) for c in cfgs]
         self.model.set_dropout_generators(self.dropout_gens)
@@ -87,8 +96,9 @@ class EnsembleTrainer:
         self.regs = [list(c.regularizers) for c in cfgs]
         self.kinds = self.regs[0]
         n = len(self.kinds)
-        self.weights = torch.tensor([[r.effective_weight for r in regs] for regs in self.regs],
-                                    dtype=dtype, device=device).view(self.k, n)
+        self.weights = torch.tensor(
+            [[r.effective_weight for r in regs] for regs in self.regs], dtype=dtype, device=device
+        ).view(self.k, n)
         self.wd = torch.tensor([c.weight_decay for c in cfgs], device=device, dtype=dtype)
         self.any_wd = any(c.weight_decay for c in cfgs)
         self.base_lr = torch.tensor([c.lr for c in cfgs], device=device, dtype=torch.float64)
@@ -96,13 +106,13 @@ class EnsembleTrainer:
     def active(self, step: int) -> list[int]:
         return [s for s, r in enumerate(self.kinds) if r.active(step)]
 
-    def _draws(self, s: int, b: int, m: int) -> Optional[Tensor]:
+    def _draws(self, s: int, b: int, m: int) -> Tensor | None:
         """Slot ``s``'s draws for every member, each from its own generator, stacked ``(K, ...)``."""
         first = self.regs[0][s].draw(b, m, self.proj_gens[0], self.device, self.dtype)
         if first is None:
             return None
         rest = [self.regs[i][s].draw(b, m, self.proj_gens[i], self.device, self.dtype) for i in range(1, self.k)]
-        return torch.stack([first, *rest])
+        return torch.stack([first, *cast(list[Tensor], rest)])  # one kind per slot: all draw, or none
 
     def step(self, xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, list[int]]:
         """One step on ``xb`` (K, B, *in), ``yb`` (K, B[, ...]). Returns the detached terms
@@ -115,8 +125,11 @@ class EnsembleTrainer:
         active = self.active(step)
         needs_grad = any(self.kinds[s].needs_input_grad for s in active)
         fd = [s for s in active if getattr(self.kinds[s], "finite_difference", False)]
-        x = xb.detach().requires_grad_(needs_grad)
-        if fd:
+        hidden = self.c0.wrt is not None
+        x = xb.detach().requires_grad_(needs_grad and not hidden)
+        if hidden:
+            logits, wrt = self._forward_capturing(x, self.c0.wrt)
+        elif fd:
             replay = FD.Replay(self.device, self.dropout_gens, self.model).capture()
             kinks = FD.FrozenKinks(self.model if isinstance(self.model, PackedModel) else None)
             with kinks.record():
@@ -126,7 +139,7 @@ class EnsembleTrainer:
         b, m = logits.shape[1], logits.shape[2]
         pel = per_example_loss(logits, yb, c0.loss)
         data_loss = batch_data_loss(pel, c0.loss)  # (K,)
-        fwd = Forward(x, logits, yb, pel)
+        fwd = Forward(wrt if hidden else x, logits, yb, pel)
         terms = torch.full((k, 1 + len(self.kinds)), float("nan"), dtype=data_loss.dtype, device=data_loss.device)
         terms[:, 0] = data_loss.detach()
         total = data_loss
@@ -148,10 +161,36 @@ class EnsembleTrainer:
         self.opt.step(lr)
         return terms, active
 
+    def _forward_capturing(self, x: Tensor, name: str) -> tuple[Tensor, Tensor]:
+        """The logits, and submodule ``name``'s output laid out ``(K, B, ...)`` such that the
+        rest of the forward pass depends on that very tensor (so it can be differentiated by)."""
+        if not isinstance(self.model, PackedModel):
+            raise ValueError("wrt (a hidden layer) needs the packed strategy in the engine")
+        module = dict(self.model.net.named_modules()).get(name)
+        if module is None:
+            raise ValueError(f"wrt={name!r}: the model has no submodule of that name")
+        k, seen = self.k, []
+
+        def hook(mod, args, out):
+            b = out.shape[0]
+            act = out.reshape(b, k, -1, *out.shape[2:]).transpose(0, 1)  # (K, B, C, ...): member k's channels
+            seen.append(act)
+            return act.transpose(0, 1).reshape(out.shape)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            logits = self.model(x)
+        finally:
+            handle.remove()
+        if len(seen) != 1:
+            raise ValueError(f"wrt={name!r}: the submodule ran {len(seen)} times in one forward pass, not once")
+        return logits, seen[0]
+
     def _fd(self, reg, fwd: Forward, draw, replay, kinks, yb) -> tuple[Tensor, Tensor]:
         """A finite-difference regularizer for all members: the exact penalty (K,), detached,
         and the surrogate (K,) (:mod:`gradreg.finite_difference`), one h per member."""
         x = fwd.x
+        assert isinstance(x, Tensor)  # the engine differentiates by its one input tensor
         b = fwd.logits.shape[1]
         f_base = reg.objective(fwd, draw).sum(-1)  # (K,)
         (gx,) = torch.autograd.grad(f_base.sum(), x, retain_graph=True)
@@ -188,7 +227,11 @@ class EnsembleTrainer:
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
         self.opt.load_state_dict(sd["opt"])
-        for gens, key in ((self.dropout_gens, "dropout_gens"), (self.proj_gens, "proj_gens"), (self.aug_gens, "aug_gens")):
+        for gens, key in (
+            (self.dropout_gens, "dropout_gens"),
+            (self.proj_gens, "proj_gens"),
+            (self.aug_gens, "aug_gens"),
+        ):
             for g, s in zip(gens, sd[key]):
                 g.set_state(s)
 
@@ -201,8 +244,11 @@ def measure_member_bytes(cfg: TrainConfig, device: torch.device, strategy: str =
     torch.cuda.reset_peak_memory_stats(device)
     trainer = EnsembleTrainer([cfg.replace(seed=s) for s in range(1, k + 1)], device, torch.float32, strategy)
     x = torch.randn(k, cfg.batch_size, *input_shape(cfg), device=device)
-    y = (torch.randint(0, 10, (k, cfg.batch_size), device=device) if cfg.loss == "cross_entropy"
-         else torch.randn(k, cfg.batch_size, 1, device=device))
+    y = (
+        torch.randint(0, 10, (k, cfg.batch_size), device=device)
+        if cfg.loss == "cross_entropy"
+        else torch.randn(k, cfg.batch_size, 1, device=device)
+    )
     trainer.step(x, y, 0)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base

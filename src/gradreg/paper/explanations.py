@@ -8,23 +8,27 @@ rather than guessing.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def _table7(plan: dict, summaries: list, differs: list, scale: float) -> str:
     from .sin_theory import table7_explanation
 
     ours = {s.lam if s.lam is not None else 0.0: s.mean for s in summaries if s.row == "SpectReg"}
-    return ("Every λ differs, by 30–90×. The derivation below (computed by `python -m gradreg.paper.sin_theory`, "
-            "from `gradreg/paper/sin_theory.py`) shows why no model trained with the published code's data and "
-            "objective can reach the published numbers, and that ours sit where that objective puts them.\n\n"
-            + table7_explanation(ours))
+    return (
+        "Every λ differs, by 30–90×. The derivation below (computed by `python -m gradreg.paper.sin_theory`, "
+        "from `gradreg/paper/sin_theory.py`) shows why no model trained with the published code's data and "
+        "objective can reach the published numbers, and that ours sit where that objective puts them.\n\n"
+        + table7_explanation(ours)
+    )
 
 
 def _not_explained(plan: dict, summaries: list, differs: list, scale: float) -> str:
     cells = ", ".join(f"{r['row']} / {r['col']}" for r in differs)
-    return (f"Not yet explained: {cells}. These cells differ from the paper by more than both spreads explain; no "
-            "cause has been established yet, so none is claimed here.")
+    return (
+        f"Not yet explained: {cells}. These cells differ from the paper by more than both spreads explain; no "
+        "cause has been established yet, so none is claimed here."
+    )
 
 
 EXPLANATIONS: dict[str, Callable[[dict, list, list, float], str]] = {

@@ -2,7 +2,7 @@
 
 Defaults are the settings behind the published numbers, read from the authors' TensorFlow code
 (`danielvarga/improved_wgan_training`: `networks.py`, `tflib/ops/conv2d.py`,
-`tflib/ops/batchnorm.py`), summarised in `shared/paper/REFERENCE.md`.
+`tflib/ops/batchnorm.py`), summarised in `docs/settings.md`.
 
 Initialisation, shared by all builders (the `tflib` convention of the original):
 
@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,8 @@ __all__ = [
 
 _BN_EPS = 1e-5  # tflib Batchnorm's epsilon, also PyTorch's default
 
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
+
 
 # ---------------------------------------------------------------------------------------------
 # Initialisation
@@ -56,7 +59,7 @@ def _tf_he_uniform_(weight: torch.Tensor, stride: Sequence[int], generator=None)
     nn.init.uniform_(weight, -bound, bound, generator=generator)
 
 
-def _init_tflib_(model: nn.Module, generator=None) -> nn.Module:
+def _init_tflib_(model: _ModuleT, generator=None) -> _ModuleT:
     """Apply the module docstring's init to every conv, dense and BatchNorm layer of `model`."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -78,10 +81,12 @@ def decayed_parameters(model: nn.Module) -> list[nn.Parameter]:
     added to the loss as `wd * 0.5 * sum(w.pow(2).sum() for w in decayed_parameters(model))`
     (L2 in the loss, not AdamW-style decoupled decay).
     """
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [cast(nn.Parameter, m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def _batchnorm(cls: type, channels: int, batch_stats_at_eval: bool) -> nn.Module:
+def _batchnorm(
+    cls: type[nn.modules.batchnorm._BatchNorm], channels: int, batch_stats_at_eval: bool
+) -> nn.modules.batchnorm._BatchNorm:
     # track_running_stats=False: batch statistics in train *and* eval mode, no running buffers.
     return cls(channels, eps=_BN_EPS, track_running_stats=not batch_stats_at_eval)
 
@@ -124,8 +129,7 @@ def lenet5(
         raise ValueError(f"dropout must be None or in [0, 1), got {dropout!r}")
     if batchnorm and dropout is not None:
         raise ValueError(
-            "the paper's LeNet uses BatchNorm *instead of* dropout: "
-            "pass dropout=None together with batchnorm=True"
+            "the paper's LeNet uses BatchNorm *instead of* dropout: pass dropout=None together with batchnorm=True"
         )
     head: list[tuple[str, nn.Module]] = []
     if batchnorm:
@@ -164,7 +168,8 @@ class _Conv2dTFSame(nn.Conv2d):
     """
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, padding=0, **kwargs)
+        # cast: mypy cannot tell that *args stops before Conv2d's `padding` parameter
+        cast("Callable[..., None]", super().__init__)(*args, padding=0, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, tf_same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation)))

@@ -2,7 +2,7 @@
 
 Varga, Csiszárik & Zombori, *Gradient Regularization Improves Accuracy of Discriminative
 Models*: Tables 1–7, the numbers the text states for its figures, the λ grids of Section 6.1,
-and the tuned weights of ``shared/paper/REFERENCE.md``. Transcribed from
+and the tuned weights of ``docs/settings.md``. Transcribed from
 ``shared/paper/paper.txt``; ``tests/test_paper_data.py`` re-renders every cell and row in the
 paper's own format and finds it in that text.
 
@@ -27,9 +27,9 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Optional, Union
 
 __all__ = [
     "Cell",
@@ -47,7 +47,7 @@ class Cell:
     """One printed number: ``mean (std)``; ``std`` is ``None`` where none is printed."""
 
     mean: float
-    std: Optional[float] = None
+    std: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,10 @@ class PaperTable:
     name: str  # "table1" ... "table7"
     caption: str  # short, ours
     dataset: str  # "mnist", "cifar10" or "sin"
-    train_size: Optional[int]  # None: the full training set
+    train_size: int | None  # None: the full training set
     metric: str  # "accuracy" or "mse" (on the test set)
     unit: str  # "%" or "1e-5": the units of the printed cells
-    n_runs: Optional[int]  # runs per cell; None where the paper does not say
+    n_runs: int | None  # runs per cell; None where the paper does not say
     row_labels: tuple[str, ...]
     col_labels: tuple[str, ...]
     cells: Mapping[tuple[str, str], Cell]
@@ -89,7 +89,7 @@ class PaperTable:
 class Fact:
     """A number the paper's text states outright, with the sentence it comes from."""
 
-    value: Union[float, tuple[float, ...]]
+    value: float | tuple[float, ...]
     unit: str  # "%", "params", "lambda", "steps", "factor", ...
     source: str  # where in the paper: "6.1.1", "Figure 4", ...
     quote: str  # verbatim from paper.txt (whitespace normalized)
@@ -102,13 +102,13 @@ def _table(
     name: str,
     caption: str,
     dataset: str,
-    train_size: Optional[int],
+    train_size: int | None,
     metric: str,
     unit: str,
-    n_runs: Optional[int],
+    n_runs: int | None,
     col_labels: tuple[str, ...],
     rows: dict[str, tuple],
-    weights: Optional[dict[tuple[str, str], dict[str, float]]] = None,
+    weights: dict[tuple[str, str], dict[str, float]] | None = None,
 ) -> PaperTable:
     # rows: label -> one entry per column, each (mean, std) or a bare mean.
     cells = {}
@@ -146,7 +146,11 @@ _T1_WEIGHTS = {"LeNet unregularized": (50, 0.01), "LeNet Batchnorm": (0.001, 0.0
 TABLE1 = _table(
     "table1",
     "Dropout, Batchnorm and gradient regularization (DataGrad, SpectReg) on MNIST, 2000 training points",
-    "mnist", 2000, "accuracy", "%", _N,
+    "mnist",
+    2000,
+    "accuracy",
+    "%",
+    _N,
     ("NoGR", "SpectReg", "DataGrad"),
     {
         "LeNet unregularized": ((96.99, 0.15), (97.59, 0.13), (97.56, 0.24)),
@@ -167,7 +171,11 @@ TABLE1 = _table(
 TABLE2 = _table(
     "table2",
     "Confidence penalty versus SpectReg and DataGrad on MNIST, 2000 training points",
-    "mnist", 2000, "accuracy", "%", _N,
+    "mnist",
+    2000,
+    "accuracy",
+    "%",
+    _N,
     ("No GR", "SpectReg", "DataGrad"),
     {
         "No CP": ((97.39, 0.11), (97.79, 0.12), (97.89, 0.12)),
@@ -187,7 +195,11 @@ TABLE2 = _table(
 TABLE3 = _table(
     "table3",
     "SpectReg, DataGrad and confidence penalty on CIFAR-10, 2000 training points",
-    "cifar10", 2000, "accuracy", "%", _N,
+    "cifar10",
+    2000,
+    "accuracy",
+    "%",
+    _N,
     ("Baseline", "SpectReg", "DataGrad", "CP"),
     {"ResNet": ((55.63, 2.06), (59.24, 1.48), (57.45, 1.79), (58.30, 1.79))},
     weights={
@@ -203,7 +215,11 @@ TABLE3 = _table(
 TABLE4 = _table(
     "table4",
     "Weight decay versus SpectReg and DataGrad on MNIST, 2000 training points",
-    "mnist", 2000, "accuracy", "%", _N,
+    "mnist",
+    2000,
+    "accuracy",
+    "%",
+    _N,
     ("NoGR", "SpectReg", "DataGrad"),
     {
         "no WD": ((97.25, 0.22), (97.69, 0.11), (97.95, 0.15)),
@@ -224,20 +240,30 @@ _T5_LAMBDAS = ("0", "0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03", "0.1")
 TABLE5 = _table(
     "table5",
     "SpectReg and DataGrad λ sweep on full CIFAR-10 with data augmentation, 1 run per cell",
-    "cifar10", None, "accuracy", "%", 1,
+    "cifar10",
+    None,
+    "accuracy",
+    "%",
+    1,
     _T5_LAMBDAS,
     {
         "SpectReg": (93.71, 93.74, 93.66, 93.55, 93.54, 93.01, 92.49, 93.14),
         "DataGrad": (93.71, 93.98, 94.08, 93.94, 94.04, 94.14, 93.80, 93.46),
     },
-    weights={(reg, lam): ({reg: float(lam)} if float(lam) else {}) for reg in ("SpectReg", "DataGrad") for lam in _T5_LAMBDAS},
+    weights={
+        (reg, lam): ({reg: float(lam)} if float(lam) else {}) for reg in ("SpectReg", "DataGrad") for lam in _T5_LAMBDAS
+    },
 )
 
-# Table 6 states no weights (REFERENCE.md's tuned MNIST weights are in TUNED_WEIGHTS).
+# Table 6 states no weights (docs/settings.md's tuned MNIST weights are in TUNED_WEIGHTS).
 TABLE6 = _table(
     "table6",
     "SpectReg, JacReg and FrobReg on MNIST, 2000 training points",
-    "mnist", 2000, "accuracy", "%", _N,
+    "mnist",
+    2000,
+    "accuracy",
+    "%",
+    _N,
     ("SpectReg", "JacReg", "FrobReg"),
     {"LeNet": ((97.79, 0.12), (97.63, 0.15), (97.76, 0.13))},
 )
@@ -249,7 +275,11 @@ _T7_LAMBDAS = ("0", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3", "1", "3", "1
 TABLE7 = _table(
     "table7",
     "Test MSE on SIN for SpectReg weights",
-    "sin", 100, "mse", "1e-5", None,
+    "sin",
+    100,
+    "mse",
+    "1e-5",
+    None,
     _T7_LAMBDAS,
     {"SpectReg": (16.6, 24.5, 2.5, 2.3, 1.6, 3.4, 74.9, 497.7, 1264.4, 2002.2)},
     weights={("SpectReg", lam): ({"SpectReg": float(lam)} if float(lam) else {}) for lam in _T7_LAMBDAS},
@@ -262,62 +292,98 @@ TABLES: Mapping[str, PaperTable] = MappingProxyType(
 
 # --------------------------------------------------------------------------- numbers in the text
 
-FACTS: Mapping[str, Fact] = MappingProxyType({
-    "mnist_full_lenet_test_accuracy": Fact(
-        99.1, "%", "6.1.1",
-        "On the full MNIST dataset, this model achieves 99.1% test accuracy without data augmentation."),
-    "cifar10_full_resnet_test_accuracy": Fact(
-        93.71, "%", "6.1.2",
-        "On the full CIFAR-10 training set, this model achieves 93.71% test accuracy."),
-    "lenet_parameter_count": Fact(
-        61706, "params", "6.1.1", "The total parameter count of the used baseline model is 61706."),
-    # REFERENCE.md: the published ResNet has ~2.41M parameters.
-    "resnet_parameter_count_approx": Fact(
-        2.5e6, "params", "6.1.2", "The network has around 2.5 million parameters."),
-    "cifar10_steps": Fact(50000, "steps", "6.1.2", "The models are trained for 50000 iterations with SGD"),
-    "table5_steps": Fact(
-        200000, "steps", "Table 5",
-        "trained on CIFAR-10 with full training set and data augmentation for 200000 iterations"),
-    "mnist_steps": Fact(
-        10000, "steps", "6.1.1", "Our training runs are stopped after 10000 minibatches in all of our MNIST experiments."),
-    "figure3_datagrad_lambda": Fact(
-        0.01, "lambda", "Figure 3", "Figure 3 shows the learning curves of DataGrad (with the best performing λ = 0.01)"),
-    "figure4_phase_transition_datagrad_lambda": Fact(
-        20, "lambda", "Figure 4", "this phase transition point was around DataGrad weight 20"),
-    # The values are the six panel titles of Figure 4: "wd = 0.0", ..., "wd = 0.01".
-    "figure4_weight_decays": Fact(
-        (0.0, 0.0001, 0.0005, 0.001, 0.005, 0.01), "weight decay", "Figure 4",
-        "Each chart was created using a different L2 regularization weight."),
-    "figure2_largest_train_size_with_benefit": Fact(
-        20000, "examples", "Figure 2", "we can see their benefit even for as much as 20000 training points."),
-    "table7_best_spectreg_lambda": Fact(
-        0.03, "lambda", "Table 7", "The optimal weight is 0.03 which yields a reduction in MSE by a factor of 10."),
-    "table7_mse_reduction_factor": Fact(
-        10, "factor", "Table 7", "The optimal weight is 0.03 which yields a reduction in MSE by a factor of 10."),
-})
+FACTS: Mapping[str, Fact] = MappingProxyType(
+    {
+        "mnist_full_lenet_test_accuracy": Fact(
+            99.1,
+            "%",
+            "6.1.1",
+            "On the full MNIST dataset, this model achieves 99.1% test accuracy without data augmentation.",
+        ),
+        "cifar10_full_resnet_test_accuracy": Fact(
+            93.71, "%", "6.1.2", "On the full CIFAR-10 training set, this model achieves 93.71% test accuracy."
+        ),
+        "lenet_parameter_count": Fact(
+            61706, "params", "6.1.1", "The total parameter count of the used baseline model is 61706."
+        ),
+        # docs/settings.md: the published ResNet has ~2.41M parameters.
+        "resnet_parameter_count_approx": Fact(
+            2.5e6, "params", "6.1.2", "The network has around 2.5 million parameters."
+        ),
+        "cifar10_steps": Fact(50000, "steps", "6.1.2", "The models are trained for 50000 iterations with SGD"),
+        "table5_steps": Fact(
+            200000,
+            "steps",
+            "Table 5",
+            "trained on CIFAR-10 with full training set and data augmentation for 200000 iterations",
+        ),
+        "mnist_steps": Fact(
+            10000,
+            "steps",
+            "6.1.1",
+            "Our training runs are stopped after 10000 minibatches in all of our MNIST experiments.",
+        ),
+        "figure3_datagrad_lambda": Fact(
+            0.01,
+            "lambda",
+            "Figure 3",
+            "Figure 3 shows the learning curves of DataGrad (with the best performing λ = 0.01)",
+        ),
+        "figure4_phase_transition_datagrad_lambda": Fact(
+            20, "lambda", "Figure 4", "this phase transition point was around DataGrad weight 20"
+        ),
+        # The values are the six panel titles of Figure 4: "wd = 0.0", ..., "wd = 0.01".
+        "figure4_weight_decays": Fact(
+            (0.0, 0.0001, 0.0005, 0.001, 0.005, 0.01),
+            "weight decay",
+            "Figure 4",
+            "Each chart was created using a different L2 regularization weight.",
+        ),
+        "figure2_largest_train_size_with_benefit": Fact(
+            20000, "examples", "Figure 2", "we can see their benefit even for as much as 20000 training points."
+        ),
+        "table7_best_spectreg_lambda": Fact(
+            0.03, "lambda", "Table 7", "The optimal weight is 0.03 which yields a reduction in MSE by a factor of 10."
+        ),
+        "table7_mse_reduction_factor": Fact(
+            10, "factor", "Table 7", "The optimal weight is 0.03 which yields a reduction in MSE by a factor of 10."
+        ),
+    }
+)
 
 
 # --------------------------------------------------------------------------- λ grids (6.1)
 
-LAMBDA_GRIDS: Mapping[str, tuple[float, ...]] = MappingProxyType({
-    "DataGrad": (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 2, 5, 10, 20, 50, 100),
-    "SpectReg": (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1),
-    "JacReg": (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1),
-    # The text reads "CP: 0.0001, 0.003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1": 0.003 twice
-    # and not increasing, a typo for 0.0003 (the SpectReg/JacReg grid). Corrected here.
-    "CP": (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1),
-})
+LAMBDA_GRIDS: Mapping[str, tuple[float, ...]] = MappingProxyType(
+    {
+        "DataGrad": (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 2, 5, 10, 20, 50, 100),
+        "SpectReg": (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1),
+        "JacReg": (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1),
+        # The text reads "CP: 0.0001, 0.003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1": 0.003 twice
+        # and not increasing, a typo for 0.0003 (the SpectReg/JacReg grid). Corrected here.
+        "CP": (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1),
+    }
+)
 
 
 # --------------------------------------------------------------------------- tuned weights
 
-# From REFERENCE.md (the authors' code), per dataset at 2000 training points. CP is in the
+# From docs/settings.md (the authors' code), per dataset at 2000 training points. CP is in the
 # original's batch-sum convention: gradreg.ConfidencePenalty(weight=CP × batch size), i.e.
 # 0.01 → 0.5 at B = 50 (MNIST), 0.003 → 0.384 at B = 128 (CIFAR-10).
-TUNED_WEIGHTS: Mapping[str, Mapping[str, float]] = MappingProxyType({
-    "mnist": MappingProxyType({
-        "DataGrad": 50, "SpectReg": 0.03, "JacReg": 1, "FrobReg": 0.03,
-        "OneHot": 0.3, "RandomOneHot": 0.3, "CP": 0.01,
-    }),
-    "cifar10": MappingProxyType({"DataGrad": 1, "SpectReg": 0.003, "CP": 0.003}),
-})
+TUNED_WEIGHTS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {
+        "mnist": MappingProxyType(
+            {
+                "DataGrad": 50,
+                "SpectReg": 0.03,
+                "JacReg": 1,
+                "FrobReg": 0.03,
+                "OneHot": 0.3,
+                "RandomOneHot": 0.3,
+                "CP": 0.01,
+            }
+        ),
+        "cifar10": MappingProxyType({"DataGrad": 1, "SpectReg": 0.003, "CP": 0.003}),
+    }
+)

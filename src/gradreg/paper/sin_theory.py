@@ -79,8 +79,16 @@ LOSS_WEIGHT = 25.0
 
 #: Our 10-seed means of the SIN test MSE (natural units), λ → MSE.
 OURS_TABLE7: dict[float, float] = {
-    0.0: 557e-5, 0.001: 389e-5, 0.003: 272e-5, 0.01: 193e-5, 0.03: 355e-5,
-    0.1: 1363e-5, 0.3: 4602e-5, 1.0: 15387e-5, 3.0: 30809e-5, 10.0: 43847e-5,
+    0.0: 557e-5,
+    0.001: 389e-5,
+    0.003: 272e-5,
+    0.01: 193e-5,
+    0.03: 355e-5,
+    0.1: 1363e-5,
+    0.3: 4602e-5,
+    1.0: 15387e-5,
+    3.0: 30809e-5,
+    10.0: 43847e-5,
 }
 
 #: Default Legendre degree and coefficient ridge of :func:`discrete_optimum`.
@@ -92,8 +100,7 @@ def _grid(grid: np.ndarray | None) -> np.ndarray:
     return sin_grid() if grid is None else np.asarray(grid, dtype=np.float64)
 
 
-def sin_target_mean_square(grid: np.ndarray | None = None,
-                           frequency: float = SIN_FREQUENCY) -> float:
+def sin_target_mean_square(grid: np.ndarray | None = None, frequency: float = SIN_FREQUENCY) -> float:
     """``M = mean_grid sin²(ωx)`` on the test grid (default: the 900-point SIN grid)."""
     g = _grid(grid)
     return float(np.mean(np.sin(frequency * g) ** 2))
@@ -106,30 +113,31 @@ def oracle_amplitude(x: np.ndarray, y: np.ndarray, frequency: float = SIN_FREQUE
     return float(s @ np.asarray(y, dtype=np.float64) / (s @ s))
 
 
-def oracle_test_mse(x: np.ndarray, y: np.ndarray, grid: np.ndarray | None = None,
-                    frequency: float = SIN_FREQUENCY) -> float:
+def oracle_test_mse(
+    x: np.ndarray, y: np.ndarray, grid: np.ndarray | None = None, frequency: float = SIN_FREQUENCY
+) -> float:
     """Test MSE of the amplitude oracle ``Â·sin(ωx)`` against clean ``sin(ωx)``:
     ``(Â − 1)²·M`` (exactly the grid mean of ``(Â sin ωx − sin ωx)²``)."""
     a = oracle_amplitude(x, y, frequency)
     return (a - 1.0) ** 2 * sin_target_mean_square(grid, frequency)
 
 
-def oracle_conditional_expected_mse(x: np.ndarray, sigma: float = SIN_NOISE_STD,
-                                    grid: np.ndarray | None = None,
-                                    frequency: float = SIN_FREQUENCY) -> float:
+def oracle_conditional_expected_mse(
+    x: np.ndarray, sigma: float = SIN_NOISE_STD, grid: np.ndarray | None = None, frequency: float = SIN_FREQUENCY
+) -> float:
     """``E[oracle test MSE | x] = σ² M / S`` (expectation over the noise only)."""
     s = np.sin(frequency * np.asarray(x, dtype=np.float64))
-    return sigma ** 2 * sin_target_mean_square(grid, frequency) / float(s @ s)
+    return sigma**2 * sin_target_mean_square(grid, frequency) / float(s @ s)
 
 
-def _sin_energy_laplace(t: float, frequency: float, nodes: np.ndarray,
-                        weights: np.ndarray) -> float:
+def _sin_energy_laplace(t: float, frequency: float, nodes: np.ndarray, weights: np.ndarray) -> float:
     """``φ(t) = E_x exp(−t sin²(ωx))`` for ``x ~ U(-1, 1)`` (= the mean over ``[0, 1]``, by symmetry)."""
     return float(weights @ np.exp(-t * np.sin(frequency * nodes) ** 2))
 
 
-def expected_inverse_sin_energy(n: int = 100, frequency: float = SIN_FREQUENCY,
-                                panels: int = 64, order: int = 16) -> float:
+def expected_inverse_sin_energy(
+    n: int = 100, frequency: float = SIN_FREQUENCY, panels: int = 64, order: int = 16
+) -> float:
     """``E[1/S]`` for ``S = Σ_{i≤n} sin²(ωx_i)``, ``x_i`` iid ``U(-1, 1)``.
 
     Uses ``1/S = ∫_0^∞ e^{−tS} dt`` and independence: ``E[1/S] = ∫_0^∞ φ(t)^n dt``. The inner
@@ -142,29 +150,33 @@ def expected_inverse_sin_energy(n: int = 100, frequency: float = SIN_FREQUENCY,
     mid = (edges[:-1] + edges[1:]) / 2
     nodes = (mid[:, None] + half[:, None] * base[None, :]).ravel()
     weights = (half[:, None] * w[None, :]).ravel()  # sums to 1 = length of [0, 1]
-    value, _ = integrate.quad(lambda t: _sin_energy_laplace(t, frequency, nodes, weights) ** n,
-                              0.0, np.inf, limit=200, epsabs=1e-14, epsrel=1e-10)
+    value, _ = integrate.quad(
+        lambda t: _sin_energy_laplace(t, frequency, nodes, weights) ** n,
+        0.0,
+        np.inf,
+        limit=200,
+        epsabs=1e-14,
+        epsrel=1e-10,
+    )
     return float(value)
 
 
-def oracle_expected_test_mse(n: int = 100, sigma: float = SIN_NOISE_STD,
-                             grid: np.ndarray | None = None,
-                             frequency: float = SIN_FREQUENCY) -> float:
+def oracle_expected_test_mse(
+    n: int = 100, sigma: float = SIN_NOISE_STD, grid: np.ndarray | None = None, frequency: float = SIN_FREQUENCY
+) -> float:
     """``E[oracle test MSE] = σ² M E[1/S]`` over draws of both the noise and ``x``."""
-    return sigma ** 2 * sin_target_mean_square(grid, frequency) * expected_inverse_sin_energy(
-        n, frequency)
+    return sigma**2 * sin_target_mean_square(grid, frequency) * expected_inverse_sin_energy(n, frequency)
 
 
-def euler_lagrange_shrinkage(lam: float, loss_weight: float = LOSS_WEIGHT,
-                             frequency: float = SIN_FREQUENCY) -> float:
+def euler_lagrange_shrinkage(lam: float, loss_weight: float = LOSS_WEIGHT, frequency: float = SIN_FREQUENCY) -> float:
     """``c`` of the particular solution ``c sin(ωx)`` of ``λ f'' = w (f − sin ωx)``:
     ``c = w / (w + λω²)``; for ``w = 25, ω = 5`` this is ``1 / (1 + λ)``."""
-    return loss_weight / (loss_weight + lam * frequency ** 2)
+    return loss_weight / (loss_weight + lam * frequency**2)
 
 
-def continuum_optimum(lam: float, grid: np.ndarray | None = None,
-                      loss_weight: float = LOSS_WEIGHT,
-                      frequency: float = SIN_FREQUENCY) -> np.ndarray:
+def continuum_optimum(
+    lam: float, grid: np.ndarray | None = None, loss_weight: float = LOSS_WEIGHT, frequency: float = SIN_FREQUENCY
+) -> np.ndarray:
     """Values on ``grid`` (default: the test grid) of the minimizer of
     ``½∫_{-1}^{1} [w (f − sin ωx)² + λ f'²] dx``:
     ``f = c sin(ωx) − (ωc cos ω / k)·sinh(kx)/cosh(k)``, ``c = w/(w+λω²)``, ``k = sqrt(w/λ)``.
@@ -183,21 +195,22 @@ def continuum_optimum(lam: float, grid: np.ndarray | None = None,
     return c * np.sin(frequency * g) - frequency * c * math.cos(frequency) / k * ratio
 
 
-def optimum_test_mse(lam: float, grid: np.ndarray | None = None,
-                     loss_weight: float = LOSS_WEIGHT,
-                     frequency: float = SIN_FREQUENCY) -> float:
+def optimum_test_mse(
+    lam: float, grid: np.ndarray | None = None, loss_weight: float = LOSS_WEIGHT, frequency: float = SIN_FREQUENCY
+) -> float:
     """Test MSE (grid mean of ``(f − sin ωx)²``) of :func:`continuum_optimum`."""
     g = _grid(grid)
     f = continuum_optimum(lam, g, loss_weight, frequency)
     return float(np.mean((f - np.sin(frequency * g)) ** 2))
 
 
-def coded_objective(f_train: np.ndarray, df_train: np.ndarray, y: np.ndarray, lam: float,
-                    loss_weight: float = LOSS_WEIGHT) -> float:
+def coded_objective(
+    f_train: np.ndarray, df_train: np.ndarray, y: np.ndarray, lam: float, loss_weight: float = LOSS_WEIGHT
+) -> float:
     """``J = w·mean_i (f(x_i) − y_i)² + λ·mean_i f'(x_i)²``: the per-step training loss
     averaged over the two alternating batches and over ``r`` (``E r² = 1``)."""
     f_train, df_train, y = (np.asarray(v, dtype=np.float64) for v in (f_train, df_train, y))
-    return float(loss_weight * np.mean((f_train - y) ** 2) + lam * np.mean(df_train ** 2))
+    return float(loss_weight * np.mean((f_train - y) ** 2) + lam * np.mean(df_train**2))
 
 
 def _legendre_design(x: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,9 +221,15 @@ def _legendre_design(x: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray
     return values, derivs
 
 
-def discrete_optimum(lam: float, x: np.ndarray | None = None, y: np.ndarray | None = None,
-                     *, degree: int = DISCRETE_DEGREE, ridge: float = DISCRETE_RIDGE,
-                     loss_weight: float = LOSS_WEIGHT) -> np.ndarray:
+def discrete_optimum(
+    lam: float,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    *,
+    degree: int = DISCRETE_DEGREE,
+    ridge: float = DISCRETE_RIDGE,
+    loss_weight: float = LOSS_WEIGHT,
+) -> np.ndarray:
     """Legendre coefficients (``degree + 1``) of the minimizer of
     ``J(f) + ridge·‖coef‖²`` over polynomials of degree ``degree`` on ``[−1, 1]``, with ``J`` from
     :func:`coded_objective` on the actual training points (default: the seed-10 SIN draw).
@@ -231,10 +250,15 @@ def discrete_optimum(lam: float, x: np.ndarray | None = None, y: np.ndarray | No
     return np.linalg.solve(gram, loss_weight * values.T @ y / n)
 
 
-def discrete_optimum_test_mse(lam: float, x: np.ndarray | None = None,
-                              y: np.ndarray | None = None, *, degree: int = DISCRETE_DEGREE,
-                              ridge: float = DISCRETE_RIDGE,
-                              grid: np.ndarray | None = None) -> float:
+def discrete_optimum_test_mse(
+    lam: float,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    *,
+    degree: int = DISCRETE_DEGREE,
+    ridge: float = DISCRETE_RIDGE,
+    grid: np.ndarray | None = None,
+) -> float:
     """Test MSE on the grid of :func:`discrete_optimum` (default: seed-10 data)."""
     g = _grid(grid)
     coef = discrete_optimum(lam, x, y, degree=degree, ridge=ridge)
@@ -292,25 +316,23 @@ def table7_explanation(ours: Mapping[float, float] | None = None) -> str:
             disc = _e5(vals[1]) if spread < 0.1 else "basis-dep."
         else:
             disc = "basis-dep."
-        rows.append(f"| {lam:g} | {_e5(ours[lam]) if lam in ours else '—'} | "
-                    f"{_e5(paper[lam]) if lam in paper else '—'} | {_e5(oracle)} | "
-                    f"{_e5(cont)} | {disc} |")
+        rows.append(
+            f"| {lam:g} | {_e5(ours[lam]) if lam in ours else '—'} | "
+            f"{_e5(paper[lam]) if lam in paper else '—'} | {_e5(oracle)} | "
+            f"{_e5(cont)} | {disc} |"
+        )
 
     low = [lam for lam in (0.003, 0.01, 0.03, 0.1) if lam in paper]
     low_paper = [paper[lam] for lam in low]
     high = [lam for lam in (1.0, 3.0, 10.0) if lam in paper]
-    bias_floor_exceeds = [lam for lam in lams if lam in paper and lam > 0
-                          and optimum_test_mse(lam) > paper[lam]]
-    scales = {lam: implied_penalty_scale(lam, paper[lam]) for lam in lams
-              if lam in paper and lam >= 0.3}
-    factors = {lam: optimum_test_mse(lam) / paper[lam] for lam in lams
-               if lam in paper and lam >= 0.3}
+    bias_floor_exceeds = [lam for lam in lams if lam in paper and lam > 0 and optimum_test_mse(lam) > paper[lam]]
+    scales = {lam: implied_penalty_scale(lam, paper[lam]) for lam in lams if lam in paper and lam >= 0.3}
+    factors = {lam: optimum_test_mse(lam) / paper[lam] for lam in lams if lam in paper and lam >= 0.3}
     s_energy = float(np.sum(np.sin(SIN_FREQUENCY * x) ** 2))
     amp_se = SIN_NOISE_STD / math.sqrt(s_energy)
     best_paper = min(low_paper)
     amp_needed = math.sqrt(best_paper / m)
-    high_factor = min(optimum_test_mse(lam) / paper[lam] for lam in lams
-                      if lam in paper and lam >= 0.3)
+    high_factor = min(optimum_test_mse(lam) / paper[lam] for lam in lams if lam in paper and lam >= 0.3)
     ours_ratio = {lam: ours[lam] / optimum_test_mse(lam) for lam in high if lam in ours}
     top = max(high)
     clean_disc = discrete_optimum_test_mse(top, x, np.sin(SIN_FREQUENCY * x))
@@ -322,7 +344,9 @@ def table7_explanation(ours: Mapping[float, float] | None = None) -> str:
     high_cmp = "; ".join(
         f"λ={lam:g}: ours {_e5(ours[lam])}, continuum optimum {_e5(optimum_test_mse(lam))}, "
         f"discrete optimum {_e5(discrete_optimum_test_mse(lam, x, y))}, paper {_e5(paper[lam])}"
-        for lam in high if lam in ours)
+        for lam in high
+        if lam in ours
+    )
 
     text = f"""## Why our SIN Table 7 disagrees with the paper
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -49,8 +49,14 @@ def sweep_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     for row in dict.fromkeys(s.row for s in summaries):
         ss = [s for s in summaries if s.row == row]
         xs, _ = _lam_x([s.x for s in ss])
-        ax.errorbar(xs, [s.mean * scale for s in ss], yerr=[0 if math.isnan(s.std) else s.std * scale for s in ss],
-                    marker="o", capsize=3, label=f"{row} (ours)")
+        ax.errorbar(
+            xs,
+            [s.mean * scale for s in ss],
+            yerr=[0 if math.isnan(s.std) else s.std * scale for s in ss],
+            marker="o",
+            capsize=3,
+            label=f"{row} (ours)",
+        )
         if table is not None:
             px = [x for x, s in zip(xs, ss) if (s.row, s.col) in table.cells]
             py = [table.cells[(s.row, s.col)].mean for s in ss if (s.row, s.col) in table.cells]
@@ -72,13 +78,22 @@ def fig2_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in dict.fromkeys(s.row for s in summaries):
         ss = sorted((s for s in summaries if s.row == row), key=lambda s: s.x)
-        ax.errorbar([s.x for s in ss], [100 * s.mean for s in ss],
-                    yerr=[0 if math.isnan(s.std) else 100 * s.std for s in ss], marker="o", capsize=3, label=row)
+        ax.errorbar(
+            [s.x for s in ss],
+            [100 * s.mean for s in ss],
+            yerr=[0 if math.isnan(s.std) else 100 * s.std for s in ss],
+            marker="o",
+            capsize=3,
+            label=row,
+        )
     # The paper prints numbers for N = 2000 only (Tables 1, 2, 6): reference points there.
-    refs = {"Baseline": TABLES["table1"].cells[("LeNet Dropout", "NoGR")],
-            "DataGrad": TABLES["table1"].cells[("LeNet Dropout", "DataGrad")],
-            "SpectReg": TABLES["table1"].cells[("LeNet Dropout", "SpectReg")],
-            "CP": TABLES["table2"].cells[("CP", "No GR")], "JacReg": TABLES["table6"].cells[("LeNet", "JacReg")]}
+    refs = {
+        "Baseline": TABLES["table1"].cells[("LeNet Dropout", "NoGR")],
+        "DataGrad": TABLES["table1"].cells[("LeNet Dropout", "DataGrad")],
+        "SpectReg": TABLES["table1"].cells[("LeNet Dropout", "SpectReg")],
+        "CP": TABLES["table2"].cells[("CP", "No GR")],
+        "JacReg": TABLES["table6"].cells[("LeNet", "JacReg")],
+    }
     for i, cell in enumerate(refs.values()):
         ax.plot([2000], [cell.mean], "x", color=f"C{i}", markersize=9)
     ax.plot([], [], "kx", label="paper, N=2000 (Tables 1, 2, 6)")
@@ -98,9 +113,18 @@ def fig3_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     t5 = TABLES["table5"].cells
     refs = {"Baseline": t5[("DataGrad", "0")], "DataGrad": t5[("DataGrad", "0.01")]}
     for i, s in enumerate(summaries):
-        ax.plot([p["step"] for p in s.curve], [100 * p["test"] for p in s.curve], color=f"C{i}", label=f"{s.row} (ours)")
+        ax.plot(
+            [p["step"] for p in s.curve], [100 * p["test"] for p in s.curve], color=f"C{i}", label=f"{s.row} (ours)"
+        )
         if s.row in refs and s.curve:
-            ax.plot([s.curve[-1]["step"]], [refs[s.row].mean], "x", color=f"C{i}", markersize=9, label=f"{s.row}, paper final (Table 5)")
+            ax.plot(
+                [s.curve[-1]["step"]],
+                [refs[s.row].mean],
+                "x",
+                color=f"C{i}",
+                markersize=9,
+                label=f"{s.row}, paper final (Table 5)",
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(plan["title"], fontsize=10)
@@ -127,7 +151,7 @@ def fig4_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
         ax.axvline(transition, color="gray", linestyle="--", linewidth=1)
         ax.set_title(f"{row}; dashed: paper's transition ≈ {transition:g}", fontsize=8)
         ax.set_xlabel("DataGrad λ (leftmost: 0)", fontsize=8)
-    for ax in list(axes.flat)[len(rows):]:
+    for ax in list(axes.flat)[len(rows) :]:
         ax.axis("off")
     fig.suptitle(plan["title"], fontsize=10)
     fig.tight_layout()
@@ -163,9 +187,14 @@ def sin_fits_plot(plan, summaries, out_dir: Path, stem: str, xlim=None) -> Path:
     return path
 
 
-_FIGURES = {
-    "table5": sweep_plot, "table7": sweep_plot, "fig2": fig2_plot, "fig3": fig3_plot, "fig4": fig4_plot,
-    "fig5": sin_fits_plot, "fig6": functools.partial(sin_fits_plot, xlim=(0.2, 0.7)),
+_FIGURES: dict[str, Callable[[dict, list, Path, str], Path]] = {
+    "table5": sweep_plot,
+    "table7": sweep_plot,
+    "fig2": fig2_plot,
+    "fig3": fig3_plot,
+    "fig4": fig4_plot,
+    "fig5": sin_fits_plot,
+    "fig6": functools.partial(sin_fits_plot, xlim=(0.2, 0.7)),
     "sin2": sin_fits_plot,
 }
 
@@ -175,7 +204,7 @@ def has_figure(name: str) -> bool:
     return name in _FIGURES
 
 
-def draw_figures(plan: dict, summaries: list, out_dir, stem: Optional[str] = None) -> list[Path]:
+def draw_figures(plan: dict, summaries: list, out_dir, stem: str | None = None) -> list[Path]:
     """The PNG of an experiment, ``out_dir / f"{stem}.png"`` (default stem: the plan's name),
     as a list: empty for the accuracy tables."""
     name = plan["name"]

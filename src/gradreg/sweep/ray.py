@@ -24,8 +24,8 @@ must name a directory that exists on every node.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -51,7 +51,9 @@ def _import_ray():
     return ray
 
 
-def train_chunk(config_dicts: list[dict], data_dir: Optional[str], max_members: Optional[int], num_threads: int) -> list[dict]:
+def train_chunk(
+    config_dicts: list[dict], data_dir: str | None, max_members: int | None, num_threads: int
+) -> list[dict]:
     """The body of one Ray task: train one packed chunk in this process and return each
     member's ``RunResult.to_dict()``, in the order of ``config_dicts``."""
     torch.set_num_threads(num_threads)  # the CPUs Ray reserved for this task, not the whole node's
@@ -78,9 +80,9 @@ class RayExecutor:
       max_retries: how often a chunk whose worker died is rerun before the sweep fails.
     """
 
-    address: Optional[str] = None
-    data_dir: Optional[str] = None
-    max_members: Optional[int] = None
+    address: str | None = None
+    data_dir: str | None = None
+    max_members: int | None = None
     num_cpus_per_task: float = 1
     num_gpus_per_task: float = 0
     max_retries: int = 3
@@ -121,8 +123,11 @@ class RayExecutor:
             task = ray.remote(train_chunk)
             for n, chunk in enumerate(chunks):
                 ref = task.options(
-                    name=f"gradreg-chunk-{n}", num_cpus=self.num_cpus_per_task, num_gpus=gpus[n],
-                    max_retries=self.max_retries, retry_exceptions=False,
+                    name=f"gradreg-chunk-{n}",
+                    num_cpus=self.num_cpus_per_task,
+                    num_gpus=gpus[n],
+                    max_retries=self.max_retries,
+                    retry_exceptions=False,
                 ).remote([configs[i].to_dict() for i in chunk], data_dir, self.max_members, threads)
                 pending[ref] = chunk
 

@@ -16,15 +16,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, cast
 
 from ..atomic import write_text_atomic
 from .store import Store, run_key
 
 RUNS_FILE = "runs.jsonl"
 PLANS_FILE = "plans.json"
-FIELDS = ("run_key", "experiments", "config", "metrics", "curve", "wall_time_s", "steps_per_s", "code_version",
-          "device", "torch_version", "error")
+FIELDS = (
+    "run_key",
+    "experiments",
+    "config",
+    "metrics",
+    "curve",
+    "wall_time_s",
+    "steps_per_s",
+    "code_version",
+    "device",
+    "torch_version",
+    "error",
+)
 REQUIRED = ("run_key", "experiments", "config")
 
 
@@ -45,7 +56,7 @@ def export_records(store: Store, directory: Path) -> tuple[Path, Path]:
     runs = write_text_atomic(directory / RUNS_FILE, "".join(line + "\n" for line in lines))
     plans: dict[str, Any] = {}
     for exp in store.experiments():
-        for profile in store.profiles(exp) or [None]:
+        for profile in cast("list[str | None]", store.profiles(exp)) or [None]:
             plan = store.plan(exp, profile)
             if plan is not None:
                 plans[f"{exp}@{profile}" if profile else exp] = plan
@@ -66,7 +77,11 @@ def _check_record(rec: Any, where: str) -> dict:
         raise RecordsError(f"{where}: unknown field(s) {', '.join(unknown)} (not a gradreg run record?)")
     if not isinstance(rec["config"], dict):
         raise RecordsError(f"{where}: config must be an object")
-    if not (isinstance(rec["experiments"], list) and rec["experiments"] and all(isinstance(e, str) for e in rec["experiments"])):
+    if not (
+        isinstance(rec["experiments"], list)
+        and rec["experiments"]
+        and all(isinstance(e, str) for e in rec["experiments"])
+    ):
         raise RecordsError(f"{where}: experiments must be a non-empty list of names")
     if rec.get("error") is None and not isinstance(rec.get("metrics"), dict):
         raise RecordsError(f"{where}: a successful run needs its metrics")
@@ -75,8 +90,10 @@ def _check_record(rec: Any, where: str) -> dict:
     except (TypeError, ValueError) as e:
         raise RecordsError(f"{where}: its config does not load in this gradreg version: {e}") from None
     if canonical != rec["config"]:
-        raise RecordsError(f"{where}: its config is not in this gradreg version's normal form "
-                           "(made by a version with other defaults?); re-export it with that version")
+        raise RecordsError(
+            f"{where}: its config is not in this gradreg version's normal form "
+            "(made by a version with other defaults?); re-export it with that version"
+        )
     if run_key(canonical) != rec["run_key"]:
         raise RecordsError(f"{where}: run_key {rec['run_key']!r} is not the key of its config")
     return rec
@@ -119,8 +136,21 @@ def import_records(store: Store, directory: Path, *, plans: bool = True) -> int:
     links: dict[str, list[dict]] = {}
     for rec in records:
         if rec["run_key"] not in have:
-            store_rec = {k: rec[k] for k in ("config", "metrics", "curve", "wall_time_s", "steps_per_s", "device",
-                                            "torch_version", "code_version", "error") if rec.get(k) is not None}
+            store_rec = {
+                k: rec[k]
+                for k in (
+                    "config",
+                    "metrics",
+                    "curve",
+                    "wall_time_s",
+                    "steps_per_s",
+                    "device",
+                    "torch_version",
+                    "code_version",
+                    "error",
+                )
+                if rec.get(k) is not None
+            }
             new.setdefault(rec["experiments"][0], []).append(store_rec)
         for exp in rec["experiments"]:
             links.setdefault(exp, []).append(rec["config"])
@@ -131,7 +161,7 @@ def import_records(store: Store, directory: Path, *, plans: bool = True) -> int:
     if plans:
         for key, plan in plan_map.items():
             exp = key.split("@", 1)[0]
-            stored: Optional[dict] = store.plan(exp, plan.get("profile"))
+            stored: dict | None = store.plan(exp, plan.get("profile"))
             if stored is None:
                 store.put_plan(exp, plan)
     return sum(len(v) for v in new.values())

@@ -22,11 +22,10 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..atomic import write_text_atomic
-from . import stats
 from ..paper.numbers import TABLES
+from . import stats
 from .store import Store
 
 ALPHA = 0.05
@@ -36,8 +35,8 @@ ALPHA = 0.05
 class CellSummary:
     row: str
     col: str
-    x: Optional[float]
-    lam: Optional[float]  # the chosen candidate's lambda
+    x: float | None
+    lam: float | None  # the chosen candidate's lambda
     n: int
     test: list  # test scores of the chosen candidate, one per seed
     dev_mean: float
@@ -46,11 +45,11 @@ class CellSummary:
     weight_norm_sq: float
     train_loss: float
     curve: list  # mean over seeds: [{"step", "dev", "test", "train_loss"}]
-    fit: Optional[list]
+    fit: list | None
     errors: int = 0
-    p_adj: Optional[float] = None
+    p_adj: float | None = None
     significant: bool = False
-    compared_to: Optional[str] = None
+    compared_to: str | None = None
     runs: list = field(default_factory=list)
 
     @property
@@ -75,25 +74,46 @@ def summarize_cell(cell: dict, rows: dict, metric: str) -> CellSummary:
         got = [rows[k] for k in cand["runs"] if k in rows]
         ok = [r for r in got if r.get("error") is None]
         errors += len(got) - len(ok)
-        cands.append({"lambda": cand["lambda"], "runs": ok, "n": len(ok),
-                      "dev_mean": _mean(r["metrics"]["dev"] for r in ok), "test_mean": _mean(r["metrics"]["test"] for r in ok)})
+        cands.append(
+            {
+                "lambda": cand["lambda"],
+                "runs": ok,
+                "n": len(ok),
+                "dev_mean": _mean(r["metrics"]["dev"] for r in ok),
+                "test_mean": _mean(r["metrics"]["test"] for r in ok),
+            }
+        )
     scored = [c for c in cands if c["n"] > 0 and not math.isnan(c["dev_mean"])]
-    best = better(scored, key=lambda c: c["dev_mean"]) if scored else (cands[0] if cands else {"runs": [], "lambda": None, "dev_mean": math.nan})
+    best = (
+        better(scored, key=lambda c: c["dev_mean"])
+        if scored
+        else (cands[0] if cands else {"runs": [], "lambda": None, "dev_mean": math.nan})
+    )
     runs = best["runs"]
     curve = []
     if runs:
         for i, point in enumerate(runs[0]["curve"]):
             pts = [r["curve"][i] for r in runs if i < len(r["curve"])]
-            curve.append({"step": point["step"], **{k: _mean(p[k] for p in pts) for k in ("dev", "test", "train_loss")}})
+            curve.append(
+                {"step": point["step"], **{k: _mean(p[k] for p in pts) for k in ("dev", "test", "train_loss")}}
+            )
     keys = ("train", "test", "off_manifold")
     return CellSummary(
-        row=cell["row"], col=cell["col"], x=cell.get("x"), lam=best["lambda"], n=len(runs),
-        test=[r["metrics"]["test"] for r in runs], dev_mean=best["dev_mean"],
+        row=cell["row"],
+        col=cell["col"],
+        x=cell.get("x"),
+        lam=best["lambda"],
+        n=len(runs),
+        test=[r["metrics"]["test"] for r in runs],
+        dev_mean=best["dev_mean"],
         candidates=[{k: c[k] for k in ("lambda", "n", "dev_mean", "test_mean")} for c in cands],
         grad_norms={k: _mean(r["metrics"].get("grad_norms", {}).get(k) for r in runs) for k in keys},
         weight_norm_sq=_mean(r["metrics"]["weight_norm_sq"] for r in runs),
         train_loss=_mean(r["metrics"]["train_loss"] for r in runs),
-        curve=curve, fit=runs[0]["metrics"].get("fit") if runs else None, errors=errors, runs=runs,
+        curve=curve,
+        fit=runs[0]["metrics"].get("fit") if runs else None,
+        errors=errors,
+        runs=runs,
     )
 
 
@@ -137,7 +157,7 @@ def metric_scale(plan: dict) -> tuple[float, str]:
     return 1.0 / table.scale, f"×{table.unit}"
 
 
-def _fmt(mean: float, std: float, digits: int = 2) -> str:
+def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
     if mean is None or math.isnan(mean):
         return "–"
     return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ({std:.{digits}f})")
@@ -157,10 +177,12 @@ def _hardware(rows: list, planned: int) -> str:
     wall = sum(r.get("wall_time_s") or 0.0 for r in rows)
     diverged = sum(r.get("error") is not None for r in rows)
     count = f"{len(rows)} runs" if len(rows) == planned else f"{len(rows)} of {planned} planned runs stored"
-    return (f"hardware: {', '.join(devices)}; torch {', '.join(torches)}; gradreg {', '.join(versions)}; "
-            f"{count} behind this table ({diverged} diverged); training time {wall:.{1 if wall < 100 else 0}f} s, "
-            f"summed over these runs (each run's share of its ensemble's training loop; loops that ran side by side "
-            f"all count; data loading and final evaluation excluded), so not the wall time of a command")
+    return (
+        f"hardware: {', '.join(devices)}; torch {', '.join(torches)}; gradreg {', '.join(versions)}; "
+        f"{count} behind this table ({diverged} diverged); training time {wall:.{1 if wall < 100 else 0}f} s, "
+        f"summed over these runs (each run's share of its ensemble's training loop; loops that ran side by side "
+        f"all count; data loading and final evaluation excluded), so not the wall time of a command"
+    )
 
 
 def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str:
@@ -200,7 +222,9 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
                 continue
             ours = _fmt(s.mean * scale, s.std * scale)
             text = f"{ours}{' *' if s.significant else ''} n={s.n}"
-            if s.lam is not None and (len(s.candidates) > 1 or (plan.get("profile") == "published" and c != f"{s.lam:g}")):
+            if s.lam is not None and (
+                len(s.candidates) > 1 or (plan.get("profile") == "published" and c != f"{s.lam:g}")
+            ):
                 text += f" λ={s.lam:g}"
             paper = table.cells.get((r, c)) if table is not None else None
             if paper is not None:
@@ -212,26 +236,50 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
     lines.append("")
     lines += agreement_section(plan, summaries, table, scale)
     if tests:
-        lines += ["## Significance (Welch's t-test, Bonferroni)", "", "| cell | vs. | t | df | p | p adjusted | |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Significance (Welch's t-test, Bonferroni)",
+            "",
+            "| cell | vs. | t | df | p | p adjusted | |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for a, b, t, df, p, p_adj, sig in tests:
-            lines.append(f"| {' / '.join(a)} | {' / '.join(b)} | {t:.2f} | {df:.1f} | {p:.3g} | {p_adj:.3g} | {'*' if sig else ''} |")
+            lines.append(
+                f"| {' / '.join(a)} | {' / '.join(b)} | {t:.2f} | {df:.1f} | {p:.3g} | {p_adj:.3g} "
+                f"| {'*' if sig else ''} |"
+            )
         lines.append("")
-    lines += ["## Global smoothness: mean ||J_g(x)||_F of the models behind each cell", "",
-              "At training points, test points, and off-manifold points (random interpolations between two test inputs).", "",
-              "| cell | λ | train | test | off-manifold | off/train |", "|---|---|---|---|---|---|"]
+    lines += [
+        "## Global smoothness: mean ||J_g(x)||_F of the models behind each cell",
+        "",
+        "At training points, test points, and off-manifold points (random interpolations between two test inputs).",
+        "",
+        "| cell | λ | train | test | off-manifold | off/train |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in summaries:
         g = s.grad_norms
         ratio = g["off_manifold"] / g["train"] if g.get("train") else math.nan
         lam = "–" if s.lam is None else f"{s.lam:g}"
-        lines.append(f"| {s.row} / {s.col} | {lam} | {g['train']:.4g} | {g['test']:.4g} | {g['off_manifold']:.4g} | {ratio:.2f} |")
+        lines.append(
+            f"| {s.row} / {s.col} | {lam} | {g['train']:.4g} | {g['test']:.4g} | {g['off_manifold']:.4g} "
+            f"| {ratio:.2f} |"
+        )
     lines.append("")
     tuned = [s for s in summaries if len(s.candidates) > 1]
     if tuned:
-        lines += ["## Tuning: mean dev score of every candidate", "", "| cell | λ | n | dev | test |", "|---|---|---|---|---|"]
+        lines += [
+            "## Tuning: mean dev score of every candidate",
+            "",
+            "| cell | λ | n | dev | test |",
+            "|---|---|---|---|---|",
+        ]
         for s in tuned:
             for c in s.candidates:
                 mark = " (chosen)" if c["lambda"] == s.lam else ""
-                lines.append(f"| {s.row} / {s.col} | {c['lambda']:g}{mark} | {c['n']} | {c['dev_mean'] * scale:.3f} | {c['test_mean'] * scale:.3f} |")
+                lines.append(
+                    f"| {s.row} / {s.col} | {c['lambda']:g}{mark} | {c['n']} | {c['dev_mean'] * scale:.3f} "
+                    f"| {c['test_mean'] * scale:.3f} |"
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -248,13 +296,29 @@ def paper_agreement(summaries: list, table, scale: float, alpha: float = ALPHA) 
         ours = [v * scale for v in s.test]
         mean, std = stats.mean_std(ours)
         if paper.std is not None and paper.std > 0:
-            t, df, p = stats.welch_from_summary(mean, std, len(ours), paper.mean, paper.std, getattr(table, "n_runs", 10) or 10)
+            t, df, p = stats.welch_from_summary(
+                mean, std, len(ours), paper.mean, paper.std, getattr(table, "n_runs", 10) or 10
+            )
             test = "Welch"
         else:
-            t, df, p = stats.welch_from_summary(mean, std, len(ours), paper.mean, 0.0, 2) if std > 0 else (math.nan,) * 3
+            t, df, p = (
+                stats.welch_from_summary(mean, std, len(ours), paper.mean, 0.0, 2) if std > 0 else (math.nan,) * 3
+            )
             test = "one-sample"
-        out.append({"row": s.row, "col": s.col, "ours": mean, "ours_std": std, "n": len(ours), "paper": paper.mean,
-                    "paper_std": paper.std, "test": test, "t": t, "p": p})
+        out.append(
+            {
+                "row": s.row,
+                "col": s.col,
+                "ours": mean,
+                "ours_std": std,
+                "n": len(ours),
+                "paper": paper.mean,
+                "paper_std": paper.std,
+                "test": test,
+                "t": t,
+                "p": p,
+            }
+        )
     flags = stats.bonferroni([r["p"] for r in out], alpha) if out else []
     for r, sig in zip(out, flags):
         r["p_adj"] = stats.adjusted(r["p"], len(out)) if not math.isnan(r["p"]) else math.nan
@@ -266,15 +330,22 @@ def agreement_section(plan: dict, summaries: list, table, scale: float) -> list[
     rows = paper_agreement(summaries, table, scale)
     if not rows:
         return []
-    lines = ["## Agreement with the paper", "",
-             f"Each cell against the paper's: Welch's t-test from the paper's summary (mean, std, n = 10) where it "
-             f"prints a std, else a one-sample t-test of our seeds against its single number; Bonferroni over the "
-             f"{len(rows)} cells (alpha {ALPHA}). *differs*: the difference is larger than both spreads explain.", "",
-             "| cell | ours | paper | test | p | p adjusted | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Agreement with the paper",
+        "",
+        f"Each cell against the paper's: Welch's t-test from the paper's summary (mean, std, n = 10) where it "
+        f"prints a std, else a one-sample t-test of our seeds against its single number; Bonferroni over the "
+        f"{len(rows)} cells (alpha {ALPHA}). *differs*: the difference is larger than both spreads explain.",
+        "",
+        "| cell | ours | paper | test | p | p adjusted | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         paper = f"{r['paper']:.2f}" + (f" ({r['paper_std']:.2f})" if r["paper_std"] is not None else "")
-        lines.append(f"| {r['row']} / {r['col']} | {r['ours']:.2f} ({r['ours_std']:.2f}) n={r['n']} | {paper} | {r['test']} "
-                     f"| {r['p']:.3g} | {r['p_adj']:.3g} | {r['verdict']} |")
+        lines.append(
+            f"| {r['row']} / {r['col']} | {r['ours']:.2f} ({r['ours_std']:.2f}) n={r['n']} | {paper} | {r['test']} "
+            f"| {r['p']:.3g} | {r['p_adj']:.3g} | {r['verdict']} |"
+        )
     lines.append("")
     differs = [r for r in rows if r["verdict"] == "differs"]
     if differs:
@@ -291,26 +362,68 @@ def render_csv(plan: dict, summaries: list) -> str:
     table = TABLES.get(plan.get("paper_table") or "")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["experiment", "row", "col", "x", "lambda", "n", "test_mean", "test_std", "dev_mean", "paper_mean", "paper_std",
-                "diff", "p_adjusted", "significant", "grad_norm_train", "grad_norm_test", "grad_norm_off_manifold",
-                "weight_norm_sq", "train_loss", "diverged", "unit"])
+    w.writerow(
+        [
+            "experiment",
+            "row",
+            "col",
+            "x",
+            "lambda",
+            "n",
+            "test_mean",
+            "test_std",
+            "dev_mean",
+            "paper_mean",
+            "paper_std",
+            "diff",
+            "p_adjusted",
+            "significant",
+            "grad_norm_train",
+            "grad_norm_test",
+            "grad_norm_off_manifold",
+            "weight_norm_sq",
+            "train_loss",
+            "diverged",
+            "unit",
+        ]
+    )
     for s in summaries:
         paper = table.cells.get((s.row, s.col)) if table is not None else None
-        w.writerow([plan["name"], s.row, s.col, s.x, s.lam, s.n, s.mean * scale, s.std * scale, s.dev_mean * scale,
-                    None if paper is None else paper.mean, None if paper is None else paper.std,
-                    None if paper is None else s.mean * scale - paper.mean, s.p_adj, s.significant,
-                    s.grad_norms["train"], s.grad_norms["test"], s.grad_norms["off_manifold"], s.weight_norm_sq,
-                    s.train_loss, s.errors, unit])
+        w.writerow(
+            [
+                plan["name"],
+                s.row,
+                s.col,
+                s.x,
+                s.lam,
+                s.n,
+                s.mean * scale,
+                s.std * scale,
+                s.dev_mean * scale,
+                None if paper is None else paper.mean,
+                None if paper is None else paper.std,
+                None if paper is None else s.mean * scale - paper.mean,
+                s.p_adj,
+                s.significant,
+                s.grad_norms["train"],
+                s.grad_norms["test"],
+                s.grad_norms["off_manifold"],
+                s.weight_norm_sq,
+                s.train_loss,
+                s.errors,
+                unit,
+            ]
+        )
     return buf.getvalue()
 
 
-def report_stem(name: str, profile: Optional[str]) -> str:
+def report_stem(name: str, profile: str | None) -> str:
     """File names of a report: ``NAME.PROFILE`` (``table1.quick``), so reports of different
     profiles never overwrite each other; ``NAME`` for a plan stored without a profile."""
     return f"{name}.{profile}" if profile else name
 
 
-def report_paths(name: str, profile: Optional[str], out_dir) -> list[Path]:
+def report_paths(name: str, profile: str | None, out_dir) -> list[Path]:
     """The files :func:`write_report` writes for ``name`` and ``profile``: ``.md``, ``.csv``
     and, for experiments with a figure, ``.png``."""
     from .figures import has_figure
@@ -320,7 +433,7 @@ def report_paths(name: str, profile: Optional[str], out_dir) -> list[Path]:
     return [stem.with_name(stem.name + s) for s in suffixes]
 
 
-def build_report(store_path, name: str, profile: Optional[str] = None) -> dict:
+def build_report(store_path, name: str, profile: str | None = None) -> dict:
     """Everything a report holds, from the store: ``{"markdown", "csv", "summaries", "plan"}``.
     ``profile``: the plan of that profile (None: the plan stored last)."""
     with Store(store_path) as store:
@@ -328,19 +441,26 @@ def build_report(store_path, name: str, profile: Optional[str] = None) -> dict:
         if plan is None:
             stored = store.profiles(name)
             if profile is not None and stored:
-                raise ValueError(f"the store {store_path} has no plan for {name!r} with profile {profile!r} "
-                                 f"(it has: {', '.join(stored)}); run `gradreg run {name} --profile {profile}` first")
+                raise ValueError(
+                    f"the store {store_path} has no plan for {name!r} with profile {profile!r} "
+                    f"(it has: {', '.join(stored)}); run `gradreg run {name} --profile {profile}` first"
+                )
             raise ValueError(f"the store {store_path} has no plan for {name!r}; run `gradreg run {name}` first")
         used = set(_plan_keys(plan))
         rows = [r for r in store.rows(name) if r["run_key"] in used]
     by_key = {r["run_key"]: r for r in rows}
     summaries = [summarize_cell(c, by_key, plan["metric"]) for c in plan["cells"]]
     tests = significance(summaries, plan)
-    return {"plan": plan, "summaries": summaries, "tests": tests,
-            "markdown": render_markdown(plan, summaries, tests, rows), "csv": render_csv(plan, summaries)}
+    return {
+        "plan": plan,
+        "summaries": summaries,
+        "tests": tests,
+        "markdown": render_markdown(plan, summaries, tests, rows),
+        "csv": render_csv(plan, summaries),
+    }
 
 
-def write_report(store_path, name: str, out_dir, profile: Optional[str] = None) -> list[Path]:
+def write_report(store_path, name: str, out_dir, profile: str | None = None) -> list[Path]:
     """Write ``NAME.PROFILE.md``, ``.csv`` and the figure (``.png``) into ``out_dir`` (see
     :func:`report_stem`); ``profile`` as in :func:`build_report`."""
     from .figures import draw_figures

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Protocol
 
 from ..config import TrainConfig
 from ..ensemble.loop import DEFAULT_CHECKPOINT_SECONDS, Interrupted, ProgressLine, iter_train_many
 from ..ensemble.plan import plan_chunks
 from ..paper.experiments import Experiment
+from ..train import RunResult
 from .records import RUNS_FILE, export_records, import_records
 from .store import Store
-from ..train import RunResult
 
 STORE_NAME = "gradreg.sqlite"
 
@@ -29,13 +30,25 @@ STORE_NAME = "gradreg.sqlite"
 def result_record(result: RunResult) -> dict:
     """A :class:`RunResult` as a store record (config, metrics, curve, timings, device)."""
     metrics = {
-        "metric": result.metric, "dev": result.dev, "test": result.test, "train_loss": result.train_loss,
-        "penalties": result.penalties, "weight_norm_sq": result.weight_norm_sq, "grad_norms": result.grad_norms,
-        "fit": result.fit, "ensemble_size": result.ensemble_size, "steps_done": result.steps_done,
+        "metric": result.metric,
+        "dev": result.dev,
+        "test": result.test,
+        "train_loss": result.train_loss,
+        "penalties": result.penalties,
+        "weight_norm_sq": result.weight_norm_sq,
+        "grad_norms": result.grad_norms,
+        "fit": result.fit,
+        "ensemble_size": result.ensemble_size,
+        "steps_done": result.steps_done,
     }
     rec = {
-        "config": result.config, "metrics": metrics, "curve": result.curve, "wall_time_s": result.wall_time_s,
-        "steps_per_s": result.steps_per_s, "device": result.device, "torch_version": result.torch_version,
+        "config": result.config,
+        "metrics": metrics,
+        "curve": result.curve,
+        "wall_time_s": result.wall_time_s,
+        "steps_per_s": result.steps_per_s,
+        "device": result.device,
+        "torch_version": result.torch_version,
     }
     if result.error:
         rec["error"] = result.error
@@ -60,13 +73,13 @@ class InProcessExecutor:
     :class:`~gradreg.ensemble.loop.Interrupted` within one step. ``progress``: one overall
     progress line on stderr (None: only on a terminal)."""
 
-    data_dir: Optional[str] = None
-    max_members: Optional[int] = None
-    progress: Optional[bool] = None
-    checkpoint_dir: Optional[Path] = None
+    data_dir: str | None = None
+    max_members: int | None = None
+    progress: bool | None = None
+    checkpoint_dir: Path | None = None
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
-    stop: Optional[threading.Event] = None
-    download: Optional[bool] = None
+    stop: threading.Event | None = None
+    download: bool | None = None
 
     def run(self, configs: Sequence[TrainConfig], on_result: OnResult) -> None:
         configs = list(configs)
@@ -75,9 +88,17 @@ class InProcessExecutor:
         chunk_of = {i: n for n, ch in enumerate(chunks) for i in ch}
         left = {n: len(ch) for n, ch in enumerate(chunks)}
         try:
-            for o in iter_train_many(configs, data_dir=self.data_dir, max_members=self.max_members, progress=False,
-                                     checkpoint_dir=self.checkpoint_dir, checkpoint_seconds=self.checkpoint_seconds,
-                                     stop=self.stop, on_steps=line.steps, download=self.download):
+            for o in iter_train_many(
+                configs,
+                data_dir=self.data_dir,
+                max_members=self.max_members,
+                progress=False,
+                checkpoint_dir=self.checkpoint_dir,
+                checkpoint_seconds=self.checkpoint_seconds,
+                stop=self.stop,
+                on_steps=line.steps,
+                download=self.download,
+            ):
                 on_result(o.index, o.result)
                 line.run_done()
                 n = chunk_of[o.index]
@@ -98,8 +119,15 @@ class SweepSummary:
     interrupted: bool = False
 
 
-def run_experiment(exp: Experiment, out_dir: Path, executor: Executor, log=print, meta: Optional[dict] = None,
-                   records_dir: Optional[Path] = None, export_every_s: float = 60.0) -> SweepSummary:
+def run_experiment(
+    exp: Experiment,
+    out_dir: Path,
+    executor: Executor,
+    log=print,
+    meta: dict | None = None,
+    records_dir: Path | None = None,
+    export_every_s: float = 60.0,
+) -> SweepSummary:
     """Store ``exp``'s plan (with ``meta``, e.g. the command), train the runs the store lacks,
     store each as it finishes.
 

@@ -17,7 +17,7 @@ needed, so the rest of this module works without it.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

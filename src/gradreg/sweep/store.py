@@ -39,8 +39,9 @@ import re
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, TypeVar, Union
+from typing import Any, TypeVar, cast
 
 __all__ = ["Store", "StoreError", "run_key", "code_version", "SCHEMA_VERSION"]
 
@@ -54,8 +55,19 @@ _REQUIRED = ("config", "metrics", "curve", "wall_time_s", "steps_per_s", "device
 _OPTIONAL = ("error", "seed", "code_version")
 
 _COLUMNS = (
-    "run_key", "experiment", "config_json", "seed", "metrics_json", "curve_json", "wall_time_s",
-    "steps_per_s", "code_version", "device", "torch_version", "created_at", "error",
+    "run_key",
+    "experiment",
+    "config_json",
+    "seed",
+    "metrics_json",
+    "curve_json",
+    "wall_time_s",
+    "steps_per_s",
+    "code_version",
+    "device",
+    "torch_version",
+    "created_at",
+    "error",
 )
 
 _SCHEMA = """
@@ -115,7 +127,7 @@ def run_key(config: dict) -> str:
     return hashlib.sha256(_canonical_json(config).encode("ascii")).hexdigest()[:32]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_version() -> str:
     """The package version, plus ``+g<short commit>`` when the source is a git checkout
     (``git rev-parse --short HEAD``, 5 s timeout). Falls back silently to the version alone
@@ -135,7 +147,7 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _git_commit(directory: Path) -> Optional[str]:
+def _git_commit(directory: Path) -> str | None:
     if "site-packages" in directory.parts or "dist-packages" in directory.parts:
         return None  # an installed copy: a surrounding repository is not this code's
     try:
@@ -285,8 +297,10 @@ def _damage_detail(e: BaseException) -> str:
 
 def _damaged(path: Path, detail: str, unchanged: bool) -> str:
     left = " gradreg left it unchanged." if unchanged else ""
-    return (f"result store {path} is not a gradreg result store or is damaged: {detail}.{left} "
-            f"Move it away (e.g. mv {path} {path}.damaged) and run again to start a new store")
+    return (
+        f"result store {path} is not a gradreg result store or is damaged: {detail}.{left} "
+        f"Move it away (e.g. mv {path} {path}.damaged) and run again to start a new store"
+    )
 
 
 # --------------------------------------------------------------------------- the store
@@ -310,12 +324,12 @@ class Store:
         permissions, not a database, disk full), or holds a newer schema version.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], *, busy_timeout_s: float = 10.0, retry_timeout_s: float = 60.0):
+    def __init__(self, path: str | os.PathLike, *, busy_timeout_s: float = 10.0, retry_timeout_s: float = 60.0):
         self.path = Path(path)
         self.busy_timeout_s = float(busy_timeout_s)
         self.retry_timeout_s = float(retry_timeout_s)
         self._rng = random.Random()
-        self._conn: Optional[sqlite3.Connection] = None
+        self._conn: sqlite3.Connection | None = None
         if self.path.is_dir():
             raise StoreError(f"cannot open result store {self.path}: it is a directory")
         try:
@@ -330,10 +344,15 @@ class Store:
             self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             # Read before anything is written (WAL mode rewrites the header): a file that is not
             # a gradreg store is left as it is.
-            tables = self._retry(lambda: {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}, "open")
+            tables = self._retry(
+                lambda: {r[0] for r in cast(sqlite3.Connection, self._conn).execute("SELECT name FROM sqlite_master WHERE type = 'table'")},
+                "open",
+            )
             if tables and "meta" not in tables:
                 raise _Foreign(sorted(tables))
-            self.journal_mode = self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0], "open")
+            self.journal_mode = self._retry(
+                lambda: cast(sqlite3.Connection, self._conn).execute("PRAGMA journal_mode = WAL").fetchone()[0], "open"
+            )
             self._conn.execute("PRAGMA synchronous = FULL")
             self._write(self._create_schema, "create the schema of")
         except _Foreign as e:
@@ -351,7 +370,7 @@ class Store:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -391,7 +410,9 @@ class Store:
             written = []
             for row in rows:
                 written.append(conn.execute(_UPSERT, row).rowcount == 1)
-                conn.execute("INSERT OR IGNORE INTO memberships (experiment, run_key) VALUES (?, ?)", (experiment, row[0]))
+                conn.execute(
+                    "INSERT OR IGNORE INTO memberships (experiment, run_key) VALUES (?, ?)", (experiment, row[0])
+                )
             return written
 
         return self._write(insert, "write to")
@@ -402,8 +423,8 @@ class Store:
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT OR IGNORE INTO memberships (experiment, run_key) "
-                "SELECT ?, run_key FROM runs WHERE run_key = ?", [(experiment, k) for k in keys]
+                "INSERT OR IGNORE INTO memberships (experiment, run_key) SELECT ?, run_key FROM runs WHERE run_key = ?",
+                [(experiment, k) for k in keys],
             )
 
         self._write(insert, "write to")
@@ -427,7 +448,7 @@ class Store:
             "write to",
         )
 
-    def plan(self, experiment: str, profile: Optional[str] = None) -> Optional[dict]:
+    def plan(self, experiment: str, profile: str | None = None) -> dict | None:
         """The stored plan of ``experiment`` (of that ``profile``; None: the plan stored
         last), or None."""
         key = f"plan:{experiment}" if profile is None else f"plan:{experiment}@{profile}"
@@ -440,8 +461,12 @@ class Store:
     def profiles(self, experiment: str) -> list[str]:
         """The profiles with a stored plan of ``experiment``, sorted."""
         prefix = f"plan:{experiment}@"
-        found = self._read(lambda c: [r[0][len(prefix):] for r in c.execute(
-            "SELECT key FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))])
+        found = self._read(
+            lambda c: [
+                r[0][len(prefix) :]
+                for r in c.execute("SELECT key FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+            ]
+        )
         latest = self.plan(experiment)
         if latest is not None and latest.get("profile") and latest["profile"] not in found:
             found.append(latest["profile"])
@@ -456,17 +481,17 @@ class Store:
         key = run_key(config)
         return self._read(lambda c: c.execute(sql, (key,)).fetchone() is not None)
 
-    def keys(self, experiment: Optional[str] = None, *, include_errors: bool = True) -> set[str]:
+    def keys(self, experiment: str | None = None, *, include_errors: bool = True) -> set[str]:
         """The run keys stored (for ``experiment``, or all)."""
         sql, args = self._select("r.run_key", experiment, include_errors)
         return self._read(lambda c: {row[0] for row in c.execute(sql, args)})
 
-    def count(self, experiment: Optional[str] = None, *, include_errors: bool = True) -> int:
+    def count(self, experiment: str | None = None, *, include_errors: bool = True) -> int:
         """The number of runs stored (for ``experiment``, or all)."""
         sql, args = self._select("COUNT(*)", experiment, include_errors)
         return self._read(lambda c: c.execute(sql, args).fetchone()[0])
 
-    def rows(self, experiment: Optional[str] = None, *, include_errors: bool = True) -> list[dict]:
+    def rows(self, experiment: str | None = None, *, include_errors: bool = True) -> list[dict]:
         """The stored runs (for ``experiment``, or all), ordered by ``run_key``, JSON decoded.
 
         Each dict has the ``runs`` columns, with ``config``/``metrics``/``curve`` decoded in
@@ -502,7 +527,10 @@ class Store:
         saying the file is damaged and what to do; a sweep calls this before it trains."""
         problems = self._read(lambda c: [r[0] for r in c.execute("PRAGMA quick_check")])
         if problems != ["ok"]:
-            detail = f"the SQLite file is malformed, for example truncated or overwritten in part (SQLite: {problems[0][:80]})"
+            detail = (
+                "the SQLite file is malformed, for example truncated or overwritten in part "
+                f"(SQLite: {problems[0][:80]})"
+            )
             raise StoreError(_damaged(self.path, detail, unchanged=True))
         self.rows()
         plans = self._read(lambda c: c.execute("SELECT key, value FROM meta WHERE key LIKE 'plan:%'").fetchall())
@@ -512,7 +540,7 @@ class Store:
     # ------------------------------------------------------------------ internals
 
     @staticmethod
-    def _select(what: str, experiment: Optional[str], include_errors: bool) -> tuple[str, tuple]:
+    def _select(what: str, experiment: str | None, include_errors: bool) -> tuple[str, tuple]:
         where, args = [], []
         if experiment is not None:
             where.append("r.run_key IN (SELECT run_key FROM memberships WHERE experiment = ?)")
