@@ -1,6 +1,6 @@
 """Kill a sweep at random points, again and again, and show that nothing is lost.
 
-A SIN sweep shaped like Table 7 (8 lambdas x 2 seeds = 16 runs, 1500 steps each, in 2 chunks:
+A SIN sweep shaped like Table 7 (8 lambdas x 2 seeds = 16 runs, 4000 steps each, in 2 chunks:
 NoGR and SpectReg) runs with a short checkpoint interval. The script starts it, waits a random
 time, stops it with SIGINT or SIGKILL (alternating), and reruns the same command until the
 sweep finishes. Then it compares every run (metrics and learning curves) with an
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-STEPS = 1500
+STEPS = 4000
 CHECKPOINT_SECONDS = 1.0
 DRIVER = r"""
 import sys, time, threading, signal, json
@@ -113,10 +113,13 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|",
     ]
     bad = []
-    n = 0
-    while True:
-        n += 1
-        before_log = (kill_dir / "steps.log").read_text().count("\n") if (kill_dir / "steps.log").exists() else 0
+    log = kill_dir / "steps.log"
+
+    def logged() -> int:
+        return log.read_text().count("\n") if log.exists() else 0
+
+    for n in range(1, args.kills + 2):
+        before = logged()
         p = run_driver(kill_dir, env)
         if n > args.kills:
             _, err = p.communicate()
@@ -125,22 +128,31 @@ def main(argv=None) -> int:
                 bad.append(f"final run exited {p.returncode}: {err[-300:]}")
             break
         sig = signal.SIGINT if n % 2 else signal.SIGKILL
-        wait = rng.uniform(0.5, max(1.0, full * 0.6))
-        time.sleep(wait)
+        target = rng.randint(5, 60)  # kill after this many new progress lines (10 steps each) of training
+        t0 = time.time()
+        while logged() < before + target and p.poll() is None:
+            time.sleep(0.02)
+        if p.poll() is not None:
+            _, err = p.communicate()
+            bad.append(f"kill {n}: the sweep finished before the kill (exit {p.returncode}); use more steps")
+            break
         p.send_signal(sig)
         try:
-            p.communicate(timeout=60)
+            _, err = p.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             p.kill()
-            p.communicate()
+            _, err = p.communicate()
             bad.append(f"kill {n}: the process did not stop within 60 s of {sig.name}")
+        expected = 130 if sig == signal.SIGINT else -signal.SIGKILL
+        if p.returncode != expected:
+            bad.append(f"kill {n}: exit {p.returncode}, expected {expected}: {err.strip()[-300:]}")
         ckpts = sorted((kill_dir / "checkpoints").glob("part-*.pt")) if (kill_dir / "checkpoints").exists() else []
-        lost, allowed = lost_steps(kill_dir, before_log)
+        lost, allowed = lost_steps(kill_dir, before)
         if lost > allowed:
             bad.append(f"kill {n}: lost {lost} steps, more than one checkpoint interval ({allowed} steps)")
-        lost = f"{lost} (interval: {allowed})"
         lines.append(
-            f"| {n} | {sig.name} | {wait:.1f} | {p.returncode} | {len(records(kill_dir))} | {len(ckpts)} | {lost} |"
+            f"| {n} | {sig.name} | {time.time() - t0:.1f} | {p.returncode} | {len(records(kill_dir))} "
+            f"| {len(ckpts)} | {lost} (interval: {allowed}) |"
         )
     ref, got = records(ref_dir), records(kill_dir)
     same = ref.keys() == got.keys() and all(ref[k] == got[k] for k in ref)

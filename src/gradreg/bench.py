@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -246,7 +247,7 @@ def fast_regularization_cost(device: torch.device, quick: bool, log=print) -> li
             ("SpectReg", lambda **k: R.SpectReg(1.0, **k)),
         ):
             for label, (method, scheme, every) in FAST_CONFIGS.items():
-                r = [make(method=method, fd_scheme=scheme, every=every)]
+                r: Sequence[R.Regularizer] = [make(method=method, fd_scheme=scheme, every=every)]
                 regs[(reg_name, label)] = r
                 fns[(reg_name, label)] = (_lazy_cycle if every > 1 else eager_step)(model, opt, x, y, r, bm.loss, gen)
         heavy = bm.name == "resnet_cifar" and device.type == "cpu"
@@ -435,7 +436,11 @@ def mixed_sweep_cost(device: torch.device, quick: bool, data_dir=None, log=print
     lists = {n: [base.replace(seed=s, regularizers=r) for s in (1, 2, 3)] for n, r in kinds.items()}
     mixed = [c for cs in lists.values() for c in cs]
     fns: dict[str, Callable[[], object]] = {"mixed": lambda: train_many(mixed, data_dir=data_dir)}
-    fns |= {n: (lambda cs=cs: train_many(cs, data_dir=data_dir)) for n, cs in lists.items()}
+    # cast: mypy cannot infer a lambda with a default argument in a comprehension
+    fns |= cast(
+        "dict[str, Callable[[], object]]",
+        {n: (lambda cs=cs: train_many(cs, data_dir=data_dir)) for n, cs in lists.items()},
+    )
     times = interleaved_median_times(fns, 2 if quick else 3, 1, device)
     singles = sum(times[n] for n in kinds)
     out = {"mixed_s": times["mixed"], "sum_of_single_kind_s": singles, "mixed_over_sum": times["mixed"] / singles}

@@ -63,6 +63,8 @@ _HELP = {
     "eval_limit": "evaluate on the first N dev and test examples only; 'none': all of them",
     "penalty_window": "the reported training loss and penalties are means over the last this many steps",
     "checkpoint_every": "write a checkpoint every this many steps (0: never); see --checkpoint and --resume",
+    "wrt": "differentiate the penalties by this submodule's output instead of the input, e.g. pool1 (LeNet's first "
+    "conv block); none: the input",
 }
 
 
@@ -512,6 +514,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    """Rebuild OUT/README.md, the index of the evidence: every experiment's runs, CPU time and
+    verdict against the paper, and the experiments left for a GPU with their projected cost."""
+    from .sweep.index import write_index
+    from .sweep.runner import STORE_NAME
+
+    out = Path(args.out)
+    if not (out / STORE_NAME).exists():
+        raise CLIError(f"no result store at {out / STORE_NAME}; run `gradreg report NAME --out {args.out}` first")
+    check_writable_output(out / "README.md", label="--out")
+    print(write_index(out, args.profile))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """The experiments and how many runs each profile trains."""
     from .paper.experiments import EXPERIMENTS, PROFILES, build
@@ -713,6 +729,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild only this profile's report (default: every profile stored for the experiment)",
     )
     rp.set_defaults(func=cmd_report)
+
+    ix = sub.add_parser(
+        "index",
+        parents=[common],
+        help="rebuild OUT/README.md, the index of the evidence",
+        description=cmd_index.__doc__,
+    )
+    ix.add_argument(
+        "--out", default="results", metavar="DIR", help="directory holding gradreg.sqlite (default: results)"
+    )
+    ix.add_argument(
+        "--profile",
+        default="published",
+        choices=list(PROFILES),
+        help="the profile whose plans are indexed (default: published)",
+    )
+    ix.set_defaults(func=cmd_index)
 
     ls = sub.add_parser("list", parents=[common], help="the experiments and their sizes", description=cmd_list.__doc__)
     ls.set_defaults(func=cmd_list)

@@ -67,7 +67,7 @@ class TrainConfig:
     # --- added after the first release (omitted from to_dict() while at their defaults)
     # the penalties differentiate by this submodule's output (e.g. "pool1", LeNet's first conv
     # block) instead of the input; None: the input
-    wrt: Optional[str] = dataclasses.field(default=None, metadata={"added": True})
+    wrt: str | None = dataclasses.field(default=None, metadata={"added": True})
 
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, DATASETS)

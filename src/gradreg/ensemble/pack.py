@@ -96,8 +96,9 @@ class PackedBatchNorm(nn.Module):
         self.weight = _stack([cast(Tensor, m.weight) for m in bns])
         self.bias = _stack([cast(Tensor, m.bias) for m in bns])
         if self.track:
-            self.register_buffer("running_mean", torch.cat([m.running_mean for m in bns]).clone())
-            self.register_buffer("running_var", torch.cat([m.running_var for m in bns]).clone())
+            # cast: track_running_stats=True, so every member has its running buffers
+            self.register_buffer("running_mean", torch.cat([cast(Tensor, m.running_mean) for m in bns]).clone())
+            self.register_buffer("running_var", torch.cat([cast(Tensor, m.running_var) for m in bns]).clone())
         else:
             self.running_mean = self.running_var = None
 

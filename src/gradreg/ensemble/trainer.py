@@ -128,6 +128,7 @@ class EnsembleTrainer:
         hidden = self.c0.wrt is not None
         x = xb.detach().requires_grad_(needs_grad and not hidden)
         if hidden:
+            assert self.c0.wrt is not None
             logits, wrt = self._forward_capturing(x, self.c0.wrt)
         elif fd:
             replay = FD.Replay(self.device, self.dropout_gens, self.model).capture()

@@ -197,8 +197,8 @@ def tuned_cell(
     with ``fixed`` regularizers always on."""
     if name is None:
         return Cell(row, col, ((None, base.replace(regularizers=tuple(fixed))),), x)
-    assert tuned is not None  # every caller passes the published weight with a regularizer name
-    lams = grid_for(name, tuned, profile, base.batch_size)
+    # cast: every caller passes the published weight with a regularizer name
+    lams = grid_for(name, cast(float, tuned), profile, base.batch_size)
     return Cell(row, col, tuple((lam, base.replace(regularizers=tuple(fixed) + (reg(name, lam),))) for lam in lams), x)
 
 
@@ -462,7 +462,8 @@ def sin2(p: Profile, device: str) -> Experiment:
     )
 
 
-FAST_METHODS: dict[str, dict[str, Any]] = {  # column -> options of the regularizer (beyond the paper: gradreg's fast regularization)
+# column -> options of the regularizer (beyond the paper: gradreg's fast regularization)
+FAST_METHODS: dict[str, dict[str, Any]] = {
     "exact": {},
     "finite difference": {"method": "finite_difference"},
     "lazy k=4": {"every": 4},

@@ -345,7 +345,12 @@ class Store:
             # Read before anything is written (WAL mode rewrites the header): a file that is not
             # a gradreg store is left as it is.
             tables = self._retry(
-                lambda: {r[0] for r in cast(sqlite3.Connection, self._conn).execute("SELECT name FROM sqlite_master WHERE type = 'table'")},
+                lambda: {
+                    r[0]
+                    for r in cast(sqlite3.Connection, self._conn).execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    )
+                },
                 "open",
             )
             if tables and "meta" not in tables:

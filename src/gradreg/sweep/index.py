@@ -1,0 +1,123 @@
+"""The index of the committed evidence: ``results/README.md``, rebuilt from the store alone.
+
+One line per experiment of the paper (and beyond it): how many of its planned runs are stored,
+the CPU cost they took, and the verdict -- *reproduced* (every cell consistent with the paper),
+*differs* (with the cells, and the report that explains them), *running* (some runs missing),
+or *needs a GPU* with the projected cost on this CPU. Experiments not run here get their
+projection from the measured per-step costs below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..atomic import write_text_atomic
+from ..paper.numbers import TABLES
+from .report import build_report, metric_scale, paper_agreement, report_stem
+from .store import Store
+
+# Measured on this project's 2 CPU cores (gradreg bench, hand-written plain step = 1): LeNet
+# B=50 plain 14.6 ms; ResNet B=128 plain 3.28 s; exact FrobReg (class loop) 7.3x, JacReg similar;
+# DataGrad 2.6x, SpectReg 2.3x on the ResNet. Used only to project experiments not run here.
+CPU_STEP_S = {"lenet5": 0.0146, "resnet_cifar": 3.28}
+LEFT_FOR_GPU = {
+    "table3": ("CIFAR-10 ResNet, 2000 images: 4 cells x 10 seeds x 50,000 steps", 40 * 50_000 * 3.28 * 2.0),
+    "table5": ("full CIFAR-10 ResNet with augmentation: 16 runs x 50,000 steps", 16 * 50_000 * 3.28 * 2.0),
+    "table6": (
+        "MNIST LeNet exact FrobReg/JacReg (about 7-10x a plain step here): 30 runs x 10,000 steps",
+        30 * 10_000 * 0.0146 * 7.0,
+    ),
+    "fig3": ("full CIFAR-10 ResNet learning curves: 2 runs x 50,000 steps", 2 * 50_000 * 3.28 * 1.8),
+}
+
+
+def _hours(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def experiment_line(store_path: Path, name: str, profile: str) -> dict:
+    rep = build_report(store_path, name, profile)
+    plan, summaries = rep["plan"], rep["summaries"]
+    planned = sum(len(c["runs"]) for cell in plan["cells"] for c in cell["candidates"])
+    stored = sum(s.n + s.errors for s in summaries)
+    with Store(store_path) as store:
+        keys = {k for cell in plan["cells"] for c in cell["candidates"] for k in c["runs"]}
+        rows = [r for r in store.rows(name) if r["run_key"] in keys]
+    cpu = sum(r["wall_time_s"] or 0.0 for r in rows)
+    table = TABLES.get(plan.get("paper_table") or "")
+    scale, _ = metric_scale(plan)
+    agreement = paper_agreement(summaries, table, scale) if table is not None else []
+    differs = [f"{r['row']} / {r['col']}" for r in agreement if r["verdict"] == "differs"]
+    if stored < planned:
+        status = f"running: {stored} of {planned} runs stored"
+    elif table is None:
+        status = "done (no table in the paper to compare with)"
+    elif differs:
+        status = f"differs in {len(differs)} of {len(agreement)} cells: {', '.join(differs)}"
+    else:
+        status = f"reproduced: all {len(agreement)} cells consistent with the paper"
+    return {
+        "name": name,
+        "title": plan["title"],
+        "stored": stored,
+        "planned": planned,
+        "cpu_s": cpu,
+        "status": status,
+        "report": f"{report_stem(name, profile)}.md",
+        "hardware": rows[0]["device"] if rows else "",
+    }
+
+
+def write_index(out_dir: Path, profile: str = "published") -> Path:
+    """``OUT/README.md``: every experiment with a ``profile`` plan in the store, and the ones left for a GPU."""
+    from .runner import STORE_NAME
+
+    out_dir = Path(out_dir)
+    store_path = out_dir / STORE_NAME
+    with Store(store_path) as store:
+        names = [e for e in store.experiments() if profile in store.profiles(e)]
+    order = [
+        "table1",
+        "table2",
+        "table4",
+        "table7",
+        "fig2",
+        "fig4",
+        "fig5",
+        "fig6",
+        "sin2",
+        "fastgr",
+        "fastgr_sin",
+        "hidden",
+    ]
+    names = sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+    lines = [
+        f"# The evidence ({profile} profile)",
+        "",
+        "Each experiment's report is beside this file (Markdown, CSV, PNG); every run is a line of "
+        "`records/runs.jsonl` (config, metrics, learning curve, penalties, smoothness probes, wall time, torch, "
+        "hardware, gradreg version and commit). `gradreg report NAME --out results` rebuilds a report from those "
+        "records alone; `scripts/evidence.sh` trains what is missing, on this machine or a fresh one.",
+        "",
+        "CPU time: the sum over runs of each run's share of its ensemble's training loop (2 worker threads ran "
+        "side by side), so roughly the wall time of training on 2 cores.",
+        "",
+        "| experiment | runs | CPU time | status | report |",
+        "|---|---|---|---|---|",
+    ]
+    total = 0.0
+    hardware = ""
+    for name in names:
+        e = experiment_line(store_path, name, profile)
+        total += e["cpu_s"]
+        hardware = hardware or e["hardware"]
+        lines.append(
+            f"| {name}: {e['title']} | {e['stored']}/{e['planned']} | {_hours(e['cpu_s'])} | {e['status']} "
+            f"| [{e['report']}]({e['report']}) |"
+        )
+    for name, (what, seconds) in LEFT_FOR_GPU.items():
+        lines.append(f"| {name} | 0 | – | needs a GPU: {what}; projected {_hours(seconds)} on these 2 CPU cores | – |")
+    lines += ["", f"Hardware: {hardware or 'none yet'}. Total CPU time of the runs above: {_hours(total)}.", ""]
+    return write_text_atomic(out_dir / "README.md", "\n".join(lines))
