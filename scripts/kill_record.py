@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                 bad.append(f"final run exited {p.returncode}: {err[-300:]}")
             break
         sig = signal.SIGINT if n % 2 else signal.SIGKILL
-        target = rng.randint(5, 60)  # kill after this many new progress lines (10 steps each) of training
+        target = rng.randint(10, 110)  # kill after this many new progress lines (10 steps each) of training
         t0 = time.time()
         while logged() < before + target and p.poll() is None:
             time.sleep(0.02)

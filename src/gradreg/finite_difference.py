@@ -149,51 +149,66 @@ class FrozenKinks:
 
     @contextlib.contextmanager
     def record(self):
+        """The first pass: ReLU as usual, saving its mask; max-pooling through the with-indices
+        kernel (the same work), saving its argmax."""
         self.patterns = {}
 
-        def relu_hook(mod, inputs, out):
-            self.patterns.setdefault(id(mod), []).append((out > 0).detach())
+        def relu(mod):
+            def forward(inp):
+                out = F.relu(inp)
+                self.patterns.setdefault(id(mod), []).append(out > 0)
+                return out
 
-        def pool_hook(mod, inputs, out):
-            (inp,) = inputs
-            _, idx = F.max_pool2d(
-                inp.detach(),
-                mod.kernel_size,
-                mod.stride,
-                mod.padding,
-                mod.dilation,
-                ceil_mode=mod.ceil_mode,
-                return_indices=True,
-            )
-            self.patterns.setdefault(id(mod), []).append(idx)
+            return forward
 
-        handles = [m.register_forward_hook(relu_hook if isinstance(m, nn.ReLU) else pool_hook) for m in self.modules]
-        try:
+        def pool(mod):
+            def forward(inp):
+                out, idx = F.max_pool2d(
+                    inp,
+                    mod.kernel_size,
+                    mod.stride,
+                    mod.padding,
+                    mod.dilation,
+                    ceil_mode=mod.ceil_mode,
+                    return_indices=True,
+                )
+                self.patterns.setdefault(id(mod), []).append(idx)
+                return out
+
+            return forward
+
+        with self._patched(lambda m: relu(m) if isinstance(m, nn.ReLU) else pool(m)):
             yield self
-        finally:
-            for h in handles:
-                h.remove()
 
     @contextlib.contextmanager
     def replay(self):
+        """The shifted pass: each module applies the pattern its n-th call recorded."""
         calls: dict = {}
 
-        def hook(mod, inputs, out):
-            seen = calls.get(id(mod), 0)
-            calls[id(mod)] = seen + 1
-            recorded = self.patterns.get(id(mod), [])
-            if seen >= len(recorded):
-                return out
-            pattern = recorded[seen]
-            (inp,) = inputs
-            if isinstance(mod, nn.ReLU):
-                return inp * pattern.to(inp.dtype)
-            flat = inp.flatten(2)
-            return flat.gather(2, pattern.flatten(2)).view(pattern.shape)
+        def frozen(mod):
+            def forward(inp):
+                seen = calls.get(id(mod), 0)
+                calls[id(mod)] = seen + 1
+                recorded = self.patterns.get(id(mod), [])
+                if seen >= len(recorded):  # not seen in the first pass: compute as usual
+                    return type(mod).forward(mod, inp)
+                pattern = recorded[seen]
+                if isinstance(mod, nn.ReLU):
+                    return inp * pattern.to(inp.dtype)
+                return inp.flatten(2).gather(2, pattern.flatten(2)).view(pattern.shape)
 
-        handles = [m.register_forward_hook(hook) for m in self.modules]
-        try:
+            return forward
+
+        with self._patched(frozen):
             yield self
+
+    @contextlib.contextmanager
+    def _patched(self, make):
+        """Give each kinked module an instance-level ``forward`` for the duration."""
+        for m in self.modules:
+            m.forward = make(m)
+        try:
+            yield
         finally:
-            for h in handles:
-                h.remove()
+            for m in self.modules:
+                m.__dict__.pop("forward", None)
