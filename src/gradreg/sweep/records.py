@@ -89,7 +89,7 @@ def _check_record(rec: Any, where: str) -> dict:
         canonical = TrainConfig.from_dict(rec["config"]).to_dict()
     except (TypeError, ValueError) as e:
         raise RecordsError(f"{where}: its config does not load in this gradreg version: {e}") from None
-    if canonical != rec["config"]:
+    if json.dumps(canonical, sort_keys=True) != json.dumps(rec["config"], sort_keys=True):
         raise RecordsError(
             f"{where}: its config is not in this gradreg version's normal form "
             "(made by a version with other defaults?); re-export it with that version"
