@@ -126,7 +126,7 @@ def run_experiment(
     log=print,
     meta: dict | None = None,
     records_dir: Path | None = None,
-    export_every_s: float = 60.0,
+    export_every_s: float = 0.0,
 ) -> SweepSummary:
     """Store ``exp``'s plan (with ``meta``, e.g. the command), train the runs the store lacks,
     store each as it finishes.
