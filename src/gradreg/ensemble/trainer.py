@@ -25,7 +25,7 @@ from .. import finite_difference as FD
 from ..config import TrainConfig
 from ..core import batch_data_loss, per_example_loss
 from ..models import build_model
-from ..regularizers import Forward
+from ..regularizers import Forward, ProjectedGradient
 from ..streams import piecewise_lr, stream_seed
 from .functional import FunctionalEnsemble
 from .optim import PackedOptimizer
@@ -145,6 +145,8 @@ class EnsembleTrainer:
         terms[:, 0] = data_loss.detach()
         total = data_loss
         draws = {s: self._draws(s, b, m) for s in active}  # each member's draws in its list order
+        if fd and len(active) == 1 and self.kinds[fd[0]].name == "DataGrad":
+            return self._fused_datagrad_step(fd[0], fwd, data_loss, terms, replay, kinks, yb, lr), active
         for s in active:
             if s in fd:
                 pen, surr = self._fd(self.kinds[s], fwd, draws[s], replay, kinks, yb)
@@ -161,6 +163,51 @@ class EnsembleTrainer:
         total.sum().backward()
         self.opt.step(lr)
         return terms, active
+
+    def _fused_datagrad_step(self, s: int, fwd: Forward, data_loss: Tensor, terms: Tensor, replay, kinks, yb, lr):
+        """Finite-difference DataGrad alone, fused (as :func:`gradreg.regularized_loss` does it):
+        one backward at x gives every member's v and its data gradient G; one forward/backward
+        at x + h v gives the rest; G is carried into the loss with each member's coefficient."""
+        reg, x = self.kinds[s], fwd.x
+        assert isinstance(x, Tensor) and isinstance(reg, ProjectedGradient)
+        b = fwd.logits.shape[1]
+        params = list(self.model.parameters())
+        f_base = fwd.per_example_loss.sum(-1)  # (K,): F of each member
+        gx, *g_params = torch.autograd.grad(f_base.sum(), [x, *params], allow_unused=True)
+        v = gx.detach()
+        pen = reg.gradient_norm(v, 2).mean(-1)
+        d, kappa = FD.direction(v, getattr(reg, "norm", "l2"))
+        h = FD.step_size(x.detach(), d, reg.relative_step, 2)  # (K,)
+        w = self.weights[:, s]
+        scale = 1.0 if self.c0.loss == "half_sse" else float(b)  # data = F / scale
+
+        def f_at(sign: float) -> Tensor:
+            xs = (x.detach() + sign * FD.broadcast_runs(h, d) * d).detach()
+            with replay(), kinks.replay():
+                logits = self.model(xs)
+            return per_example_loss(logits, yb, self.c0.loss).sum(-1)
+
+        if reg.fd_scheme == "central":
+            surr = FD.surrogate(f_at(1.0), f_at(-1.0), h, kappa, b, "central")
+            coef = torch.full_like(h, 1.0 / scale)
+        else:
+            surr = FD.surrogate(f_at(1.0), f_base.detach(), h, kappa, b, "one_sided")
+            safe = torch.where(h > 0, h, torch.ones_like(h))
+            coef = torch.where(h > 0, 1.0 / scale - w * kappa / (b * safe), torch.full_like(h, 1.0 / scale))
+        carried = sum(
+            (p * (FD.broadcast_runs(coef.to(p.dtype), g) * g).detach()).sum()
+            for p, g in zip(params, g_params)
+            if g is not None
+        )
+        total = carried + (w * surr).sum()
+        if self.any_wd:
+            total = total + (self.wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in self.decayed)).sum()
+        terms[:, 1 + s] = pen
+        for p in params:
+            p.grad = None
+        total.backward()
+        self.opt.step(lr)
+        return terms
 
     def _forward_capturing(self, x: Tensor, name: str) -> tuple[Tensor, Tensor]:
         """The logits, and submodule ``name``'s output laid out ``(K, B, ...)`` such that the
