@@ -153,7 +153,7 @@ def test_max_members_chunks_and_results_stream_out():
 def test_a_diverging_member_is_reported_and_does_not_disturb_the_others():
     good = paper_config("sin", steps=30, seed=1, regularizers=(gr.DataGrad(1.0),))
     bad = good.replace(seed=2, lr=1e6)
-    r_good, r_bad = train_many([good, bad], strategy="packed")
+    r_good, r_bad = train_many([good, bad], strategy="packed", workers=1)
     assert r_good.ensemble_size == r_bad.ensemble_size == 2
     assert r_bad.error and "not finite" in r_bad.error
     assert r_good.error is None

@@ -351,11 +351,16 @@ def _model_logits(model, xg: Tensor, x: Tensor) -> Tensor:
 def _explain_double_backward(e: RuntimeError, name: str) -> Exception:
     """A model op without a double backward fails deep in autograd; say what to do."""
     text = str(e)
-    markers = ("once_differentiable", "double backward", "differentiate twice", "aot_autograd")
-    if any(m in text for m in markers):
+    first = text.splitlines()[0] if text else type(e).__name__
+    if any(m in text for m in ("aot_autograd", "was compiled", "donated buffer", "CompiledFunction")):
+        return RuntimeError(
+            f"{name}: the model is torch.compile'd, and compiled graphs have no double backward, so the exact "
+            f"penalty cannot be trained ({first}); use {name}(..., method='finite_difference'), or the eager model"
+        )
+    if any(m in text for m in ("once_differentiable", "double backward", "differentiate twice", "not implemented")):
         return RuntimeError(
             f"{name}: the exact penalty needs a double backward through the model, which an operation in it does "
-            f"not support ({text.splitlines()[0]}); use {name}(..., method='finite_difference')"
+            f"not support ({first}); use {name}(..., method='finite_difference')"
         )
     return e
 
