@@ -99,3 +99,33 @@ def test_functional_layer_never_returns_silent_zeros():
     z = torch.randn(3, 6)
     with pytest.raises(gr.NoInputGradient, match="does not require grad"):
         P.datagrad(model(z).sum(1), z)
+
+
+def test_a_store_written_with_unnormalized_keys_is_migrated_and_keeps_its_results(tmp_path, capsys):
+    """A 0.1 store keyed `weight_decay: 0` (int): the next run re-keys it (message) instead of
+    retraining, and the run is found under the new key."""
+    from gradreg.paper.experiments import Cell, Experiment
+    from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
+
+    cfg = paper_config("sin", steps=5, eval_every=0, weight_decay=0.0)
+    old = dict(cfg.to_dict(), weight_decay=0)  # as gradreg 0.1 serialized an int
+    assert run_key(old) != run_key(cfg.to_dict())
+    with Store(tmp_path / STORE_NAME) as store:
+        store.put(
+            "x",
+            {
+                "config": old,
+                "metrics": {"test": 0.5},
+                "curve": [],
+                "wall_time_s": 1.0,
+                "steps_per_s": 1.0,
+                "device": "cpu",
+                "torch_version": "t",
+            },
+        )
+    exp = Experiment("x", "t", "table", "mse", (Cell("r", "c", ((None, cfg),)),), (1,))
+    summary = run_experiment(exp, tmp_path, InProcessExecutor(progress=False), log=print)
+    assert summary.trained == 0 and summary.already_stored == 1
+    assert "migrated 1 stored runs" in capsys.readouterr().out
+    with Store(tmp_path / STORE_NAME) as store:
+        assert store.has(cfg.to_dict()) and store.count() == 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..config import TrainConfig
+from ..config import TrainConfig, canonical_config
 from ..ensemble.loop import DEFAULT_CHECKPOINT_SECONDS, Interrupted, ProgressLine, iter_train_many
 from ..ensemble.plan import plan_chunks
 from ..paper.experiments import Experiment
@@ -138,6 +138,12 @@ def run_experiment(
     t0 = time.perf_counter()
     with Store(out_dir / STORE_NAME) as store:
         store.verify()
+        moved = store.migrate_keys(canonical_config)
+        if moved:
+            log(
+                f"migrated {moved} stored runs to this gradreg version's run keys (numbers normalized, e.g. "
+                "weight_decay=0 is 0.0); their results are kept"
+            )
         if records_dir is not None and (Path(records_dir) / RUNS_FILE).is_file():
             n = import_records(store, Path(records_dir))
             if n:

@@ -477,6 +477,36 @@ class Store:
             found.append(latest["profile"])
         return sorted(found)
 
+    def migrate_keys(self, normalize: Callable[[dict], dict]) -> int:
+        """Re-key runs whose config a newer gradreg normalizes differently (``normalize``:
+        config dict -> its normal form), in one transaction; returns how many moved. A run whose
+        new key is already stored is dropped in favour of the stored one (same config)."""
+
+        def move(conn: sqlite3.Connection) -> int:
+            moved = 0
+            for key, text in conn.execute("SELECT run_key, config_json FROM runs").fetchall():
+                try:
+                    config = normalize(json.loads(text))
+                except (TypeError, ValueError):
+                    continue  # not a config this version can read: leave it alone
+                new = run_key(config)
+                if new == key:
+                    continue
+                exists = conn.execute("SELECT 1 FROM runs WHERE run_key = ?", (new,)).fetchone()
+                if exists:
+                    conn.execute("DELETE FROM runs WHERE run_key = ?", (key,))
+                else:
+                    conn.execute(
+                        "UPDATE runs SET run_key = ?, config_json = ? WHERE run_key = ?",
+                        (new, _canonical_json(config), key),
+                    )
+                conn.execute("UPDATE OR IGNORE memberships SET run_key = ? WHERE run_key = ?", (new, key))
+                conn.execute("DELETE FROM memberships WHERE run_key = ?", (key,))
+                moved += 1
+            return moved
+
+        return self._write(move, "migrate")
+
     # ------------------------------------------------------------------ reading
 
     def has(self, config: dict, *, include_errors: bool = True) -> bool:

@@ -1,0 +1,59 @@
+"""Render the README's Benchmarks section from a `gradreg bench --json` file: python scripts/bench_md.py FILE."""
+# ruff: noqa: E501  (Markdown table templates)
+
+import json
+import sys
+
+b = json.load(open(sys.argv[1]))
+out = []
+out.append(
+    f"`{b['command']}` on {b['device']}, torch {b['torch']}; every ratio measured side by side in one run (interleaved rounds, medians). Absolute times mean little on a shared CPU; the ratios are the result."
+)
+out.append("")
+out.append("**Cost of a training step, × a hand-written plain step** (forward, loss, backward, Adam):")
+out.append("")
+rows = [r for r in b["regularizer_cost"] if r["model"] == "lenet5"]
+out.append("| LeNet, B=50 | × plain | memory × plain |")
+out.append("|---|---|---|")
+for r in rows:
+    if r["regularizer"] == "plain":
+        continue
+    out.append(f"| {r['regularizer']} | {r['rel_time']:.2f} | {r['peak_mem_rel']:.2f} |")
+out.append("")
+out.append("**Fast regularization** (targets from the issue in brackets):")
+out.append("")
+out.append(
+    "| where | penalty | exact | finite difference, one-sided [≤ 2.1] | central | lazy k=4 exact [≤ 1.5] | FD + lazy k=4 [≤ 1.3] |"
+)
+out.append("|---|---|---|---|---|---|---|")
+f = b["fast_regularization"]
+keys = sorted(
+    {(r["where"], r["model"], r["batch"], r["regularizer"]) for r in f},
+    key=lambda k: (k[0] != "single run", k[1], k[3]),
+)
+for k in keys:
+    vals = {r["config"]: r["rel_time"] for r in f if (r["where"], r["model"], r["batch"], r["regularizer"]) == k}
+    where = f"{k[1]} B={k[2]}" if k[0] == "single run" else "engine, 8 LeNets (× its NoGR step)"
+    out.append(
+        f"| {where} | {k[3]} | {vals['exact']:.2f} | {vals['finite-difference one-sided']:.2f} | {vals['finite-difference central']:.2f} | {vals['lazy k=4 exact']:.2f} | {vals['finite-difference + lazy k=4']:.2f} |"
+    )
+out.append("")
+out.append(
+    "**The ensemble engine**, LeNet DataGrad (λ=50), B=50, ms per model-step, against the best alternatives in the same thread layout (2 single-threaded workers):"
+)
+out.append("")
+out.append(
+    "| K | engine | one-run loop | loop, same split | torch.func vmap, same split | engine ÷ loop | ÷ split loop | ÷ torch.func |"
+)
+out.append("|---|---|---|---|---|---|---|---|")
+for r in b["ensemble"]:
+    out.append(
+        f"| {r['K']} | {r['engine_ms_per_model_step']:.2f} | {r['loop_ms_per_model_step']:.2f} | {r['loop_split_ms_per_model_step']:.2f} | {r['torch_func_ms_per_model_step']:.2f} | {r['engine_vs_loop']:.2f}× | {r['engine_vs_loop_split']:.2f}× | {r['engine_vs_torch_func']:.2f}× |"
+    )
+out.append("")
+if "mixed_sweep" in b:
+    m = b["mixed_sweep"]
+    out.append(
+        f"**A mixed sweep** (NoGR + SpectReg + DataGrad, 3 seeds each) took {m['mixed_s']:.2f} s against {m['sum_of_single_kind_s']:.2f} s for its three single-kind sweeps ({m['mixed_over_sum']:.2f}×): no member pays for a penalty it does not have."
+    )
+print("\n".join(out))
