@@ -300,3 +300,9 @@ def test_fused_fd_datagrad_in_the_engine_equals_the_single_run_on_lenet():
     single = train(cfgs[1], data_dir=DATA)
     assert ens[1].penalties == pytest.approx(single.penalties, rel=1e-4)
     assert ens[1].grad_norms == pytest.approx(single.grad_norms, rel=1e-3)
+
+
+def test_regularize_on_an_existing_forward_pass_refuses_finite_differences():
+    model, x, y = tanh_mlp(), torch.randn(4, 6).requires_grad_(), torch.randint(0, 5, (4,))
+    with pytest.raises(ValueError, match="re-runs the model on a shifted input.*use gr.regularized_loss"):
+        gr.regularize(model(x), y, x, [gr.DataGrad(1.0, method="finite_difference")])

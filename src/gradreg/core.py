@@ -239,6 +239,12 @@ def regularize(
     _check_labels_needed(regs, loss)
     names = _term_names(regs)
     active = [(n, r) for n, r in zip(names, regs) if r.active(step)]
+    fd = [r.name for _, r in active if getattr(r, "finite_difference", False)]
+    if fd:
+        raise ValueError(
+            f"{', '.join(fd)}: method='finite_difference' re-runs the model on a shifted input, which regularize() "
+            "cannot do on a forward pass it did not run; use gr.regularized_loss(model, x, y, ...)"
+        )
     xs: tuple[Tensor, ...] | None = None
     if any(r.needs_input_grad for _, r in active):
         if wrt is None:
