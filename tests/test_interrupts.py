@@ -86,3 +86,19 @@ def test_a_chunk_stopped_between_checkpoints_resumes_bitwise(sig, uninterrupted,
     assert p.returncode == 0, err
     assert results(tmp_path) == uninterrupted  # metrics and learning curves, bitwise
     assert not list((tmp_path / "checkpoints").glob("*")), "finished parts leave no checkpoint behind"
+
+
+def test_one_overall_progress_line():
+    import io
+
+    from gradreg.ensemble.loop import ProgressLine
+
+    out = io.StringIO()
+    line = ProgressLine(runs=4, chunks=2, member_steps=400, stream=out, enabled=True)
+    line.steps(100, 2)  # 200 of 400 member-steps
+    line.run_done()
+    line.chunk_done()
+    text = out.getvalue().split("\r")[-1]
+    assert text.startswith("runs 1/4  chunks 1/2   50.0% of training  ETA ")
+    line.close()
+    assert out.getvalue().endswith("\n") and out.getvalue().count("\n") == 1  # one line, redrawn in place
