@@ -50,13 +50,6 @@ for r in b["ensemble"]:
     out.append(
         f"| {r['K']} | {r['engine_ms_per_model_step']:.2f} | {r['loop_ms_per_model_step']:.2f} | {r['loop_split_ms_per_model_step']:.2f} | {r['torch_func_ms_per_model_step']:.2f} | {r['engine_vs_loop']:.2f}× | {r['engine_vs_loop_split']:.2f}× | {r['engine_vs_torch_func']:.2f}× |"
     )
-loops = [r["loop_ms_per_model_step"] for r in b["ensemble"]]
-if len(loops) > 1:
-    first, rest, last = loops[0], loops[1:], b["ensemble"][-1]
-    out.append("")
-    out.append(
-        f"The one-run loop's cost per model-step does not depend on K by construction, yet it measured {first:.2f} ms at K={b['ensemble'][0]['K']} and {min(rest):.2f}–{max(rest):.2f} ms at larger K (after the worker threads had run in the same process); against the first figure the engine at K={last['K']} is {first / last['engine_ms_per_model_step']:.2f}× the loop."
-    )
 out.append("")
 if "mixed_sweep" in b:
     m = b["mixed_sweep"]

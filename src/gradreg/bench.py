@@ -347,6 +347,16 @@ def _torch_func_datagrad(models: list, weight: float, device) -> Callable:
     return step
 
 
+def _repeat(step: Callable[[], None], n: int) -> Callable[[], None]:
+    """``n`` steps of one run: what a loop over runs costs per K model-steps."""
+
+    def run():
+        for _ in range(n):
+            step()
+
+    return run
+
+
 def _split(fns: list, pool) -> Callable[[], None]:
     if len(fns) == 1:
         return fns[0]
@@ -362,9 +372,11 @@ def ensemble_speed(device: torch.device, ks: tuple, quick: bool, log=print) -> l
     """LeNet DataGrad (lambda 50), B=50: ms per model-step of the engine against three
     baselines, side by side in one run (interleaved medians), at each K:
 
-    - ``loop``: the one-run loop, K models one after the other, torch's default threads;
+    - ``loop``: the one-run loop: runs one after the other, torch's default threads -- timed as
+      K steps of one model (a user's loop trains one run at a time, its model cache-hot);
     - ``loop_split``: the same loop split over the engine's worker threads, one intra-op
-      thread each (the engine's own layout, so the comparison isolates the packing);
+      thread each (the engine's own layout, so the comparison isolates the packing): each
+      worker steps one model as many times as it has members;
     - ``torch_func``: a ``torch.func`` ensemble (:func:`_torch_func_datagrad`) with that split.
     """
     b = 50
@@ -396,7 +408,7 @@ def ensemble_speed(device: torch.device, ks: tuple, quick: bool, log=print) -> l
                 )
                 for i, m in enumerate(singles)
             ]
-            split_loop.append(lambda steps=steps: [f() for f in steps])
+            split_loop.append(_repeat(steps[0], len(steps)))
             tf = _torch_func_datagrad(singles, 50.0, device)
             tfunc.append(lambda tf=tf, xk=xk, yk=yk: tf(xk, yk))
         loop_steps = [
@@ -404,7 +416,7 @@ def ensemble_speed(device: torch.device, ks: tuple, quick: bool, log=print) -> l
             for m, x, y in singles_all
         ]
         fns["engine"] = _split(engine, pool)
-        fns["loop"] = lambda steps=loop_steps: [f() for f in steps]
+        fns["loop"] = _repeat(loop_steps[0], len(loop_steps))
         fns["loop_split"] = _split(split_loop, pool)
         fns["torch_func"] = _split(tfunc, pool)
         rounds, inner = (3, 2) if quick else (7, 3)
