@@ -212,9 +212,9 @@ class ProjectedGradient(Regularizer):
 
         return self.fd_step if self.fd_step is not None else DEFAULT_STEP[self.fd_scheme]
 
+    @abc.abstractmethod
     def objective(self, fwd: Forward, draw: Tensor | None) -> Tensor:
         """The per-example ``f_i`` whose sum's input gradient is ``v``; shape ``fwd.batch_shape``."""
-        raise NotImplementedError
 
     def gradient_norm(self, v: P.Inputs, batch_dims: int) -> Tensor:
         return P.per_example_norm(v, getattr(self, "norm", "l2"), batch_dims)
