@@ -28,7 +28,7 @@ from torch import nn
 from . import regularizers as R
 from .config import paper_config
 from .core import regularized_loss
-from .ensemble.plan import cpu_workers, single_threaded_ops, split_evenly
+from .ensemble.plan import cpu_workers, on_one_thread, single_threaded_ops, split_evenly
 from .ensemble.trainer import EnsembleTrainer
 from .paper import models as M
 
@@ -363,7 +363,7 @@ def _split(fns: list, pool) -> Callable[[], None]:
 
     def parallel():
         with single_threaded_ops():
-            list(pool.map(lambda f: f(), fns))
+            list(pool.map(lambda f: on_one_thread(f)(), fns))
 
     return parallel
 

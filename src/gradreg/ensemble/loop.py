@@ -55,6 +55,7 @@ from .plan import (
     ensemble_key,
     group_configs,
     members_that_fit,
+    on_one_thread,
     plan_chunks,
     single_threaded_ops,
     split_evenly,
@@ -442,7 +443,7 @@ def _train_chunk(
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     with single_threaded_ops(), ThreadPoolExecutor(max_workers=len(parts)) as pool:
-        futures = {pool.submit(run, p): p for p in parts}
+        futures = {pool.submit(on_one_thread(run), p): p for p in parts}
         error: BaseException | None = None
         for f in as_completed(futures):
             try:
