@@ -206,6 +206,12 @@ def fixed_cell(row: str, col: str, base: TrainConfig, regs: tuple, lam=None, x=N
     return Cell(row, col, ((lam, base.replace(regularizers=regs)),), x)
 
 
+def lambda_cell(row: str, base: TrainConfig, name: str, lam: float) -> Cell:
+    """One point of a lambda sweep, untuned: regularizer ``name`` at ``lam`` (none at lambda 0),
+    in column ``f"{lam:g}"`` at x = ``lam``."""
+    return fixed_cell(row, f"{lam:g}", base, () if lam == 0 else (reg(name, lam),), lam=lam, x=lam)
+
+
 # --------------------------------------------------------------------------- the experiments
 
 
@@ -303,8 +309,7 @@ def table5(p: Profile, device: str) -> Experiment:
     cells = []
     for row in ("SpectReg", "DataGrad"):
         for lam in lams:
-            regs = () if lam == 0 else (reg(row, lam),)
-            cells.append(fixed_cell(row, f"{lam:g}", base, regs, lam=lam, x=lam))
+            cells.append(lambda_cell(row, base, row, lam))
     seeds = p.seeds[:1]  # the paper: one run per cell
     return Experiment(
         "table5",
@@ -347,10 +352,7 @@ SIN_LAMBDAS = (0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10)
 
 def table7(p: Profile, device: str) -> Experiment:
     base = _base("sin", p, device)
-    cells = [
-        fixed_cell("SpectReg", f"{lam:g}", base, () if lam == 0 else (reg("SpectReg", lam),), lam=lam, x=lam)
-        for lam in SIN_LAMBDAS
-    ]
+    cells = [lambda_cell("SpectReg", base, "SpectReg", lam) for lam in SIN_LAMBDAS]
     return Experiment(
         "table7",
         "SIN: test MSE against the SpectReg weight",
@@ -410,9 +412,7 @@ def fig4(p: Profile, device: str) -> Experiment:
     for wd in p.fig4_weight_decays or FIG4_WEIGHT_DECAYS:
         base = _base("mnist", p, device, weight_decay=wd)
         for lam in (0,) + tuple(lams):
-            cells.append(
-                fixed_cell(f"wd={wd:g}", f"{lam:g}", base, () if lam == 0 else (reg("DataGrad", lam),), lam=lam, x=lam)
-            )
+            cells.append(lambda_cell(f"wd={wd:g}", base, "DataGrad", lam))
     return Experiment(
         "fig4",
         "MNIST-2000: DataGrad weight against accuracy and weight norm",
@@ -428,10 +428,7 @@ FIT_LAMBDAS = (0, 0.003, 0.03, 0.3, 3)
 
 def fig5(p: Profile, device: str) -> Experiment:
     base = _base("sin", p, device)
-    cells = [
-        fixed_cell("SpectReg", f"{lam:g}", base, () if lam == 0 else (reg("SpectReg", lam),), lam=lam, x=lam)
-        for lam in FIT_LAMBDAS
-    ]
+    cells = [lambda_cell("SpectReg", base, "SpectReg", lam) for lam in FIT_LAMBDAS]
     return Experiment(
         "fig5", "SIN: fitted functions for several SpectReg weights", "figure", "mse", tuple(cells), p.seeds[:1]
     )
@@ -447,9 +444,7 @@ def sin2(p: Profile, device: str) -> Experiment:
     for ds in ("sin", "sin2"):
         base = _base(ds, p, device)
         for lam in (0, 0.03):
-            cells.append(
-                fixed_cell(ds.upper(), f"{lam:g}", base, () if lam == 0 else (reg("SpectReg", lam),), lam=lam, x=lam)
-            )
+            cells.append(lambda_cell(ds.upper(), base, "SpectReg", lam))
     return Experiment(
         "sin2",
         "SIN2: duplicated points (x, y), (x + 0.001, y)",

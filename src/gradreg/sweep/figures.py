@@ -28,8 +28,20 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+def _write_png(plt, fig, out_dir: Path, stem: str) -> Path:
+    """Write ``fig`` atomically to ``out_dir / f"{stem}.png"`` and close it; the path written."""
+    path = write_atomic(out_dir / f"{stem}.png", lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _scaled_means_and_errors(summaries, scale: float) -> tuple[list[float], list[float]]:
+    """Each summary's mean and std in display units (``scale`` per natural unit); error bar 0
+    where the std is undefined (NaN: a single seed)."""
+    return (
+        [s.mean * scale for s in summaries],
+        [0 if math.isnan(s.std) else s.std * scale for s in summaries],
+    )
 
 
 def _lam_x(lams: list) -> tuple[np.ndarray, float]:
@@ -49,14 +61,8 @@ def sweep_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     for row in dict.fromkeys(s.row for s in summaries):
         ss = [s for s in summaries if s.row == row]
         xs, _ = _lam_x([s.x for s in ss])
-        ax.errorbar(
-            xs,
-            [s.mean * scale for s in ss],
-            yerr=[0 if math.isnan(s.std) else s.std * scale for s in ss],
-            marker="o",
-            capsize=3,
-            label=f"{row} (ours)",
-        )
+        means, errors = _scaled_means_and_errors(ss, scale)
+        ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=f"{row} (ours)")
         if table is not None:
             px = [x for x, s in zip(xs, ss) if (s.row, s.col) in table.cells]
             py = [table.cells[(s.row, s.col)].mean for s in ss if (s.row, s.col) in table.cells]
@@ -68,9 +74,7 @@ def sweep_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     ax.set_ylabel(ylabel)
     ax.set_title(plan["title"], fontsize=10)
     ax.legend(fontsize=8)
-    path = _save(fig, out_dir / f"{stem}.png")
-    plt.close(fig)
-    return path
+    return _write_png(plt, fig, out_dir, stem)
 
 
 def fig2_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
@@ -78,14 +82,8 @@ def fig2_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in dict.fromkeys(s.row for s in summaries):
         ss = sorted((s for s in summaries if s.row == row), key=lambda s: s.x)
-        ax.errorbar(
-            [s.x for s in ss],
-            [100 * s.mean for s in ss],
-            yerr=[0 if math.isnan(s.std) else 100 * s.std for s in ss],
-            marker="o",
-            capsize=3,
-            label=row,
-        )
+        means, errors = _scaled_means_and_errors(ss, 100)
+        ax.errorbar([s.x for s in ss], means, yerr=errors, marker="o", capsize=3, label=row)
     # The paper prints numbers for N = 2000 only (Tables 1, 2, 6): reference points there.
     refs = {
         "Baseline": TABLES["table1"].cells[("LeNet Dropout", "NoGR")],
@@ -102,9 +100,7 @@ def fig2_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(plan["title"], fontsize=10)
     ax.legend(fontsize=8)
-    path = _save(fig, out_dir / f"{stem}.png")
-    plt.close(fig)
-    return path
+    return _write_png(plt, fig, out_dir, stem)
 
 
 def fig3_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
@@ -129,9 +125,7 @@ def fig3_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(plan["title"], fontsize=10)
     ax.legend(fontsize=8)
-    path = _save(fig, out_dir / f"{stem}.png")
-    plt.close(fig)
-    return path
+    return _write_png(plt, fig, out_dir, stem)
 
 
 def fig4_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
@@ -155,9 +149,7 @@ def fig4_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
         ax.axis("off")
     fig.suptitle(plan["title"], fontsize=10)
     fig.tight_layout()
-    path = _save(fig, out_dir / f"{stem}.png")
-    plt.close(fig)
-    return path
+    return _write_png(plt, fig, out_dir, stem)
 
 
 def sin_fits_plot(plan, summaries, out_dir: Path, stem: str, xlim=None) -> Path:
@@ -182,9 +174,7 @@ def sin_fits_plot(plan, summaries, out_dir: Path, stem: str, xlim=None) -> Path:
         ax.set_ylim(lo - 0.3, hi + 0.3)
     ax.set_title(plan["title"], fontsize=10)
     ax.legend(fontsize=7)
-    path = _save(fig, out_dir / f"{stem}.png")
-    plt.close(fig)
-    return path
+    return _write_png(plt, fig, out_dir, stem)
 
 
 _FIGURES: dict[str, Callable[[dict, list, Path, str], Path]] = {
