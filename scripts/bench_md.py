@@ -50,6 +50,13 @@ for r in b["ensemble"]:
     out.append(
         f"| {r['K']} | {r['engine_ms_per_model_step']:.2f} | {r['loop_ms_per_model_step']:.2f} | {r['loop_split_ms_per_model_step']:.2f} | {r['torch_func_ms_per_model_step']:.2f} | {r['engine_vs_loop']:.2f}× | {r['engine_vs_loop_split']:.2f}× | {r['engine_vs_torch_func']:.2f}× |"
     )
+ceiling = [r for r in b["ensemble"] if "split_ceiling_vs_loop" in r]
+if ceiling:
+    c = ceiling[0]
+    out.append("")
+    out.append(
+        f"One run on one thread took {c['loop_one_thread_ms_per_model_step']:.2f} ms per step, on two {c['loop_ms_per_model_step']:.2f} ms (K={c['K']} row): running unpacked runs side by side on the two cores can gain at most {c['split_ceiling_vs_loop']:.2f}× over the one-run loop, and the engine's packing adds little to that on a CPU (engine ÷ split loop), so the issue's target of 2× the one-run loop at K=16 is out of reach on this machine."
+    )
 out.append("")
 if "mixed_sweep" in b:
     m = b["mixed_sweep"]

@@ -50,6 +50,11 @@ def test_bench_json_has_the_documented_keys(tmp_path, monkeypatch, capsys):
     assert ens["K"] == 2
     for baseline in ("loop", "loop_split", "torch_func"):  # one key per baseline, measured side by side
         assert ens[f"engine_vs_{baseline}"] == ens[f"{baseline}_ms_per_model_step"] / ens["engine_ms_per_model_step"]
+    if torch.get_num_threads() > 1:  # the first K also times one run on one thread: the split's ceiling
+        workers = torch.get_num_threads()
+        one = ens["loop_one_thread_ms_per_model_step"]
+        assert ens["split_ceiling_vs_loop"] == B.split_ceiling(ens["loop_ms_per_model_step"], one, workers)
+        assert abs(ens["split_ceiling_vs_loop"] - workers * ens["loop_ms_per_model_step"] / one) < 1e-9
     assert rep["table1_projected_s"] == 90 * 10_000 / ens["model_steps_per_s"]
     assert "vs torch.func" in capsys.readouterr().out
 

@@ -357,6 +357,21 @@ def _repeat(step: Callable[[], None], n: int) -> Callable[[], None]:
     return run
 
 
+def split_ceiling(loop_s: float, one_thread_s: float, workers: int) -> float:
+    """The most that running unpacked single-threaded runs side by side on ``workers``
+    threads can gain over the one-run loop (each run on all threads): ``workers`` runs
+    finish in one single-threaded step time, ideally, against ``workers`` loop steps."""
+    return workers * loop_s / one_thread_s
+
+
+def _on_one_thread_here(fn: Callable[[], None]) -> Callable[[], None]:
+    def run():
+        with single_threaded_ops():
+            fn()
+
+    return run
+
+
 def _split(fns: list, pool) -> Callable[[], None]:
     if len(fns) == 1:
         return fns[0]
@@ -419,10 +434,19 @@ def ensemble_speed(device: torch.device, ks: tuple, quick: bool, log=print) -> l
         fns["loop"] = _repeat(loop_steps[0], len(loop_steps))
         fns["loop_split"] = _split(split_loop, pool)
         fns["torch_func"] = _split(tfunc, pool)
+        if k == ks[0] and pool is not None:  # what splitting alone can buy: one run on one thread
+            fns["loop_one_thread"] = _on_one_thread_here(fns["loop"])
         rounds, inner = (3, 2) if quick else (7, 3)
         times = interleaved_median_times(fns, rounds, inner, device)
         row = {"K": k, **{f"{n}_ms_per_model_step": 1e3 * t / k for n, t in times.items()}}
         row |= {f"engine_vs_{n}": times[n] / times["engine"] for n in ("loop", "loop_split", "torch_func")}
+        if "loop_one_thread" in times:
+            row["split_ceiling_vs_loop"] = split_ceiling(times["loop"], times["loop_one_thread"], workers)
+            log(
+                f"  one run on 1 thread: {1e3 * times['loop_one_thread'] / k:.2f} ms per step, on {workers} threads "
+                f"{1e3 * times['loop'] / k:.2f}: splitting unpacked runs over {workers} workers can gain at most "
+                f"x{row['split_ceiling_vs_loop']:.2f} over the one-run loop"
+            )
         row["model_steps_per_s"] = k / times["engine"]
         rows.append(row)
         log(
