@@ -235,6 +235,30 @@ def test_a_header_counts_missing_runs_as_missing():
     assert "2 of 3 planned runs stored behind this table" in render_markdown(plan, s, [], rows)
 
 
+def test_a_partial_report_says_not_run_yet_instead_of_nan():
+    """A cell with no stored run reads "not run yet"; its comparison is counted as waiting, not
+    printed as nan; the smoothness table lists only cells that ran."""
+    rows = [_row(f"n{i}", 0.9, t) for i, t in enumerate((0.80, 0.82, 0.81))]
+    plan = {
+        "name": "t",
+        "title": "a test",
+        "metric": "accuracy",
+        "baseline_col": "NoGR",
+        "comparisons": [[["r", "DataGrad"], ["r", "NoGR"]]],
+        "cells": [
+            {"row": "r", "col": "NoGR", "x": None, "candidates": [{"lambda": None, "runs": ["n0", "n1", "n2"]}]},
+            {"row": "r", "col": "DataGrad", "x": None, "candidates": [{"lambda": 50, "runs": ["d0", "d1"]}]},
+        ],
+    }
+    by_key = {r["run_key"]: r for r in rows}
+    summaries = [summarize_cell(c, by_key, "accuracy") for c in plan["cells"]]
+    md = render_markdown(plan, summaries, significance(summaries, plan), rows)
+    assert "nan" not in md
+    assert "| r | 81.00 (1.00) n=3 | not run yet λ=50 |" in md
+    assert "1 comparison(s) wait for runs not stored yet." in md
+    assert "| r / NoGR | – | 1 | 2 | 3 | 3.00 |" in md and "r / DataGrad |" not in md.split("## Global")[1]
+
+
 # --------------------------------------------------------------------------- --download
 
 

@@ -306,3 +306,19 @@ def test_regularize_on_an_existing_forward_pass_refuses_finite_differences():
     model, x, y = tanh_mlp(), torch.randn(4, 6).requires_grad_(), torch.randint(0, 5, (4,))
     with pytest.raises(ValueError, match="re-runs the model on a shifted input.*use gr.regularized_loss"):
         gr.regularize(model(x), y, x, [gr.DataGrad(1.0, method="finite_difference")])
+
+
+def test_carry_gradients_is_zero_with_the_given_gradients_scaled_by_the_loss_scale():
+    """The fused finite-difference step hands back gradients it already computed through one
+    autograd node: value 0, d/dp = the given tensor, times whatever scales the loss."""
+    from gradreg.core import carry_gradients
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, generator=g, requires_grad=True)
+    b = torch.randn(2, 2, generator=g, requires_grad=True)
+    ga, gb = torch.randn(3, generator=g), torch.randn(2, 2, generator=g)
+    z = carry_gradients([a, b], [ga, gb])
+    assert z.item() == 0.0
+    (3.0 * (z + (a * a).sum())).backward()
+    torch.testing.assert_close(a.grad, 3.0 * ga + 6.0 * a.detach())
+    torch.testing.assert_close(b.grad, 3.0 * gb)

@@ -414,7 +414,10 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
             coef = 1.0 / scale - w * kappa / (b * float(h))
         else:
             coef = 1.0 / scale
-        carried = sum((p * (coef * g).detach()).sum() for p, g in zip(params, g_params) if g is not None)
+        have = [(p, g) for p, g in zip(params, g_params) if g is not None]
+        if coef != 1.0:
+            torch._foreach_mul_([g for _, g in have], coef)
+        carried = carry_gradients([p for p, _ in have], [g for _, g in have])
         total = carried + w * surr
         value = value + w * pen
         return total - total.detach() + value, terms
@@ -431,6 +434,30 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
         if reg.weight != 0:
             total = total + reg.effective_weight * (surr - surr.detach() + pen)
     return total, terms
+
+
+class _CarryGradients(torch.autograd.Function):
+    """A zero scalar whose gradient with respect to each of ``params`` is the given tensor
+    (times the incoming gradient, so a scaled loss scales it too): one autograd node that
+    carries gradients already computed into the returned loss's ``backward()``."""
+
+    @staticmethod
+    def forward(ctx, grads, *params):
+        ctx.grads = grads
+        return params[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx, out):
+        grads = ctx.grads
+        ctx.grads = None
+        return (None, *torch._foreach_mul(grads, out))
+
+
+def carry_gradients(params: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """``0``, with ``d/dp = grad`` for each parameter ``p`` (see :class:`_CarryGradients`)."""
+    if not params:
+        return torch.zeros(())
+    return _CarryGradients.apply([g.detach() for g in grads], *params)
 
 
 def _fd_surrogate_shifted(model, x, y, loss, reg, v, draw, replay, kinks, b, f_base, central_base="auto"):

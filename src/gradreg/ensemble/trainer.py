@@ -23,7 +23,7 @@ from .. import data as D
 from .. import datasets
 from .. import finite_difference as FD
 from ..config import TrainConfig
-from ..core import batch_data_loss, per_example_loss
+from ..core import batch_data_loss, carry_gradients, per_example_loss
 from ..models import build_model
 from ..regularizers import Forward, ProjectedGradient
 from ..streams import piecewise_lr, stream_seed
@@ -194,11 +194,8 @@ class EnsembleTrainer:
             surr = FD.surrogate(f_at(1.0), f_base.detach(), h, kappa, b, "one_sided")
             safe = torch.where(h > 0, h, torch.ones_like(h))
             coef = torch.where(h > 0, 1.0 / scale - w * kappa / (b * safe), torch.full_like(h, 1.0 / scale))
-        carried = sum(
-            (p * (FD.broadcast_runs(coef.to(p.dtype), g) * g).detach()).sum()
-            for p, g in zip(params, g_params)
-            if g is not None
-        )
+        have = [(p, g) for p, g in zip(params, g_params) if g is not None]
+        carried = carry_gradients([p for p, _ in have], [FD.broadcast_runs(coef.to(p.dtype), g) * g for p, g in have])
         total = carried + (w * surr).sum()
         if self.any_wd:
             total = total + (self.wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in self.decayed)).sum()

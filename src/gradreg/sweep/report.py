@@ -220,6 +220,11 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
             if s is None:
                 cells.append("")
                 continue
+            if s.n == 0:
+                paper = table.cells.get((r, c)) if table is not None else None
+                lam = "" if s.lam is None else f" λ={s.lam:g}"
+                cells.append(f"not run yet{lam}" + (f" · paper {_fmt(paper.mean, paper.std)}" if paper else ""))
+                continue
             ours = _fmt(s.mean * scale, s.std * scale)
             text = f"{ours}{' *' if s.significant else ''} n={s.n}"
             if s.lam is not None and (
@@ -242,11 +247,16 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
             "| cell | vs. | t | df | p | p adjusted | |",
             "|---|---|---|---|---|---|---|",
         ]
+        waiting = [x for x in tests if math.isnan(x[4])]
         for a, b, t, df, p, p_adj, sig in tests:
+            if math.isnan(p):
+                continue
             lines.append(
                 f"| {' / '.join(a)} | {' / '.join(b)} | {t:.2f} | {df:.1f} | {p:.3g} | {p_adj:.3g} "
                 f"| {'*' if sig else ''} |"
             )
+        if waiting:
+            lines += ["", f"{len(waiting)} comparison(s) wait for runs not stored yet."]
         lines.append("")
     lines += [
         "## Global smoothness: mean ||J_g(x)||_F of the models behind each cell",
@@ -257,6 +267,8 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
         "|---|---|---|---|---|---|",
     ]
     for s in summaries:
+        if s.n == 0:
+            continue
         g = s.grad_norms
         ratio = g["off_manifold"] / g["train"] if g.get("train") else math.nan
         lam = "–" if s.lam is None else f"{s.lam:g}"
