@@ -467,3 +467,25 @@ def test_shared_projection_spectreg_vanishes_under_train_mode_batchnorm_before_t
     )
     assert per_example > 1e-3
     assert shared < 1e-20 * per_example and frob < 1e-20 * per_example
+
+
+def test_batch_projected_spectreg_vanishes_on_lenet_batchnorm_in_train_mode():
+    """The paper's LeNet-BN ends BatchNorm1d(84) -> fc2, so in training mode the batch sum of
+    the logits is W (B beta) + B b, whatever the input: the batch-projected SpectReg objective
+    sum_i <z_i, r> is constant in x (checked by a float64 central difference of that objective
+    in a random direction) and its penalty is 0, while one r per example gives a positive value."""
+    from gradreg.paper.models import lenet5
+
+    g = torch.Generator().manual_seed(3)
+    model = lenet5(dropout=None, batchnorm=True, generator=g).double().train()
+    x = torch.randn(16, 1, 28, 28, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (16,), generator=g)
+    r = torch.randn(10, generator=g, dtype=torch.float64)
+    d = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        objective = [(model(x + s * 1e-3 * d) @ r).sum().item() for s in (1.0, -1.0)]
+    assert abs(objective[0] - objective[1]) / 2e-3 < 1e-9
+    gen = torch.Generator().manual_seed(0)
+    batch = gr.penalty(model, x, y, gr.SpectReg(1.0), generator=gen)
+    example = gr.penalty(model, x, y, gr.SpectReg(1.0, projection="example"), generator=gen)
+    assert batch.item() < 1e-20 and example.item() > 1e-3

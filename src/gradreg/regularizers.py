@@ -257,6 +257,11 @@ class SpectReg(ProjectedGradient):
     ``normalize=True`` draws r uniformly on the sphere of radius ``sqrt(m)`` (covariance
     still I, still unbiased); ``n_proj`` averages that many independent draws.
     Published weight at MNIST N=2000: 0.03.
+
+    With BatchNorm in training mode, ``projection="batch"`` vanishes on a model whose logits
+    are affine in a BatchNorm output (the paper's LeNet-BN: BatchNorm1d(84), then fc2): the
+    batch mean of a BatchNorm output is its offset, so ``sum_i z_i`` does not depend on the
+    input and ``grad_x sum_i <z_i, r> = 0``. Use ``projection="example"`` there.
     """
 
     projection: str = "batch"
