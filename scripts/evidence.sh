@@ -5,6 +5,8 @@
 # chunks are checkpointed in results/checkpoints/, so rerunning this script, on this machine
 # or a fresh one, trains only what is missing.
 #   usage: scripts/evidence.sh [experiment ...]     (default: all of them, cheapest first)
+# Committing records mid-experiment? Run `gradreg index --out results --readme README.md` first:
+# tests/test_index.py checks that README's headline table is what the committed records give.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRADREG=${GRADREG:-.venv/bin/gradreg}
@@ -19,5 +21,6 @@ fi
 for name in "${names[@]}"; do
   echo "== $name $(date -u +%FT%TZ)"
   "$GRADREG" run "$name" --profile published --out results --quiet
+  "$GRADREG" index --out results --readme README.md  # the index and README's headline table
 done
 echo "== done $(date -u +%FT%TZ)"

@@ -524,7 +524,17 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not (out / STORE_NAME).exists():
         raise CLIError(f"no result store at {out / STORE_NAME}; run `gradreg report NAME --out {args.out}` first")
     check_writable_output(out / "README.md", label="--out")
-    print(write_index(out, args.profile))
+    readme = None
+    if args.readme is not None:
+        readme = Path(args.readme)
+        if not readme.is_file():
+            raise CLIError(f"--readme {args.readme}: no such file")
+        text = readme.read_text()
+        from .sweep.index import HEADLINE_BEGIN, HEADLINE_END
+
+        if HEADLINE_BEGIN not in text or HEADLINE_END not in text:
+            raise CLIError(f"--readme {args.readme}: it has no '{HEADLINE_BEGIN}' ... '{HEADLINE_END}' block to fill")
+    print(write_index(out, args.profile, readme))
     return 0
 
 
@@ -744,6 +754,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="published",
         choices=list(PROFILES),
         help="the profile whose plans are indexed (default: published)",
+    )
+    ix.add_argument(
+        "--readme",
+        default=None,
+        metavar="FILE",
+        help="also write the cell-by-cell table (ours against the paper) into FILE, between its headline markers",
     )
     ix.set_defaults(func=cmd_index)
 

@@ -60,6 +60,9 @@ def experiment_line(store_path: Path, name: str, profile: str) -> dict:
         status = f"reproduced: all {len(agreement)} cells consistent with the paper"
     return {
         "name": name,
+        "agreement": agreement,
+        "unit": "%" if plan["metric"] == "accuracy" else metric_scale(plan)[1],
+        "commits": sorted({str(r.get("code_version") or "?") for r in rows}),
         "title": plan["title"],
         "stored": stored,
         "planned": planned,
@@ -70,7 +73,53 @@ def experiment_line(store_path: Path, name: str, profile: str) -> dict:
     }
 
 
-def write_index(out_dir: Path, profile: str = "published") -> Path:
+HEADLINE_BEGIN = "<!-- headline: gradreg index --out results --readme README.md -->"
+HEADLINE_END = "<!-- /headline -->"
+
+
+def _commit(version: str) -> str:
+    """``0.2.0+g1d9a424`` -> ``1d9a424`` (the commit a run's code came from)."""
+    return version.rsplit("+g", 1)[-1] if "+g" in version else version
+
+
+def headline(lines_: list[dict], hardware: str) -> list[str]:
+    """Every cell of the paper's tables that has runs here: ours against the paper's number,
+    n, the verdict (Welch from the paper's summary, Bonferroni over the table), and per
+    experiment the CPU time and the commits its runs came from."""
+    out = [
+        "| experiment | cell | ours | paper | n | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for e in lines_:
+        if not e["agreement"]:
+            continue
+        for r in e["agreement"]:
+            paper = f"{r['paper']:.2f}" + ("" if r["paper_std"] is None else f" ({r['paper_std']:.2f})")
+            out.append(
+                f"| {e['name']} | {r['row']} / {r['col']} | {r['ours']:.2f} ({r['ours_std']:.2f}) | {paper} "
+                f"| {r['n']} | {r['verdict']} |"
+            )
+        commits = ", ".join(dict.fromkeys(_commit(c) for c in e["commits"]))
+        notes.append(
+            f"{e['name']}: {e['stored']} of {e['planned']} runs, {_hours(e['cpu_s'])} of training, commits {commits}"
+        )
+    if len(out) == 2:
+        return []
+    unit = "test accuracy (%) for the MNIST tables, test MSE (×1e-5) for SIN"
+    return out + ["", f"Metric: {unit}. Hardware: {hardware}. " + "; ".join(notes) + "."]
+
+
+def replace_block(text: str, begin: str, end: str, block: list[str]) -> str:
+    """``text`` with the lines between the ``begin`` and ``end`` marker lines replaced by ``block``."""
+    if begin not in text or end not in text:
+        raise ValueError(f"the markers {begin!r} and {end!r} are not both in the file")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return head + begin + "\n" + "\n".join(block) + "\n" + end + tail
+
+
+def write_index(out_dir: Path, profile: str = "published", readme: Path | None = None) -> Path:
     """``OUT/README.md``: every experiment with a ``profile`` plan in the store, and the ones left for a GPU."""
     from .runner import STORE_NAME
 
@@ -109,8 +158,10 @@ def write_index(out_dir: Path, profile: str = "published") -> Path:
     ]
     total = 0.0
     hardware = ""
+    entries = []
     for name in names:
         e = experiment_line(store_path, name, profile)
+        entries.append(e)
         total += e["cpu_s"]
         hardware = hardware or e["hardware"]
         lines.append(
@@ -120,4 +171,11 @@ def write_index(out_dir: Path, profile: str = "published") -> Path:
     for name, (what, seconds) in LEFT_FOR_GPU.items():
         lines.append(f"| {name} | 0 | – | needs a GPU: {what}; projected {_hours(seconds)} on these 2 CPU cores | – |")
     lines += ["", f"Hardware: {hardware or 'none yet'}. Total CPU time of the runs above: {_hours(total)}.", ""]
+    head = headline(entries, hardware or "none yet")
+    if head:
+        lines += ["## Ours against the paper, cell by cell", "", *head, ""]
+    if readme is not None:
+        readme = Path(readme)
+        text = readme.read_text()
+        write_text_atomic(readme, replace_block(text, HEADLINE_BEGIN, HEADLINE_END, head or ["(no runs yet)"]))
     return write_text_atomic(out_dir / "README.md", "\n".join(lines))
