@@ -18,7 +18,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/torch.txt"
 # 1. the tests that have CUDA variants (skipped where pytest is absent)
-python3 -m pytest -q tests/test_penalties.py tests/test_engine.py tests/test_finite_difference.py > "$OUT/pytest.txt" 2>&1 || true
+python3 -m pytest -q tests/test_penalties.py tests/test_engine.py tests/test_finite_difference.py tests/test_amp.py tests/test_dropin.py > "$OUT/pytest.txt" 2>&1 || true
 # 2. the benchmark, side by side, interleaved medians
 timeout 300 python3 -m gradreg.cli bench --device cuda --json "$OUT/bench_cuda.json" > "$OUT/bench_cuda.txt" 2>&1
 # 3. real ensemble trainings: SIN Table 7 and paper-profile Table 1, timed by the command
