@@ -8,10 +8,12 @@
 # Needs: a CUDA GPU with torch (>= 2.1) and numpy/scipy/matplotlib/tqdm; the repository as
 # the working directory (run from source, PYTHONPATH=src; nothing is installed); MNIST in the
 # official IDX files under $GRADREG_DATA_DIR/mnist (default: ./.data; copy the four
-# *-ubyte.gz files there first when the machine has no internet). pytest is optional.
+# *-ubyte.gz files there first when the machine has no internet). pytest is optional: a machine
+# without it (and without internet) can take it from ./.device-deps, made here beforehand with
+# `pip install --target .device-deps pytest` and carried along with .data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=src
+export PYTHONPATH=src${PWD:+:$PWD/.device-deps}
 export GRADREG_DATA_DIR="${GRADREG_DATA_DIR:-$PWD/.data}"
 OUT="${OUT:-/tmp/gradreg-device}"
 mkdir -p "$OUT"
