@@ -301,6 +301,6 @@ def test_every_differing_cell_gets_words_and_unexplained_ones_say_so():
     other = {"row": "LeNet Dropout", "col": "NoGR", "ours": 97.0, "paper": 97.29}
     text = explain({"name": "table1"}, [], [bn, other], 100.0)
     assert "LeNet Batchnorm / DataGrad (97.25 against 96.89): not established" in text
-    assert "bn_batch_stats_at_eval" in text
+    assert "bn_batch_stats_at_eval" in text and "scripts/bn_eval_check.py" in text
     assert "Not yet explained: LeNet Dropout / NoGR." in text
     assert explain({"name": "table2"}, [], [other], 100.0).startswith("Not yet explained: LeNet Dropout / NoGR.")
