@@ -61,7 +61,6 @@ def experiment_line(store_path: Path, name: str, profile: str) -> dict:
     return {
         "name": name,
         "agreement": agreement,
-        "unit": "%" if plan["metric"] == "accuracy" else metric_scale(plan)[1],
         "commits": sorted({str(r.get("code_version") or "?") for r in rows}),
         "title": plan["title"],
         "stored": stored,

@@ -247,9 +247,14 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
             "| cell | vs. | t | df | p | p adjusted | |",
             "|---|---|---|---|---|---|---|",
         ]
-        waiting = [x for x in tests if math.isnan(x[4])]
+
+        def unrun(cell) -> bool:
+            s = by.get(tuple(cell))
+            return s is not None and s.n == 0
+
+        waiting = [x for x in tests if unrun(x[0]) or unrun(x[1])]
         for a, b, t, df, p, p_adj, sig in tests:
-            if math.isnan(p):
+            if unrun(a) or unrun(b):
                 continue
             lines.append(
                 f"| {' / '.join(a)} | {' / '.join(b)} | {t:.2f} | {df:.1f} | {p:.3g} | {p_adj:.3g} "
