@@ -1,6 +1,7 @@
 """`gradreg bench` produces the documented JSON. Speed itself is not asserted here: it is
 measured by the bench, side by side, never in a timed unit test."""
 
+import copy
 import json
 
 import torch
@@ -71,5 +72,42 @@ def test_fast_regularization_rows_cover_every_configuration(monkeypatch):
         for reg in ("DataGrad", "SpectReg"):
             got = {r["config"] for r in rows if r["where"] == where and r["regularizer"] == reg}
             assert got == configs
+    assert all(r["floor_rel_time"] == 1.0 for r in rows if r["where"] == "single run")
     lazy = [r for r in rows if r["config"] == "lazy k=4 exact" and r["where"] == "single run"]
     assert all(r["rel_time"] == 0.25 for r in lazy)  # a 4-step cycle divided by 4
+
+
+def test_two_pass_floor_step_sums_the_gradients_at_x_and_at_the_shifted_input():
+    """The floor step's update uses grad L(x) + grad L(x + 1e-3 grad_x L(x)), computed here
+    by two independent backward passes on a copy of the model."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    ref = copy.deepcopy(model)
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    B.two_pass_floor_step(model, opt, x, y, "cross_entropy")()
+    xg = x.clone().requires_grad_(True)
+    gx = torch.autograd.grad(torch.nn.functional.cross_entropy(ref(xg), y), xg)[0]
+    g1 = torch.autograd.grad(torch.nn.functional.cross_entropy(ref(x), y), list(ref.parameters()))
+    g2 = torch.autograd.grad(torch.nn.functional.cross_entropy(ref(x + 1e-3 * gx), y), list(ref.parameters()))
+    for p, q, a, b in zip(model.parameters(), ref.parameters(), g1, g2):
+        torch.testing.assert_close(p, q - (a + b), rtol=1e-12, atol=1e-12)
+
+
+def test_readme_benchmarks_are_the_committed_bench_json():
+    """README's Benchmarks block is what scripts/bench_md.py renders from the committed
+    results/bench_cpu_quick.json: no number in it was typed by hand."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rendered = subprocess.run(
+        [sys.executable, str(root / "scripts" / "bench_md.py"), str(root / "results" / "bench_cpu_quick.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    readme = (root / "README.md").read_text()
+    block = readme.split("<!-- bench: python scripts/bench_md.py results/bench_cpu_quick.json -->", 1)[1]
+    assert block.split("<!-- /bench -->", 1)[0].strip().startswith(rendered)
