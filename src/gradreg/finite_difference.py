@@ -214,29 +214,70 @@ class FrozenKinks:
     ``hardtanh``, ``leaky_relu``, ``clamp``, ``abs``) are computed as usual: their kinks add
     the error above (smooth activations such as GELU, SiLU and tanh need nothing).
 
-    ``FrozenKinks(None)`` does nothing: the engine's ``torch.func`` ensembles run under
-    ``vmap``, whose batched tensors must not outlive the transform.
+    A model that runs under ``vmap`` (the engine's ``torch.func`` ensembles, marked by
+    ``records_kinks_inside = True``) cannot keep patterns recorded inside the transform:
+    batched tensors must not outlive it. Such a model calls :meth:`vmap` instead of
+    ``torch.func.vmap`` while a pass is in progress, and each member's patterns leave the
+    transform as extra outputs (stacked on the member axis) and re-enter it as extra inputs.
+    ``FrozenKinks(None)`` does nothing.
     """
 
     def __init__(self, model) -> None:
         self.enabled = model is not None
+        self.inside = model if getattr(model, "records_kinks_inside", False) else None
         self.patterns: list = []
+        self.replaying: bool | None = None  # inside a vmapped model: the pass in progress
 
     @contextlib.contextmanager
     def record(self):
         """The first pass: every kinked call as usual, its pattern saved."""
         self.patterns = []
-        if not self.enabled:
-            yield self
-            return
-        with _KinkMode(self.patterns, replaying=False):
+        with self._pass(replaying=False):
             yield self
 
     @contextlib.contextmanager
     def replay(self):
         """The shifted pass: the n-th kinked call applies the n-th recorded pattern."""
+        with self._pass(replaying=True):
+            yield self
+
+    @contextlib.contextmanager
+    def _pass(self, replaying: bool):
         if not self.enabled:
-            yield self
-            return
-        with _KinkMode(self.patterns, replaying=True):
-            yield self
+            yield
+        elif self.inside is not None:  # the model calls self.vmap during the pass
+            self.inside.frozen_kinks, self.replaying = self, replaying
+            try:
+                yield
+            finally:
+                self.inside.frozen_kinks, self.replaying = None, None
+        else:
+            with _KinkMode(self.patterns, replaying=replaying):
+                yield
+
+    def vmap(self, fn, in_dims: tuple, randomness: str, *args):
+        """``torch.func.vmap(fn, in_dims, randomness=randomness)(*args)`` with the kinks of each
+        member recorded or replayed inside the transform."""
+        if not self.replaying:
+            keys: list = []
+
+            def recording(*a):
+                patterns: list = []
+                with _KinkMode(patterns, replaying=False):
+                    out = fn(*a)
+                keys[:] = [k for k, _ in patterns]
+                return out, tuple(p for _, p in patterns)
+
+            out, stacked = torch.func.vmap(recording, in_dims=in_dims, randomness=randomness)(*args)
+            self.patterns = list(zip(keys, stacked))
+            return out
+        keys = [k for k, _ in self.patterns]
+        stacked = tuple(p for _, p in self.patterns)
+
+        def replaying(*a):
+            n = len(a) - len(stacked)
+            with _KinkMode(list(zip(keys, a[n:])), replaying=True):
+                return fn(*a[:n])
+
+        dims = (*in_dims, *([0] * len(stacked)))
+        return torch.func.vmap(replaying, in_dims=dims, randomness=randomness)(*args, *stacked)

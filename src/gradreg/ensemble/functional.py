@@ -33,6 +33,8 @@ class FunctionalEnsemble(nn.Module):
     ``(K, B, *out)``."""
 
     base: nn.Module  # set with object.__setattr__ (not a submodule)
+    records_kinks_inside = True  # finite differences freeze ReLU/max-pool inside vmap (forward)
+    frozen_kinks = None  # the FrozenKinks of the pass in progress, set by it
 
     def __init__(self, models: Sequence[nn.Module]):
         super().__init__()
@@ -70,9 +72,10 @@ class FunctionalEnsemble(nn.Module):
             return functional_call(self.base, (params, buffers), (xk,))
 
         randomness = "different" if (self.random and self.training) else "error"
-        return torch.func.vmap(one, in_dims=(0, 0, 0), randomness=randomness)(
-            self.stacked_params(), self.stacked_buffers(), x
-        )
+        args = (self.stacked_params(), self.stacked_buffers(), x)
+        if self.frozen_kinks is not None:  # a finite-difference pass: see FrozenKinks.vmap
+            return self.frozen_kinks.vmap(one, (0, 0, 0), randomness, *args)
+        return torch.func.vmap(one, in_dims=(0, 0, 0), randomness=randomness)(*args)
 
     def decayed_parameters(self) -> list[Tensor]:
         return [self.stacked[n.replace(".", "__")] for n in self.decayed_names]

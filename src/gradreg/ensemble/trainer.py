@@ -132,7 +132,7 @@ class EnsembleTrainer:
             logits, wrt = self._forward_capturing(x, self.c0.wrt)
         elif fd:
             replay = FD.Replay(self.device, self.dropout_gens, self.model).capture()
-            kinks = FD.FrozenKinks(self.model if isinstance(self.model, PackedModel) else None)
+            kinks = FD.FrozenKinks(self.model)
             with kinks.record():
                 logits = self.model(x)
         else:
