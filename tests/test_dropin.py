@@ -535,7 +535,18 @@ DDP_CASES = {
     "spectreg_example": ([gr.SpectReg(0.5, projection="example")], lambda rank: SEED + rank),
     # one r for the batch: the same seed on every rank draws the single-process r exactly
     "spectreg_batch": ([gr.SpectReg(0.5, projection="batch")], lambda rank: SEED),
+    # finite differences: each rank re-runs the DDP model on its shifted half (two forwards, one
+    # backward); central, small step: the reference is exact double backprop on the full batch
+    "datagrad_fd": (
+        [gr.DataGrad(2.0, method="finite_difference", fd_scheme="central", fd_step=1e-5)],
+        lambda rank: SEED,
+    ),
+    "spectreg_example_fd": (
+        [gr.SpectReg(0.5, projection="example", method="finite_difference", fd_scheme="central", fd_step=1e-5)],
+        lambda rank: SEED + rank,
+    ),
 }
+FD_CASES = {"datagrad_fd": "datagrad", "spectreg_example_fd": "spectreg_example"}  # -> its exact twin
 
 
 def _ddp_worker(rank, port, out_dir):
@@ -579,14 +590,19 @@ def _reference_grads(case):
 @pytest.mark.slow  # 10-12 s on 2 busy cores: most of it is each rank importing torch and torch._dynamo
 def test_ddp_two_gloo_processes_match_one_process_on_the_full_batch(tmp_path):
     """Each rank's loss is the mean over its half; DDP averages the two halves' gradients, which
-    is the full-batch mean's gradient. Both ranks end with the reference's gradients."""
+    is the full-batch mean's gradient. Both ranks end with the reference's gradients, with the
+    exact penalties and with finite differences (whose step differs per rank: its h is set by
+    the rank's half, so they match the exact reference to the difference's O(h^2))."""
     mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for case in DDP_CASES:
-        want = _reference_grads(case)
+        if case in FD_CASES:  # against the exact twin: the O(h^2) error of the difference
+            want, tol = _reference_grads(FD_CASES[case]), dict(rtol=1e-7, atol=1e-9)
+        else:
+            want, tol = _reference_grads(case), dict(rtol=1e-10, atol=1e-12)
         for got in ranks:
             for g, w in zip(got[case], want):
-                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+                torch.testing.assert_close(g, w, **tol)
     # the test can fail: the two SpectReg conventions give different gradients here
     assert not torch.allclose(ranks[0]["spectreg_example"][0], ranks[0]["spectreg_batch"][0])
 
