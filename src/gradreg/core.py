@@ -403,7 +403,7 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
         gx, *g_params = torch.autograd.grad(f_sum, [xg, *params], allow_unused=True)
         v = gx.detach()
         pen, surr, h = _fd_surrogate_shifted(
-            model, x, y, loss, reg, v, draws[name], replay, kinks, b, f_sum, central_base=None
+            model, x, y, loss, reg, v, draws[name], replay, kinks, b, f_sum, logits.dtype, central_base=None
         )
         terms[name] = pen
         w = reg.effective_weight
@@ -429,7 +429,9 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
     for name, reg in fd:
         f_base = reg.objective(fwd, draws[name]).sum()
         (gx,) = torch.autograd.grad(f_base, xg, retain_graph=True)
-        pen, surr, _ = _fd_surrogate_shifted(model, x, y, loss, reg, gx.detach(), draws[name], replay, kinks, b, f_base)
+        pen, surr, _ = _fd_surrogate_shifted(
+            model, x, y, loss, reg, gx.detach(), draws[name], replay, kinks, b, f_base, logits.dtype
+        )
         terms[name] = pen
         if reg.weight != 0:
             total = total + reg.effective_weight * (surr - surr.detach() + pen)
@@ -460,7 +462,7 @@ def carry_gradients(params: list[Tensor], grads: list[Tensor]) -> Tensor:
     return _CarryGradients.apply([g.detach() for g in grads], *params)
 
 
-def _fd_surrogate_shifted(model, x, y, loss, reg, v, draw, replay, kinks, b, f_base, central_base="auto"):
+def _fd_surrogate_shifted(model, x, y, loss, reg, v, draw, replay, kinks, b, f_base, dtype, central_base="auto"):
     """The true penalty (detached), the surrogate S (with a graph through the shifted pass(es)
     and, one-sided, through ``f_base``) and the step h, for one regularizer."""
     from . import finite_difference as FD
@@ -468,7 +470,7 @@ def _fd_surrogate_shifted(model, x, y, loss, reg, v, draw, replay, kinks, b, f_b
     norm = getattr(reg, "norm", "l2")
     pen = P.per_example_norm(v, norm, 1).mean()
     d, kappa = FD.direction(v, norm)
-    h = FD.step_size(x, d, reg.relative_step, 1)
+    h = FD.step_size(x, d, reg.relative_step(dtype), 1)
 
     def f_at(sign: float) -> Tensor:
         xs = (x.detach() + sign * h * d).detach()

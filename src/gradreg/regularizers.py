@@ -186,7 +186,8 @@ class ProjectedGradient(Regularizer):
     ``"finite_difference"`` trains with the first-order surrogate of
     :mod:`gradreg.finite_difference` (one extra forward/backward pass, no double backward):
     ``fd_scheme`` ``"one_sided"`` or ``"central"``, ``fd_step`` the relative step (None: 1e-3
-    one-sided, 1e-2 central; see that module). Either way the value reported is the exact penalty.
+    one-sided, 1e-2 central, larger when the network computes in float16/bfloat16; see that
+    module). Either way the value reported is the exact penalty.
     """
 
     method: str = field(default="double_backprop", kw_only=True, metadata={"added": True})
@@ -206,11 +207,11 @@ class ProjectedGradient(Regularizer):
     def finite_difference(self) -> bool:
         return self.method == "finite_difference"
 
-    @property
-    def relative_step(self) -> float:
-        from .finite_difference import DEFAULT_STEP
+    def relative_step(self, dtype: torch.dtype = torch.float32) -> float:
+        """``fd_step``, or the default for a network whose logits come out in ``dtype``."""
+        from .finite_difference import default_step
 
-        return self.fd_step if self.fd_step is not None else DEFAULT_STEP[self.fd_scheme]
+        return self.fd_step if self.fd_step is not None else default_step(self.fd_scheme, dtype)
 
     @abc.abstractmethod
     def objective(self, fwd: Forward, draw: Tensor | None) -> Tensor:

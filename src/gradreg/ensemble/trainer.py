@@ -177,7 +177,7 @@ class EnsembleTrainer:
         v = gx.detach()
         pen = reg.gradient_norm(v, 2).mean(-1)
         d, kappa = FD.direction(v, getattr(reg, "norm", "l2"))
-        h = FD.step_size(x.detach(), d, reg.relative_step, 2)  # (K,)
+        h = FD.step_size(x.detach(), d, reg.relative_step(fwd.logits.dtype), 2)  # (K,)
         w = self.weights[:, s]
         scale = 1.0 if self.c0.loss == "half_sse" else float(b)  # data = F / scale
 
@@ -243,7 +243,7 @@ class EnsembleTrainer:
         norm = getattr(reg, "norm", "l2")
         pen = reg.gradient_norm(v, 2).mean(-1)
         d, kappa = FD.direction(v, norm)
-        h = FD.step_size(x.detach(), d, reg.relative_step, 2)
+        h = FD.step_size(x.detach(), d, reg.relative_step(fwd.logits.dtype), 2)
 
         def f_at(sign: float) -> Tensor:
             xs = (x.detach() + sign * FD.broadcast_runs(h, d) * d).detach()
