@@ -684,3 +684,19 @@ def test_validate_auto_reads_no_values_off_the_cpu():
     assert loss.device.type == "meta" and loss.shape == ()
     with pytest.raises(RuntimeError, match="meta"):
         gr.regularize(model(x), y, x, [gr.DataGrad(1.0)], validate=True)
+
+
+def test_finite_difference_steps_read_no_values_off_the_device():
+    """The finite-difference path (fused DataGrad, SpectReg, central) on the meta device: no
+    host synchronization (reading h to pick the data gradient's coefficient used to be one)."""
+    model = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 5)).to("meta")
+    x = torch.randn(4, 6, device="meta")
+    y = torch.zeros(4, dtype=torch.long, device="meta")
+    for reg in (
+        gr.DataGrad(1.0, method="finite_difference"),
+        gr.SpectReg(1.0, method="finite_difference"),
+        gr.DataGrad(1.0, method="finite_difference", fd_scheme="central"),
+    ):
+        loss, terms = gr.regularized_loss(model, x, y, [reg])
+        loss.backward()
+        assert loss.device.type == "meta" and terms[reg.name].device.type == "meta"

@@ -410,13 +410,13 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
         scale = b if loss != "half_sse" else 1  # data = F / scale
         # grad = grad_data + w * grad_S, with grad_S = (kappa / (B h)) (grad F(x + h d) - grad F(x)) (one-sided)
         _, kappa = FD.direction(v, getattr(reg, "norm", "l2"))
-        if reg.fd_scheme == "one_sided" and float(h) > 0:
-            coef = 1.0 / scale - w * kappa / (b * float(h))
+        # a tensor (no host sync on an accelerator); h = 0 (v = 0) leaves the data gradient alone
+        if reg.fd_scheme == "one_sided":
+            coef = torch.where(h > 0, 1.0 / scale - w * kappa / (b * torch.where(h > 0, h, 1.0)), 1.0 / scale)
         else:
-            coef = 1.0 / scale
+            coef = torch.full_like(h, 1.0 / scale)
         have = [(p, g) for p, g in zip(params, g_params) if g is not None]
-        if coef != 1.0:
-            torch._foreach_mul_([g for _, g in have], coef)
+        torch._foreach_mul_([g for _, g in have], coef.to(have[0][1].dtype) if have else coef)
         carried = carry_gradients([p for p, _ in have], [g for _, g in have])
         total = carried + w * surr
         value = value + w * pen
