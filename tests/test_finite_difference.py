@@ -469,3 +469,27 @@ def test_fd_default_step_under_low_precision_autocast(dtype):
         assert err(grad(gr.DataGrad(1.0, method="finite_difference", fd_scheme=scheme), True)) < 2 * exact + 0.02
     old = err(grad(gr.DataGrad(1.0, method="finite_difference", fd_step=1e-3), True))
     assert old > 2 * exact + 0.02
+
+
+def test_compiled_lenet_keeps_its_kinks_frozen_under_finite_differences():
+    """A torch.compile'd LeNet (aot_eager, CPU): the kink-freezing mode reaches into the
+    compiled forward, so the finite-difference penalty gradient matches the eager model's exact
+    one (cosine >= 0.9999; measured 0.999999). With freezing switched off it was 0.03."""
+    torch.manual_seed(0)
+    eager, inner = lenet5(dropout=None), lenet5(dropout=None)
+    inner.load_state_dict(eager.state_dict())
+    compiled = torch.compile(inner, backend="aot_eager")
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+
+    def penalty_grad(m, regs):
+        def g(r):
+            m.zero_grad()
+            loss, _ = gr.regularized_loss(m, x, y, r)
+            loss.backward()
+            return torch.cat([p.grad.flatten() for p in m.parameters()])
+
+        return g(regs) - g([])
+
+    exact = penalty_grad(eager, [gr.DataGrad(1.0)])
+    fd = penalty_grad(compiled, [gr.DataGrad(1.0, method="finite_difference")])
+    assert torch.nn.functional.cosine_similarity(fd, exact, dim=0) >= 0.9999
