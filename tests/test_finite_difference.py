@@ -340,7 +340,7 @@ class EverySpelling(nn.Module):
         h = torch.relu(self.c2(h)).relu()  # torch function, tensor method
         h, _ = torch.nn.functional.max_pool2d(h, 2, return_indices=True)  # (B, 4, 2, 2)
         h = self.c3(h.flatten(2))  # (B, 4, 4)
-        h = torch.nn.functional.relu(h, inplace=True)
+        h = torch.nn.functional.relu(h, True)  # in place, positionally
         h = torch.nn.functional.max_pool1d(h.clone().relu_(), 2)  # in place, then 1-d pooling
         return self.head(h.flatten(1))
 

@@ -191,7 +191,8 @@ class _KinkMode(TorchFunctionMode):
         with_indices = pool is not None and (
             func is pool[0] or bool(kwargs.get("return_indices", args[6] if len(args) > 6 else False))
         )
-        inplace = relu == "relu_" or bool(kwargs.get("inplace", False))
+        positional = args[1] if func is F.relu and len(args) > 1 else False  # F.relu(x, True)
+        inplace = relu == "relu_" or bool(kwargs.get("inplace", positional))
         key = ("relu" if relu else f"pool{pool[1]}", tuple(inp.shape))  # type: ignore[index]
         if self.replaying:
             n, self.calls = self.calls, self.calls + 1
