@@ -51,13 +51,18 @@ REGS = {
 }
 
 
-def penalty_gradient(model, x, y, reg, zero):
-    """The parameter gradient of ``weight * penalty`` alone (the data term subtracted), and the terms."""
+def penalty_gradient(model, x, y, reg, zero=None, autocast=None):
+    """The parameter gradient of ``weight * penalty`` alone (the data term subtracted: the step
+    with ``zero``, a zero-weight twin, or with no regularizer when None), and the terms;
+    ``autocast`` a CPU autocast dtype, or None."""
 
     def grads(r):
         model.zero_grad()
         torch.manual_seed(11)  # dropout masks: the same in every call
-        loss, terms = gr.regularized_loss(model, x, y, [r], generator=torch.Generator().manual_seed(3))
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss, terms = gr.regularized_loss(
+                model, x, y, [] if r is None else [r], generator=torch.Generator().manual_seed(3)
+            )
         loss.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), loss.detach(), terms
 
@@ -451,14 +456,7 @@ def test_fd_default_step_under_low_precision_autocast(dtype):
     x, y = torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,))
 
     def grad(reg, autocast):
-        def g(r):
-            model.zero_grad()
-            with torch.autocast("cpu", dtype=dtype, enabled=autocast):
-                loss, _ = gr.regularized_loss(model, x, y, [r])
-            loss.backward()
-            return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-        return g(reg) - g(reg.__class__(0.0))
+        return penalty_gradient(model, x, y, reg, reg.__class__(0.0), dtype if autocast else None)[0]
 
     def err(g):
         return float((g - ref).norm() / ref.norm())
@@ -481,15 +479,6 @@ def test_compiled_lenet_keeps_its_kinks_frozen_under_finite_differences():
     compiled = torch.compile(inner, backend="aot_eager")
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
 
-    def penalty_grad(m, regs):
-        def g(r):
-            m.zero_grad()
-            loss, _ = gr.regularized_loss(m, x, y, r)
-            loss.backward()
-            return torch.cat([p.grad.flatten() for p in m.parameters()])
-
-        return g(regs) - g([])
-
-    exact = penalty_grad(eager, [gr.DataGrad(1.0)])
-    fd = penalty_grad(compiled, [gr.DataGrad(1.0, method="finite_difference")])
+    exact, _, _ = penalty_gradient(eager, x, y, gr.DataGrad(1.0))
+    fd, _, _ = penalty_gradient(compiled, x, y, gr.DataGrad(1.0, method="finite_difference"))
     assert torch.nn.functional.cosine_similarity(fd, exact, dim=0) >= 0.9999
