@@ -304,3 +304,41 @@ def test_every_differing_cell_gets_words_and_unexplained_ones_say_so():
     assert "bn_batch_stats_at_eval" in text and "scripts/bn_eval_check.py" in text
     assert "Not yet explained: LeNet Dropout / NoGR." in text
     assert explain({"name": "table2"}, [], [other], 100.0).startswith("Not yet explained: LeNet Dropout / NoGR.")
+
+
+def test_table1_batchnorm_words_quote_the_rows_offset_and_the_within_ours_welch_test():
+    """The BatchNorm explanation's numbers: the Welch p of our DataGrad against our NoGR is
+    scipy's, and each cell's offset from the paper is its mean minus the paper's number."""
+    from types import SimpleNamespace
+
+    from scipy import stats as sps
+
+    from gradreg.paper.explanations import explain
+    from gradreg.paper.numbers import TABLES
+
+    def cell(col, test, lam, norm):
+        mean = sum(test) / len(test)
+        std = (sum((v - mean) ** 2 for v in test) / (len(test) - 1)) ** 0.5
+        return SimpleNamespace(
+            row="LeNet Batchnorm",
+            col=col,
+            test=test,
+            n=len(test),
+            lam=lam,
+            grad_norms={"test": norm},
+            mean=mean,
+            std=std,
+        )
+
+    nogr = cell("NoGR", [0.970, 0.972, 0.975, 0.969], None, 7.65)
+    dg = cell("DataGrad", [0.9725, 0.9724, 0.9726, 0.9722], 0.001, 7.44)
+    bn = {"row": "LeNet Batchnorm", "col": "DataGrad", "ours": 97.24, "paper": 96.89}
+    text = explain({"name": "table1"}, [nogr, dg], [bn], 100.0)
+    p = sps.ttest_ind([v * 100 for v in dg.test], [v * 100 for v in nogr.test], equal_var=False).pvalue
+    assert f"Welch p = {p:.2g} (unadjusted)" in text
+    paper = TABLES["table1"].cells
+    assert f"NoGR {97.15 - paper[('LeNet Batchnorm', 'NoGR')].mean:+.2f}" in text
+    assert f"DataGrad {97.2425 - paper[('LeNet Batchnorm', 'DataGrad')].mean:+.2f}" in text
+    assert "λ = 0.001" in text and "7.44 against 7.65" in text
+    # without both cells the extra paragraph is left out rather than guessed
+    assert "What the runs do establish" not in explain({"name": "table1"}, [dg], [bn], 100.0)
