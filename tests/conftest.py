@@ -22,3 +22,15 @@ def data_dir() -> Path:
     if not HAVE_MNIST:
         pytest.skip(f"MNIST not found under {DATA} (set GRADREG_DATA_DIR)")
     return DATA
+
+
+@pytest.fixture
+def fresh_compile():
+    """A clean torch.compile cache. Every ``nn.Sequential`` shares one ``forward`` code object,
+    so compile tests that run after others could meet dynamo's recompile limit, where it falls
+    back to eager without a word, and test eager instead of the compiled graph."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -618,6 +618,7 @@ def _compile_problem():
     return model, x, y, loss, torch.autograd.grad(loss, list(model.parameters()))
 
 
+@pytest.mark.usefixtures("fresh_compile")
 def test_compile_eager_backend_matches_eager():
     model, x, y, loss_e, grads_e = _compile_problem()
     compiled = torch.compile(model, backend="eager")
@@ -631,6 +632,7 @@ def test_compile_eager_backend_matches_eager():
     gr.regularize(logits, y, act.value, [gr.DataGrad(1.0)])[0].backward()
 
 
+@pytest.mark.usefixtures("fresh_compile")
 def test_compile_aot_autograd_backends_fail_loudly_at_the_double_backward():
     """aot_eager (and inductor, which shares AOTAutograd) has no double backward. The penalty's
     *value* is computable (its inner input gradient is a first-order backward), and then either

@@ -185,6 +185,7 @@ def test_exact_penalty_on_a_once_differentiable_op_is_a_clear_error_and_fd_train
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.usefixtures("fresh_compile")
 def test_compiled_model_trains_with_fd_and_matches_eager_and_exact_is_a_clear_error():
     """torch.compile (aot_eager backend, CPU): the finite-difference path matches the eager
     model's to 1e-5 relative in float32; the exact path raises the clear error."""
@@ -469,6 +470,7 @@ def test_fd_default_step_under_low_precision_autocast(dtype):
     assert old > 2 * exact + 0.02
 
 
+@pytest.mark.usefixtures("fresh_compile")
 def test_compiled_lenet_keeps_its_kinks_frozen_under_finite_differences():
     """A torch.compile'd LeNet (aot_eager, CPU): the kink-freezing mode reaches into the
     compiled forward, so the finite-difference penalty gradient matches the eager model's exact
@@ -482,3 +484,209 @@ def test_compiled_lenet_keeps_its_kinks_frozen_under_finite_differences():
     exact, _, _ = penalty_gradient(eager, x, y, gr.DataGrad(1.0))
     fd, _, _ = penalty_gradient(compiled, x, y, gr.DataGrad(1.0, method="finite_difference"))
     assert torch.nn.functional.cosine_similarity(fd, exact, dim=0) >= 0.9999
+
+
+# ------------------------------------------------------------ review findings (each failed before its fix)
+
+
+class _OutsideWeightHead(nn.Module):
+    """A model that also trains a weight it does not register (held in a list): the fused
+    finite-difference step must not lose that weight's data gradient."""
+
+    def __init__(self, outside: torch.Tensor):
+        super().__init__()
+        self.body = tanh_mlp()
+        self.outside = [outside]
+
+    def forward(self, x):
+        return self.body(x) * self.outside[0]
+
+
+def test_fused_fd_datagrad_trains_every_leaf_the_loss_reaches_not_only_registered_parameters():
+    """A learnable temperature in the loss callable and a weight the module does not register:
+    with the fused one-sided DataGrad step (float64, h = 1e-7 relative) their gradients match
+    exact double backprop to 1e-5 relative. Before, the data loss's part of their gradient was
+    lost: the temperature's gradient was 1e7 times too small."""
+    torch.manual_seed(0)
+    temp = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    outside = torch.ones(5, dtype=torch.float64, requires_grad=True)
+    model = _OutsideWeightHead(outside).double()
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 5, (16,))
+
+    def loss(z, t):
+        return torch.nn.functional.cross_entropy(z / temp, t, reduction="none")
+
+    def grads(reg):
+        leaves = [temp, outside, *model.parameters()]
+        for t in leaves:
+            t.grad = None
+        total, _ = gr.regularized_loss(model, x, y, [reg], loss=loss)
+        total.backward()
+        return [t.grad.clone() for t in leaves]
+
+    exact = grads(gr.DataGrad(2.0))
+    fd = grads(gr.DataGrad(2.0, method="finite_difference", fd_step=1e-7))
+    for a, b in zip(fd, exact):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+
+
+def test_fd_on_an_input_that_requires_grad_sends_nothing_upstream_like_the_exact_path():
+    """``x`` from an embedding (it requires grad): the penalty treats x as data, as the exact
+    path does (the upstream weight gets no gradient from regularized_loss), for the fused DataGrad
+    step (it used to fail with a no-grad view error) and for SpectReg (it used to leak a
+    gradient upstream through the step size h)."""
+    torch.manual_seed(0)
+    emb, model = nn.Embedding(10, 6), tanh_mlp()
+    tokens, y = torch.randint(0, 10, (8,)), torch.randint(0, 5, (8,))
+    for reg in (
+        gr.DataGrad(1.0),
+        gr.DataGrad(1.0, method="finite_difference"),
+        gr.SpectReg(0.5, method="finite_difference"),
+    ):
+        emb.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        loss, _ = gr.regularized_loss(model, emb(tokens), y, [reg], generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        assert emb.weight.grad is None, reg
+        assert all(p.grad is not None for p in model.parameters()), reg
+
+
+def test_step_size_of_a_half_precision_gradient_is_computed_in_float32():
+    """In float16 the squares of a gradient of size 1e-4 underflow, so h came out 0 and the
+    penalty silently stopped training. h is now the float64 formula on the same half values
+    to 1e-6 relative, and not 0."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 784).half()
+    d = (torch.randn(16, 784) * 1e-4).half()
+    h = FD.step_size(x, d, 1e-2, 1)
+    xd, dd = x.double(), d.double()
+    want = 1e-2 * xd.pow(2).mean().sqrt() / dd.pow(2).mean().sqrt()
+    assert h.dtype == torch.float32 and h > 0
+    torch.testing.assert_close(h.double(), want, rtol=1e-6, atol=0)
+    xs = FD.shifted(x, h, d, 1.0)
+    assert xs.dtype == torch.float16 and not xs.requires_grad
+    torch.testing.assert_close(xs.double(), (xd + want * dd).half().double(), rtol=0, atol=1e-3)
+
+
+def test_compute_dtype_sees_autocast_and_the_parameters_behind_float32_logits():
+    """A model whose last op is ``.float()`` (or autocast's float32 softmax) hides its low
+    precision from the logits' dtype: the default step follows autocast's dtype, or the lowest
+    parameter dtype. Under bfloat16 autocast, such a model's finite-difference step is the
+    same computation as one with bfloat16's default step (3e-2) given by hand."""
+    p16 = [torch.zeros(2, dtype=torch.float16), torch.zeros(2)]
+    assert FD.compute_dtype(torch.float32, "cpu") is torch.float32
+    assert FD.compute_dtype(torch.float32, "cpu", p16) is torch.float16
+    assert FD.compute_dtype(torch.float64, "meta") is torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert FD.compute_dtype(torch.float32, "cpu") is torch.bfloat16
+        assert FD.compute_dtype(torch.float16, "cpu", p16) is torch.bfloat16  # the coarser of the two
+
+    class FloatLogits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tanh_mlp()
+
+        def forward(self, x):
+            return self.net(x).float()
+
+    torch.manual_seed(0)
+    model = FloatLogits()
+    x, y = torch.randn(16, 6), torch.randint(0, 5, (16,))
+    by_default, _, _ = penalty_gradient(
+        model, x, y, gr.DataGrad(1.0, method="finite_difference"), autocast=torch.bfloat16
+    )
+    by_hand, _, _ = penalty_gradient(
+        model, x, y, gr.DataGrad(1.0, method="finite_difference", fd_step=3e-2), autocast=torch.bfloat16
+    )
+    assert torch.equal(by_default, by_hand)
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        self.a, self.b, self.reentrant = nn.Linear(6, 16), nn.Linear(16, 5), reentrant
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        h = checkpoint(lambda t: torch.relu(self.a(t)), x, use_reentrant=self.reentrant)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_fd_refuses_gradient_checkpointing_with_a_clear_error(reentrant):
+    """torch.utils.checkpoint recomputes the forward inside backward(), past the frozen kinks:
+    the surrogate's gradient was a silent hybrid (measured 237 against 285 frozen). Refused,
+    both forms. The exact path trains the non-reentrant form; the reentrant form cannot run
+    under torch.autograd.grad at all (torch's own error)."""
+    torch.manual_seed(0)
+    model = _Checkpointed(reentrant)
+    x, y = torch.randn(8, 6), torch.randint(0, 5, (8,))
+    with pytest.raises(RuntimeError, match=r"gradient checkpointing \(torch.utils.checkpoint\)"):
+        gr.regularized_loss(model, x, y, [gr.DataGrad(1.0, method="finite_difference")])
+    if reentrant:
+        with pytest.raises(RuntimeError, match="use_reentrant=True, torch.utils.checkpoint is incompatible with .grad"):
+            gr.regularized_loss(model, x, y, [gr.DataGrad(1.0)])
+        return
+    loss, _ = gr.regularized_loss(model, x, y, [gr.DataGrad(1.0)])
+    loss.backward()
+    assert model.a.weight.grad is not None
+
+
+def test_fd_refuses_a_model_whose_kinked_calls_change_between_the_passes():
+    """A model that makes another number of ReLU calls in the shifted pass than in the first
+    (its control flow depends on its input, or on its state): the replay used to compute the
+    extra calls unfrozen, silently. Now it is a clear error, for too many calls and too few."""
+
+    class Flip(nn.Module):
+        def __init__(self, extra_on_odd: bool):
+            super().__init__()
+            self.lin, self.out, self.calls, self.extra_on_odd = nn.Linear(6, 6), nn.Linear(6, 5), 0, extra_on_odd
+
+        def forward(self, x):
+            self.calls += 1
+            h = torch.relu(self.lin(x))
+            if (self.calls % 2 == 1) == self.extra_on_odd:
+                h = torch.relu(h - 0.1)
+            return self.out(h)
+
+    x, y = torch.randn(8, 6), torch.randint(0, 5, (8,))
+    with pytest.raises(RuntimeError, match=r"shifted pass made 1 ReLU/max-pooling calls, the first pass 2"):
+        gr.regularized_loss(Flip(True), x, y, [gr.DataGrad(1.0, method="finite_difference")])
+    with pytest.raises(
+        RuntimeError, match=r"kinked call 2 of the shifted pass \(relu of shape \(8, 6\)\) does not match"
+    ):
+        gr.regularized_loss(Flip(False), x, y, [gr.SpectReg(1.0, method="finite_difference")])
+
+
+def test_replay_restores_the_random_state_of_any_device_with_an_rng_module():
+    """Dropout on MPS or XPU draws from that device's generator, which the replay used to
+    leave alone (the shifted pass then drew other masks). In a fresh process, a fake device
+    module registered for ``privateuseone``: the replay sets the captured state and gives the
+    advanced one back afterwards. A device without one is a clear error."""
+    import subprocess
+    import sys
+
+    code = """
+import types, torch
+import gradreg.finite_difference as FD
+state = {"s": torch.tensor([1], dtype=torch.uint8)}
+mod = types.ModuleType("fake")
+mod.get_rng_state = lambda device=None: state["s"].clone()
+def set_rng_state(s, device=None): state["s"] = s.clone()
+mod.set_rng_state = set_rng_state
+mod.device_count = lambda: 1
+torch._register_device_module("privateuseone", mod)
+replay = FD.Replay(torch.device("privateuseone")).capture()
+state["s"] = torch.tensor([2], dtype=torch.uint8)  # the first pass drew
+with replay():
+    inside = int(state["s"])
+    state["s"] = torch.tensor([3], dtype=torch.uint8)
+print(inside, int(state["s"]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "2"]
+    code_bad = "import torch, gradreg.finite_difference as FD; FD.Replay(torch.device('privateuseone')).capture()"
+    out = subprocess.run([sys.executable, "-c", code_bad], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "cannot replay the random draws (dropout) of a 'privateuseone' device" in out.stderr

@@ -380,6 +380,8 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
     xg = x.detach().requires_grad_(True)
     with kinks.record():
         logits = _model_logits(model, xg, x)
+    if isinstance(logits, Tensor):
+        FD.check_no_reentrant_checkpoint(logits)
     y = _labels(y, loss)
     check_logits_and_targets(logits, y, loss, validate=validate)
     _check_labels_needed(regs, loss)
@@ -393,17 +395,21 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
     terms: dict[str, Tensor] = {"loss": data.detach()}
     fd = [(n, r) for n, r in active if getattr(r, "finite_difference", False)]
     exact = [(n, r) for n, r in active if not getattr(r, "finite_difference", False)]
-    params = [p for p in model.parameters() if p.requires_grad] if isinstance(model, torch.nn.Module) else []
-    fused = len(fd) == 1 and not exact and fd[0][1].name == "DataGrad" and params and fd[0][1].weight != 0
+    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    dtype = FD.compute_dtype(logits.dtype, x.device.type, params)
+    fused = len(fd) == 1 and not exact and fd[0][1].name == "DataGrad" and fd[0][1].weight != 0
     total = data
     value = data.detach()
-    if fused:  # one backward at x gives v and the data gradient (DataGrad's F is the summed data loss)
+    f_sum = pel.sum()
+    # every tensor the data loss trains (the model's parameters, and any other leaf: a learnable
+    # loss, a weight from outside the module), so that none loses its data gradient
+    leaves = [t for t in graph_leaves(f_sum) if t is not xg] if fused else []
+    if fused and leaves:  # one backward at x gives v and the data gradient (DataGrad's F is the summed data loss)
         name, reg = fd[0]
-        f_sum = pel.sum()
-        gx, *g_params = torch.autograd.grad(f_sum, [xg, *params], allow_unused=True)
+        gx, *g_params = torch.autograd.grad(f_sum, [xg, *leaves], allow_unused=True)
         v = gx.detach()
         pen, surr, h = _fd_surrogate_shifted(
-            model, x, y, loss, reg, v, draws[name], replay, kinks, b, f_sum, logits.dtype, central_base=None
+            model, x, y, loss, reg, v, draws[name], replay, kinks, b, f_sum, dtype, central_base=None
         )
         terms[name] = pen
         w = reg.effective_weight
@@ -415,7 +421,7 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
             coef = torch.where(h > 0, 1.0 / scale - w * kappa / (b * torch.where(h > 0, h, 1.0)), 1.0 / scale)
         else:
             coef = torch.full_like(h, 1.0 / scale)
-        have = [(p, g) for p, g in zip(params, g_params) if g is not None]
+        have = [(p, g) for p, g in zip(leaves, g_params) if g is not None]
         torch._foreach_mul_([g for _, g in have], coef.to(have[0][1].dtype) if have else coef)
         carried = carry_gradients([p for p, _ in have], [g for _, g in have])
         total = carried + w * surr
@@ -430,12 +436,28 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
         f_base = reg.objective(fwd, draws[name]).sum()
         (gx,) = torch.autograd.grad(f_base, xg, retain_graph=True)
         pen, surr, _ = _fd_surrogate_shifted(
-            model, x, y, loss, reg, gx.detach(), draws[name], replay, kinks, b, f_base, logits.dtype
+            model, x, y, loss, reg, gx.detach(), draws[name], replay, kinks, b, f_base, dtype
         )
         terms[name] = pen
         if reg.weight != 0:
             total = total + reg.effective_weight * (surr - surr.detach() + pen)
     return total, terms
+
+
+def graph_leaves(t: Tensor) -> list[Tensor]:
+    """The leaf tensors that ``t.backward()`` would accumulate gradients into, in a fixed order."""
+    seen, out, stack = set(), [], [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        leaf = getattr(node, "variable", None)  # an AccumulateGrad node
+        if leaf is not None:
+            out.append(leaf)
+        else:
+            stack.extend(f for f, _ in node.next_functions)
+    return out
 
 
 class _CarryGradients(torch.autograd.Function):
@@ -470,10 +492,10 @@ def _fd_surrogate_shifted(model, x, y, loss, reg, v, draw, replay, kinks, b, f_b
     norm = getattr(reg, "norm", "l2")
     pen = P.per_example_norm(v, norm, 1).mean()
     d, kappa = FD.direction(v, norm)
-    h = FD.step_size(x, d, reg.relative_step(dtype), 1)
+    h = FD.step_size(x, d, reg.relative_step(dtype), 1)  # a constant: nothing flows back through h
 
     def f_at(sign: float) -> Tensor:
-        xs = (x.detach() + sign * h * d).detach()
+        xs = FD.shifted(x, h, d, sign)
         with replay(), kinks.replay():
             logits = model(xs)
         return reg.objective(Forward(xs, logits, y, per_example_loss(logits, y, loss)), draw).sum()

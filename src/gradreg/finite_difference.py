@@ -23,7 +23,8 @@ float32 (``tests/test_finite_difference.py``, see the defaults' note there): the
 to exact double backprop >= 0.999.
 
 Low precision. When the network computes in float16 or bfloat16 (autocast, or a half model;
-read off the logits' dtype), eps is 9.8e-4 or 7.8e-3 and those steps drown in rounding:
+:func:`compute_dtype`: the coarsest of the logits', autocast's and the parameters' dtypes),
+eps is 9.8e-4 or 7.8e-3 and those steps drown in rounding:
 measured on LeNet (B=50, DataGrad) against exact float32, bfloat16 autocast at ``rel = 1e-3``
 one-sided gave a relative gradient error of 2.4 (cosine 0.37). The defaults there are the
 measured best (``tests/test_finite_difference.py::test_fd_default_step_under_low_precision_autocast``):
@@ -58,8 +59,34 @@ LOW_PRECISION_STEP = {  # the network's compute dtype -> scheme -> relative step
 
 
 def default_step(scheme: str, dtype: torch.dtype) -> float:
-    """The default relative step for a network whose logits come out in ``dtype``."""
+    """The default relative step for a network that computes in ``dtype`` (see :func:`compute_dtype`)."""
     return LOW_PRECISION_STEP.get(dtype, DEFAULT_STEP)[scheme]
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device_type`` when it is on there, else None."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # torch < 2.4, or a device type autocast does not know
+        on = device_type in ("cpu", "cuda") and (
+            torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+        )
+        if on:
+            return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+        return None
+    return torch.get_autocast_dtype(device_type) if on else None
+
+
+def compute_dtype(logits_dtype: torch.dtype, device_type: str, params=()) -> torch.dtype:
+    """The lowest floating precision the network computes in: the logits' dtype, autocast's
+    when it is on, and the parameters'. The logits alone can hide it: a half-precision body
+    may end in ``.float()``, and autocast runs softmax and the losses in float32."""
+    found = {logits_dtype}
+    amp = autocast_dtype(device_type)
+    if amp is not None:
+        found.add(amp)
+    found.update(p.dtype for p in params if p.is_floating_point())
+    return max((d for d in found if d.is_floating_point), key=lambda d: torch.finfo(d).eps)
 
 
 def direction(v: Tensor, norm: str) -> tuple[Tensor, float]:
@@ -75,13 +102,18 @@ def rms(t: Tensor, batch_dims: int) -> Tensor:
 
 
 def step_size(x: Tensor, d: Tensor, rel: float, batch_dims: int) -> Tensor:
-    """``h = rel * rms(x) / rms(d)`` per run (0 where the direction is 0)."""
-    rx, rd = rms(x, batch_dims), rms(d, batch_dims)
-    return torch.where(
-        rd > 0,
-        rel * rx.clamp_min(torch.finfo(x.dtype).tiny) / rd.clamp_min(torch.finfo(x.dtype).tiny),
-        torch.zeros_like(rd),
-    )
+    """``h = rel * rms(x) / rms(d)`` per run (0 where the direction is 0), computed in float32
+    at least: in half precision the squares of a small gradient underflow to 0."""
+    dt = torch.promote_types(x.dtype, torch.float32)
+    rx, rd = rms(x.detach().to(dt), batch_dims), rms(d.detach().to(dt), batch_dims)
+    tiny = torch.finfo(dt).tiny
+    return torch.where(rd > 0, rel * rx.clamp_min(tiny) / rd.clamp_min(tiny), torch.zeros_like(rd))
+
+
+def shifted(x: Tensor, h: Tensor, d: Tensor, sign: float) -> Tensor:
+    """``x + sign * h * d`` (``h`` one value per run), detached, in ``x``'s dtype; the sum is
+    formed in ``h``'s precision."""
+    return (x.detach().to(h.dtype) + sign * broadcast_runs(h, d) * d.to(h.dtype)).to(x.dtype).detach()
 
 
 def surrogate(f_plus: Tensor, f_minus: Tensor, h: Tensor, kappa: float, batch: int, scheme: str) -> Tensor:
@@ -94,6 +126,24 @@ def surrogate(f_plus: Tensor, f_minus: Tensor, h: Tensor, kappa: float, batch: i
 def broadcast_runs(h: Tensor, like: Tensor) -> Tensor:
     """``h`` (one value per run) shaped to multiply ``like`` (runs, batch, ...)."""
     return h.reshape(*h.shape, *([1] * (like.dim() - h.dim())))
+
+
+def device_rng(device: torch.device):
+    """The module that holds ``device``'s default random generator (``torch.cuda``,
+    ``torch.mps``, ``torch.xpu``, ...), or None for the CPU's (and the meta device's)."""
+    if device.type in ("cpu", "meta"):
+        return None
+    getter = getattr(torch, "get_device_module", None)
+    try:
+        mod = getter(device.type) if getter is not None else getattr(torch, device.type)
+    except (AttributeError, RuntimeError):
+        mod = None
+    if mod is None or not hasattr(mod, "get_rng_state") or not hasattr(mod, "set_rng_state"):
+        raise ValueError(
+            f"finite differences: cannot replay the random draws (dropout) of a {device.type!r} device: torch has "
+            "no get_rng_state/set_rng_state for it; use method='double_backprop'"
+        )
+    return mod
 
 
 class Replay:
@@ -111,26 +161,28 @@ class Replay:
         self.states: tuple | None = None
 
     def capture(self) -> Replay:
-        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        self.states = (torch.get_rng_state(), cuda, [g.get_state() for g in self.generators])
+        rng = device_rng(self.device)
+        dev = rng.get_rng_state(self.device) if rng is not None else None
+        self.states = (torch.get_rng_state(), dev, [g.get_state() for g in self.generators])
         return self
 
     @contextlib.contextmanager
     def __call__(self):
         assert self.states is not None, "Replay.capture() first"
-        cpu, cuda, gens = self.states
+        cpu, dev, gens = self.states
+        rng = device_rng(self.device)
         originals = [dict(m._buffers) for m in self.modules]
         saved_gens = [g.get_state() for g in self.generators]
-        devices = [self.device] if self.device.type == "cuda" else []
+        fork = {"devices": [self.device], "device_type": self.device.type} if rng is not None else {"devices": []}
         try:
             for m in self.modules:
                 for name, b in m._buffers.items():
                     if b is not None:
                         m._buffers[name] = b.detach().clone()
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(**fork):
                 torch.set_rng_state(cpu)
-                if cuda is not None:
-                    torch.cuda.set_rng_state(cuda, self.device)
+                if rng is not None:
+                    rng.set_rng_state(dev, self.device)
                 for g, st in zip(self.generators, gens):
                     g.set_state(st)
                 yield
@@ -172,14 +224,38 @@ def frozen_max_pool(inp: Tensor, argmax: Tensor, dims: int) -> Tensor:
     return inp.flatten(-dims).gather(-1, argmax.flatten(-dims)).view(argmax.shape)
 
 
+def _under_checkpoint() -> bool:
+    """Whether a non-reentrant ``torch.utils.checkpoint`` segment is packing saved tensors now."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    hooks = top(False) if top is not None else None
+    return hooks is not None and "_checkpoint_hook" in getattr(hooks[0], "__qualname__", "")
+
+
+CHECKPOINT_ERROR = (
+    "finite differences: the model uses gradient checkpointing (torch.utils.checkpoint), which recomputes "
+    "its forward during backward(), outside the frozen kinks of the shifted pass, so the surrogate's gradient "
+    "would be wrong; use method='double_backprop', or train without checkpointing"
+)
+
+
 class _KinkMode(TorchFunctionMode):
     """Sees every torch call of a forward pass. Recording, it saves each ReLU's mask and
     each max-pooling's argmax, in call order; replaying, the n-th kinked call applies the
-    n-th pattern (when its kind and shape match; else it computes as usual)."""
+    n-th pattern, and a call that does not match it (another kind or shape, or one too many:
+    the model's control flow depends on its input) is an error, as is one too few
+    (:meth:`check_complete`)."""
 
     def __init__(self, patterns: list, replaying: bool):
         super().__init__()
         self.patterns, self.replaying, self.calls = patterns, replaying, 0
+
+    def check_complete(self) -> None:
+        if self.replaying and self.calls != len(self.patterns):
+            raise RuntimeError(
+                f"finite differences: the shifted pass made {self.calls} ReLU/max-pooling calls, the first pass "
+                f"{len(self.patterns)}; the model's control flow depends on its input, so the two passes are "
+                "not the same function: use method='double_backprop'"
+            )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -195,14 +271,22 @@ class _KinkMode(TorchFunctionMode):
         inplace = relu == "relu_" or bool(kwargs.get("inplace", positional))
         key = ("relu" if relu else f"pool{pool[1]}", tuple(inp.shape))  # type: ignore[index]
         if self.replaying:
+            if _under_checkpoint():
+                raise RuntimeError(CHECKPOINT_ERROR)
             n, self.calls = self.calls, self.calls + 1
-            if n < len(self.patterns) and self.patterns[n][0] == key:
-                pattern = self.patterns[n][1]
-                if relu:
-                    return frozen_relu(inp, pattern, inplace)
-                out = frozen_max_pool(inp, pattern, pool[1])  # type: ignore[index]
-                return (out, pattern) if with_indices else out
-            return func(*args, **kwargs)  # not seen in the first pass: compute as usual
+            if n >= len(self.patterns) or self.patterns[n][0] != key:
+                first = self.patterns[n][0] if n < len(self.patterns) else None
+                seen = f"{first[0]} of shape {first[1]}" if first else "none"
+                raise RuntimeError(
+                    f"finite differences: kinked call {n + 1} of the shifted pass ({key[0]} of shape {key[1]}) does "
+                    f"not match the first pass's ({seen}); the model's control flow depends on its input, so the "
+                    "two passes are not the same function: use method='double_backprop'"
+                )
+            pattern = self.patterns[n][1]
+            if relu:
+                return frozen_relu(inp, pattern, inplace)
+            out = frozen_max_pool(inp, pattern, pool[1])  # type: ignore[index]
+            return (out, pattern) if with_indices else out
         if relu:
             out = func(*args, **kwargs)
             self.patterns.append((key, out > 0))
@@ -211,6 +295,20 @@ class _KinkMode(TorchFunctionMode):
         out, idx = pool[0](*args[:6], **kw)  # type: ignore[index]
         self.patterns.append((key, idx))
         return (out, idx) if with_indices else out
+
+
+def check_no_reentrant_checkpoint(out: Tensor) -> None:
+    """Refuse a shifted pass whose graph holds a reentrant ``torch.utils.checkpoint`` segment
+    (it runs its forward under ``no_grad`` and again in ``backward()``, past the frozen kinks)."""
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "CheckpointFunctionBackward":
+            raise RuntimeError(CHECKPOINT_ERROR)
+        stack.extend(f for f, _ in node.next_functions)
 
 
 class FrozenKinks:
@@ -238,6 +336,11 @@ class FrozenKinks:
     ``torch.func.vmap`` while a pass is in progress, and each member's patterns leave the
     transform as extra outputs (stacked on the member axis) and re-enter it as extra inputs.
     ``FrozenKinks(None)`` does nothing.
+
+    The shifted pass must make the same kinked calls, in the same order, as the first: a model
+    whose control flow depends on its input is refused with a clear error, and so is gradient
+    checkpointing (``torch.utils.checkpoint`` recomputes the forward inside ``backward()``,
+    where no pattern applies; the reentrant form is caught by :func:`check_no_reentrant_checkpoint`).
     """
 
     def __init__(self, model) -> None:
@@ -270,8 +373,9 @@ class FrozenKinks:
             finally:
                 self.inside.frozen_kinks, self.replaying = None, None
         else:
-            with _KinkMode(self.patterns, replaying=replaying):
+            with _KinkMode(self.patterns, replaying=replaying) as mode:
                 yield
+            mode.check_complete()
 
     def vmap(self, fn, in_dims: tuple, randomness: str, *args):
         """``torch.func.vmap(fn, in_dims, randomness=randomness)(*args)`` with the kinks of each
@@ -294,8 +398,10 @@ class FrozenKinks:
 
         def replaying(*a):
             n = len(a) - len(stacked)
-            with _KinkMode(list(zip(keys, a[n:])), replaying=True):
-                return fn(*a[:n])
+            with _KinkMode(list(zip(keys, a[n:])), replaying=True) as mode:
+                out = fn(*a[:n])
+            mode.check_complete()
+            return out
 
         dims = (*in_dims, *([0] * len(stacked)))
         return torch.func.vmap(replaying, in_dims=dims, randomness=randomness)(*args, *stacked)

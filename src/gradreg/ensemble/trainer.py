@@ -164,6 +164,9 @@ class EnsembleTrainer:
         self.opt.step(lr)
         return terms, active
 
+    def _compute_dtype(self, fwd: Forward) -> torch.dtype:
+        return FD.compute_dtype(fwd.logits.dtype, torch.device(self.device).type, self.model.parameters())
+
     def _fused_datagrad_step(self, s: int, fwd: Forward, data_loss: Tensor, terms: Tensor, replay, kinks, yb, lr):
         """Finite-difference DataGrad alone, fused (as :func:`gradreg.regularized_loss` does it):
         one backward at x gives every member's v and its data gradient G; one forward/backward
@@ -177,12 +180,12 @@ class EnsembleTrainer:
         v = gx.detach()
         pen = reg.gradient_norm(v, 2).mean(-1)
         d, kappa = FD.direction(v, getattr(reg, "norm", "l2"))
-        h = FD.step_size(x.detach(), d, reg.relative_step(fwd.logits.dtype), 2)  # (K,)
+        h = FD.step_size(x, d, reg.relative_step(self._compute_dtype(fwd)), 2)  # (K,)
         w = self.weights[:, s]
         scale = 1.0 if self.c0.loss == "half_sse" else float(b)  # data = F / scale
 
         def f_at(sign: float) -> Tensor:
-            xs = (x.detach() + sign * FD.broadcast_runs(h, d) * d).detach()
+            xs = FD.shifted(x, h, d, sign)
             with replay(), kinks.replay():
                 logits = self.model(xs)
             return per_example_loss(logits, yb, self.c0.loss).sum(-1)
@@ -243,10 +246,10 @@ class EnsembleTrainer:
         norm = getattr(reg, "norm", "l2")
         pen = reg.gradient_norm(v, 2).mean(-1)
         d, kappa = FD.direction(v, norm)
-        h = FD.step_size(x.detach(), d, reg.relative_step(fwd.logits.dtype), 2)
+        h = FD.step_size(x, d, reg.relative_step(self._compute_dtype(fwd)), 2)
 
         def f_at(sign: float) -> Tensor:
-            xs = (x.detach() + sign * FD.broadcast_runs(h, d) * d).detach()
+            xs = FD.shifted(x, h, d, sign)
             with replay(), kinks.replay():
                 logits = self.model(xs)
             pel = per_example_loss(logits, yb, self.c0.loss)
