@@ -186,8 +186,8 @@ class ProjectedGradient(Regularizer):
     ``"finite_difference"`` trains with the first-order surrogate of
     :mod:`gradreg.finite_difference` (one extra forward/backward pass, no double backward):
     ``fd_scheme`` ``"one_sided"`` or ``"central"``, ``fd_step`` the relative step (None: 1e-3
-    one-sided, 1e-2 central, larger when the network computes in float16/bfloat16; see that
-    module). Either way the value reported is the exact penalty.
+    one-sided, 1e-2 central in float32, larger when the network computes in float16/bfloat16,
+    smaller in float64; see that module). Either way the value reported is the exact penalty.
     """
 
     method: str = field(default="double_backprop", kw_only=True, metadata={"added": True})
