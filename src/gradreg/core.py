@@ -279,12 +279,7 @@ def check_double_differentiable(value: Tensor, name: str) -> None:
     backward (a custom ``autograd.Function`` marked ``once_differentiable``, a
     ``torch.compile``'d graph): autograd would only fail later, inside the caller's
     ``loss.backward()``. A walk over the penalty's autograd graph (tens of microseconds for LeNet)."""
-    seen, stack = set(), [value.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
+    for fn in graph_nodes(value):
         kind = type(fn).__name__
         if kind in ("Error", "DelayedError"):
             raise RuntimeError(
@@ -303,7 +298,34 @@ def check_double_differentiable(value: Tensor, name: str) -> None:
                 f"{name}: the model is torch.compile'd, and compiled graphs have no double backward, so the exact "
                 f"penalty cannot be trained; use {name}(..., method='finite_difference'), or the eager model"
             )
-        stack.extend(n for n, _ in fn.next_functions)
+
+
+def graph_nodes(t: Tensor):
+    """Each node of ``t``'s autograd graph once, depth first, in a fixed order."""
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        yield node
+        stack.extend(f for f, _ in node.next_functions)
+
+
+def graph_leaves(t: Tensor) -> list[Tensor]:
+    """The leaf tensors that ``t.backward()`` would accumulate gradients into (the
+    ``AccumulateGrad`` nodes' variables), in a fixed order."""
+    return [node.variable for node in graph_nodes(t) if hasattr(node, "variable")]
+
+
+def check_no_reentrant_checkpoint(t: Tensor) -> None:
+    """Refuse a finite-difference pass whose graph holds a reentrant ``torch.utils.checkpoint``
+    segment (it runs its forward under ``no_grad`` and again in ``backward()``, past the frozen
+    kinks; the non-reentrant form is caught inside the pass by the kink mode)."""
+    from .finite_difference import CHECKPOINT_ERROR
+
+    if any(type(node).__name__ == "CheckpointFunctionBackward" for node in graph_nodes(t)):
+        raise RuntimeError(CHECKPOINT_ERROR)
 
 
 def regularized_loss(
@@ -381,7 +403,7 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
     with kinks.record():
         logits = _model_logits(model, xg, x)
     if isinstance(logits, Tensor):
-        FD.check_no_reentrant_checkpoint(logits)
+        check_no_reentrant_checkpoint(logits)
     y = _labels(y, loss)
     check_logits_and_targets(logits, y, loss, validate=validate)
     _check_labels_needed(regs, loss)
@@ -442,22 +464,6 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
         if reg.weight != 0:
             total = total + reg.effective_weight * (surr - surr.detach() + pen)
     return total, terms
-
-
-def graph_leaves(t: Tensor) -> list[Tensor]:
-    """The leaf tensors that ``t.backward()`` would accumulate gradients into, in a fixed order."""
-    seen, out, stack = set(), [], [t.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        leaf = getattr(node, "variable", None)  # an AccumulateGrad node
-        if leaf is not None:
-            out.append(leaf)
-        else:
-            stack.extend(f for f, _ in node.next_functions)
-    return out
 
 
 class _CarryGradients(torch.autograd.Function):

@@ -302,20 +302,6 @@ class _KinkMode(TorchFunctionMode):
         return (out, idx) if with_indices else out
 
 
-def check_no_reentrant_checkpoint(out: Tensor) -> None:
-    """Refuse a shifted pass whose graph holds a reentrant ``torch.utils.checkpoint`` segment
-    (it runs its forward under ``no_grad`` and again in ``backward()``, past the frozen kinks)."""
-    seen, stack = set(), [out.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if type(node).__name__ == "CheckpointFunctionBackward":
-            raise RuntimeError(CHECKPOINT_ERROR)
-        stack.extend(f for f, _ in node.next_functions)
-
-
 class FrozenKinks:
     """The shifted pass through the *same* piecewise-linear pieces as the first pass.
 
@@ -345,7 +331,7 @@ class FrozenKinks:
     The shifted pass must make the same kinked calls, in the same order, as the first: a model
     whose control flow depends on its input is refused with a clear error, and so is gradient
     checkpointing (``torch.utils.checkpoint`` recomputes the forward inside ``backward()``,
-    where no pattern applies; the reentrant form is caught by :func:`check_no_reentrant_checkpoint`).
+    where no pattern applies; the reentrant form is caught by ``core.check_no_reentrant_checkpoint``).
     """
 
     def __init__(self, model) -> None:
