@@ -53,16 +53,22 @@ def _first(tmp_path) -> tuple[Path, list]:
         (lambda recs: recs[:2] + ["not json"], "not JSON"),
         (lambda recs: [dict(recs[0], run_key="0" * 32)] + recs[1:], "is not the key of its config"),
         (lambda recs: [dict(recs[0], config=dict(recs[0]["config"], warp=1))] + recs[1:], "unknown field"),
-        (lambda recs: [dict(recs[0], config=dict(recs[0]["config"], lr=1))] + recs[1:], "normal form"),
+        (
+            lambda recs: [dict(recs[0], config=dict(recs[0]["config"], lr=1))] + recs[1:],
+            r"normal form \(lr: 1 here, 1.0 in this version\); it was made by gradreg 0.2",
+        ),
         (
             lambda recs: (
                 [dict(recs[0], config={k: v for k, v in recs[0]["config"].items() if k != "lr_gamma"})] + recs[1:]
             ),
-            "normal form",
+            "normal form \\(lr_gamma missing\\)",
         ),
         (lambda recs: [dict(recs[0], extra=1)] + recs[1:], "unknown field"),
         (lambda recs: [{k: v for k, v in recs[0].items() if k != "experiments"}] + recs[1:], "lacks experiments"),
         (lambda recs: [dict(recs[0], metrics=None)] + recs[1:], "needs its metrics"),
+        # a later line of another experiment: the runs before it used to be stored already
+        (lambda recs: recs[:-1] + [dict(recs[-1], experiments=["zzz"], wall_time_s="12.5")], "wall_time_s"),
+        (lambda recs: recs + [dict(recs[0], metrics={})], "is already on line 1"),
     ],
     ids=[
         "garbage",
@@ -73,6 +79,8 @@ def _first(tmp_path) -> tuple[Path, list]:
         "unknown record field",
         "no experiments",
         "no metrics",
+        "a bad type on a later line",
+        "a run twice",
     ],
 )
 def test_records_that_do_not_fit_are_refused_without_touching_the_store(tmp_path, damage, message):
@@ -115,3 +123,49 @@ def test_report_from_damaged_records_is_one_line_and_creates_no_store(tmp_path, 
     err = capsys.readouterr().err
     assert "cut off" in err and "Traceback" not in err
     assert not (runs.parent.parent / "gradreg.sqlite").exists()
+
+
+def test_import_replaces_a_stored_failure_with_a_recorded_success(tmp_path):
+    """The store's rule (a success replaces a failure) holds for imports too; they used to
+    skip every run the store held, failed or not."""
+    runs, recs = _first(tmp_path)
+    with Store(tmp_path / "s.sqlite") as store:
+        store.put("fig5", {"config": recs[0]["config"], "error": "crashed"})
+        assert import_records(store, runs.parent) == len(recs)
+        rows = {r["run_key"]: r for r in store.rows()}
+    assert rows[recs[0]["run_key"]]["error"] is None
+    assert rows[recs[0]["run_key"]]["metrics"] == recs[0]["metrics"]
+
+
+def test_report_imports_the_records_that_an_existing_store_lacks(tmp_path, capsys):
+    """With a store already there, `gradreg report` used to ignore the records; it imports
+    what the store lacks first, so the report is the committed one."""
+    runs, recs = _first(tmp_path)
+    full = runs.read_text()
+    _write_lines(runs, recs[:3])
+    out = runs.parent.parent
+    assert main(["report", "fig5", "--out", str(out), "--profile", "quick"]) == 0
+    assert (out / "fig5.quick.md").read_text() != (SAMPLE / "fig5.quick.md").read_text()
+    runs.write_text(full)
+    capsys.readouterr()
+    assert main(["report", "fig5", "--out", str(out), "--profile", "quick"]) == 0
+    assert f"imported {len(recs) - 3} run records" in capsys.readouterr().out
+    assert (out / "fig5.quick.md").read_text() == (SAMPLE / "fig5.quick.md").read_text()
+
+
+def test_index_counts_every_candidates_runs_of_a_tuned_cell_once(tmp_path):
+    """A tuned cell trains every candidate lambda; with all of them stored the experiment is
+    done. The index used to count the chosen candidate's runs only (and shared runs twice),
+    so a finished tuned experiment read "running"."""
+    from gradreg.sweep.index import experiment_line
+
+    runs, recs = _first(tmp_path)
+    plan = json.loads((runs.parent / "plans.json").read_text())["fig5@quick"]
+    plan["cells"][0]["candidates"].append(plan["cells"][1]["candidates"][0])  # two candidates, one shared
+    store_path = tmp_path / "s.sqlite"
+    with Store(store_path) as store:
+        import_records(store, runs.parent)
+        store.put_plan("fig5", plan)
+    line = experiment_line(store_path, "fig5", "quick")
+    assert not line["status"].startswith("running"), line["status"]
+    assert line["status"] == "done (no table in the paper to compare with)"

@@ -173,3 +173,38 @@ def test_adjusted():
             adjusted(0.1, bad)
     with pytest.raises(ValueError, match="p-values"):
         adjusted(-0.1, 2)
+
+
+def test_paper_agreement_corrects_over_every_paper_cell_of_the_plan_and_tests_zero_spread():
+    """Bonferroni's m is the number of the plan's cells that the paper prints, with runs yet
+    or not (it used to be the tested ones only, so verdicts moved as runs arrived); seeds that
+    all agree, against a paper number without a std, differ when the means differ (p = 0),
+    where the test used to give NaN and call the cell consistent."""
+    from types import SimpleNamespace
+
+    from scipy import stats as sps
+
+    from gradreg.sweep.report import paper_agreement
+
+    cell = SimpleNamespace
+    table = SimpleNamespace(
+        n_runs=10,
+        cells={
+            ("r", "a"): cell(mean=97.0, std=0.2),
+            ("r", "b"): cell(mean=96.0, std=None),
+            ("r", "c"): cell(mean=95.0, std=0.1),
+        },
+    )
+    a = [0.971, 0.969, 0.975, 0.973]
+    summaries = [
+        cell(row="r", col="a", test=a),
+        cell(row="r", col="b", test=[0.955, 0.955, 0.955]),
+        cell(row="r", col="c", test=[0.95]),  # one run: not tested yet, but counted
+    ]
+    rows = {r["col"]: r for r in paper_agreement(summaries, table, 100.0)}
+    assert set(rows) == {"a", "b"} and rows["a"]["m"] == 3
+    ours = [100 * v for v in a]
+    mean, std = sum(ours) / 4, (sum((v - sum(ours) / 4) ** 2 for v in ours) / 3) ** 0.5
+    p = sps.ttest_ind_from_stats(mean, std, 4, 97.0, 0.2, 10, equal_var=False).pvalue
+    assert rows["a"]["p_adj"] == pytest.approx(min(1.0, 3 * p), rel=1e-9)
+    assert rows["b"]["p"] == 0.0 and rows["b"]["verdict"] == "differs"

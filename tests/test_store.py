@@ -449,3 +449,25 @@ def test_code_version_names_the_package_and_the_commit(monkeypatch):
     for fake in (no_git, slow_git):
         monkeypatch.setattr(store_module.subprocess, "run", fake)
         assert code_version.__wrapped__() == version("gradreg")  # silently the version alone
+
+
+def test_key_migration_keeps_a_success_over_a_failure_of_the_same_config(tmp_path):
+    """Re-keying an old-form success onto a stored new-form failure used to delete the
+    success; the rule of put (a success replaces a failure) holds here too."""
+    ok = {
+        "config": {"wd": 0},
+        "metrics": {"test": 0.9},
+        "curve": [],
+        "wall_time_s": 1.0,
+        "steps_per_s": 1.0,
+        "device": "cpu",
+        "torch_version": "t",
+    }
+    with Store(tmp_path / "s.sqlite") as store:
+        store.put("e", ok)
+        store.put("e", {"config": {"wd": 0.0}, "error": "boom"})
+        assert store.migrate_keys(lambda c: {**c, "wd": float(c["wd"])}) == 1
+        rows = store.rows()
+    assert len(rows) == 1
+    assert rows[0]["run_key"] == run_key({"wd": 0.0}) and rows[0]["error"] is None
+    assert rows[0]["metrics"] == {"test": 0.9}

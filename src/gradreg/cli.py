@@ -462,8 +462,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Rebuild an experiment's report from the result store alone -- or, where DIR has no
-    store, from the text run records in DIR/records (imported into a new store first)."""
+    """Rebuild an experiment's report from the text run records in DIR/records and the result
+    store: the records are imported first (into a new store where DIR has none, built aside
+    and moved into place whole), so a store never hides runs that the records hold."""
     from .sweep.records import RUNS_FILE, RecordsError, import_records
     from .sweep.report import write_report
     from .sweep.runner import STORE_NAME
@@ -475,16 +476,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not store_path.exists() and not (records / RUNS_FILE).is_file():
         raise CLIError(f"no result store at {store_path}; run `gradreg run {args.name} --out {args.out}` first")
     check_writable_output(out, directory=True, label="--out")
-    if not store_path.exists():
+    if (records / RUNS_FILE).is_file():
         try:
-            from .sweep.records import read_records
-
-            read_records(records)  # all lines checked before a store is created
+            if not store_path.exists():
+                fd, tmp = tempfile.mkstemp(prefix=f".{STORE_NAME}.", suffix=".tmp", dir=out)
+                os.close(fd)
+                os.unlink(tmp)  # Store creates the file
+                try:
+                    with Store(tmp) as store:
+                        n = import_records(store, records)
+                    os.replace(tmp, store_path)
+                finally:
+                    for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
+                        if os.path.exists(leftover):
+                            os.unlink(leftover)
+                print(f"built {store_path} from {n} run records in {records / RUNS_FILE}")
+            else:
+                _open_store_checked(store_path)
+                with Store(store_path) as store:
+                    n = import_records(store, records)
+                if n:
+                    print(f"imported {n} run records from {records / RUNS_FILE} that {store_path} lacked")
         except RecordsError as e:
             raise CLIError(str(e)) from None
-        with Store(store_path) as store:
-            n = import_records(store, records)
-        print(f"built {store_path} from {n} run records in {records / RUNS_FILE}")
     _open_store_checked(store_path)
     with Store(store_path) as store:
         stored = store.profiles(args.name)

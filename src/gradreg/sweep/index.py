@@ -40,11 +40,10 @@ def _hours(seconds: float) -> str:
 def experiment_line(store_path: Path, name: str, profile: str) -> dict:
     rep = build_report(store_path, name, profile)
     plan, summaries = rep["plan"], rep["summaries"]
-    planned = sum(len(c["runs"]) for cell in plan["cells"] for c in cell["candidates"])
-    stored = sum(s.n + s.errors for s in summaries)
     with Store(store_path) as store:
         keys = {k for cell in plan["cells"] for c in cell["candidates"] for k in c["runs"]}
         rows = [r for r in store.rows(name) if r["run_key"] in keys]
+    planned, stored = len(keys), len(rows)  # every candidate's runs: a tuned cell trains them all
     cpu = sum(r["wall_time_s"] or 0.0 for r in rows)
     table = TABLES.get(plan.get("paper_table") or "")
     scale, _ = metric_scale(plan)

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from ..atomic import write_text_atomic
 from .store import Store, run_key
+from .store import _encode as encode
 
 RUNS_FILE = "runs.jsonl"
 PLANS_FILE = "plans.json"
@@ -90,13 +91,30 @@ def _check_record(rec: Any, where: str) -> dict:
     except (TypeError, ValueError) as e:
         raise RecordsError(f"{where}: its config does not load in this gradreg version: {e}") from None
     if json.dumps(canonical, sort_keys=True) != json.dumps(rec["config"], sort_keys=True):
+        given = rec["config"]
+        diff = [f"{k} missing" for k in canonical if k not in given] + [
+            f"{k}: {given[k]!r} here, {canonical[k]!r} in this version"
+            for k in canonical
+            if k in given and json.dumps(given[k], sort_keys=True) != json.dumps(canonical[k], sort_keys=True)
+        ]
         raise RecordsError(
-            f"{where}: its config is not in this gradreg version's normal form "
-            "(made by a version with other defaults?); re-export it with that version"
+            f"{where}: its config is not in this gradreg version's normal form ({'; '.join(diff)}); it was made by "
+            f"gradreg {rec.get('code_version') or '(unknown)'}: rebuild its reports with that version, or rerun "
+            "the run with this one"
         )
     if run_key(canonical) != rec["run_key"]:
         raise RecordsError(f"{where}: run_key {rec['run_key']!r} is not the key of its config")
+    try:  # everything the store will check, so that an import fails before it writes
+        encode(rec["experiments"][0], store_record(rec), "", "")
+    except (TypeError, ValueError) as e:
+        raise RecordsError(f"{where}: {e}") from None
     return rec
+
+
+def store_record(rec: dict) -> dict:
+    """A run record in the form :meth:`Store.put` takes."""
+    keys = ("config", "metrics", "curve", "wall_time_s", "steps_per_s", "device", "torch_version", "code_version")
+    return {k: rec[k] for k in (*keys, "error") if rec.get(k) is not None}
 
 
 def read_records(directory: Path) -> tuple[list[dict], dict]:
@@ -108,7 +126,8 @@ def read_records(directory: Path) -> tuple[list[dict], dict]:
     text = runs_path.read_text(encoding="utf-8")
     if text and not text.endswith("\n"):
         raise RecordsError(f"{runs_path}: the last line is cut off (a partial file); refusing to import")
-    records = []
+    records: list[dict] = []
+    seen: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -116,7 +135,11 @@ def read_records(directory: Path) -> tuple[list[dict], dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise RecordsError(f"{runs_path}:{n}: not JSON ({e.msg})") from None
-        records.append(_check_record(rec, f"{runs_path}:{n}"))
+        rec = _check_record(rec, f"{runs_path}:{n}")
+        if rec["run_key"] in seen:
+            raise RecordsError(f"{runs_path}:{n}: run_key {rec['run_key']} is already on line {seen[rec['run_key']]}")
+        seen[rec["run_key"]] = n
+        records.append(rec)
     plans: dict = {}
     if plans_path.is_file():
         try:
@@ -129,39 +152,17 @@ def read_records(directory: Path) -> tuple[list[dict], dict]:
 
 
 def import_records(store: Store, directory: Path, *, plans: bool = True) -> int:
-    """Add ``directory``'s runs (and plans) that ``store`` lacks; returns how many runs were new."""
+    """Add ``directory``'s runs (and plans) that ``store`` lacks, in one transaction: all or
+    nothing. A run the store holds only as a failure is replaced by a recorded success.
+    Returns how many runs were written."""
     records, plan_map = read_records(directory)
-    have = store.keys()
-    new: dict[str, list[dict]] = {}
-    links: dict[str, list[dict]] = {}
-    for rec in records:
-        if rec["run_key"] not in have:
-            store_rec = {
-                k: rec[k]
-                for k in (
-                    "config",
-                    "metrics",
-                    "curve",
-                    "wall_time_s",
-                    "steps_per_s",
-                    "device",
-                    "torch_version",
-                    "code_version",
-                    "error",
-                )
-                if rec.get(k) is not None
-            }
-            new.setdefault(rec["experiments"][0], []).append(store_rec)
-        for exp in rec["experiments"]:
-            links.setdefault(exp, []).append(rec["config"])
-    for exp, items in new.items():
-        store.put_many(exp, items)
-    for exp, configs in links.items():
-        store.link(exp, configs)
+    have = store.keys(include_errors=False)
+    runs = [(rec["experiments"][0], store_record(rec)) for rec in records if rec["run_key"] not in have]
+    links = [(exp, rec["config"]) for rec in records for exp in rec["experiments"]]
+    new_plans = []
     if plans:
         for key, plan in plan_map.items():
             exp = key.split("@", 1)[0]
-            stored: dict | None = store.plan(exp, plan.get("profile"))
-            if stored is None:
-                store.put_plan(exp, plan)
-    return sum(len(v) for v in new.values())
+            if store.plan(exp, plan.get("profile")) is None:
+                new_plans.append((exp, plan))
+    return sum(store.put_batch(runs, links, new_plans))

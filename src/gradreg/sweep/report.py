@@ -304,8 +304,12 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
 def paper_agreement(summaries: list, table, scale: float, alpha: float = ALPHA) -> list[dict]:
     """Each cell against the paper's: Welch's t-test from the paper's summary (mean, std,
     n = its runs) where it prints a std, else a one-sample t-test of our seeds against its
-    number; Bonferroni over the table's cells. ``verdict``: "consistent" or "differs"."""
+    number; Bonferroni over the table's cells -- every cell of the plan that the paper prints,
+    tested yet or not, so a verdict does not change as the other cells' runs arrive.
+    ``verdict``: "consistent" or "differs" (seeds that all agree test as exact: "differs"
+    unless they equal the paper's number)."""
     out = []
+    m = sum(1 for s in summaries if table is not None and (s.row, s.col) in table.cells)
     for s in summaries:
         paper = table.cells.get((s.row, s.col)) if table is not None else None
         if paper is None or len(s.test) < 2:
@@ -317,10 +321,8 @@ def paper_agreement(summaries: list, table, scale: float, alpha: float = ALPHA) 
                 mean, std, len(ours), paper.mean, paper.std, getattr(table, "n_runs", 10) or 10
             )
             test = "Welch"
-        else:
-            t, df, p = (
-                stats.welch_from_summary(mean, std, len(ours), paper.mean, 0.0, 2) if std > 0 else (math.nan,) * 3
-            )
+        else:  # without a spread on either side: p = 0 where the means differ, NaN where equal
+            t, df, p = stats.welch_from_summary(mean, std, len(ours), paper.mean, 0.0, 2)
             test = "one-sample"
         out.append(
             {
@@ -336,10 +338,10 @@ def paper_agreement(summaries: list, table, scale: float, alpha: float = ALPHA) 
                 "p": p,
             }
         )
-    flags = stats.bonferroni([r["p"] for r in out], alpha) if out else []
-    for r, sig in zip(out, flags):
-        r["p_adj"] = stats.adjusted(r["p"], len(out)) if not math.isnan(r["p"]) else math.nan
-        r["verdict"] = "differs" if sig else "consistent"
+    for r in out:
+        r["m"] = m
+        r["p_adj"] = stats.adjusted(r["p"], m) if not math.isnan(r["p"]) else math.nan
+        r["verdict"] = "differs" if not math.isnan(r["p"]) and r["p"] * m < alpha else "consistent"
     return out
 
 
@@ -352,7 +354,9 @@ def agreement_section(plan: dict, summaries: list, table, scale: float) -> list[
         "",
         f"Each cell against the paper's: Welch's t-test from the paper's summary (mean, std, n = 10) where it "
         f"prints a std, else a one-sample t-test of our seeds against its single number; Bonferroni over the "
-        f"{len(rows)} cells (alpha {ALPHA}). *differs*: the difference is larger than both spreads explain.",
+        f"{rows[0]['m']} cells (alpha {ALPHA}"
+        + (f"; {len(rows)} of them have runs yet" if len(rows) < rows[0]["m"] else "")
+        + "). *differs*: the difference is larger than both spreads explain.",
         "",
         "| cell | ours | paper | test | p | p adjusted | verdict |",
         "|---|---|---|---|---|---|---|",

@@ -408,31 +408,11 @@ class Store:
     def put_many(self, experiment: str, records: Iterable[dict]) -> list[bool]:
         """:meth:`put` for several records, all in one transaction: all are stored or none.
         Returns one flag per record (False for a run already stored, also earlier in ``records``)."""
-        now, version = _utc_now(), code_version()
-        rows = [_encode(experiment, r, version, now) for r in records]  # validate before writing
-
-        def insert(conn: sqlite3.Connection) -> list[bool]:
-            written = []
-            for row in rows:
-                written.append(conn.execute(_UPSERT, row).rowcount == 1)
-                conn.execute(
-                    "INSERT OR IGNORE INTO memberships (experiment, run_key) VALUES (?, ?)", (experiment, row[0])
-                )
-            return written
-
-        return self._write(insert, "write to")
+        return self.put_batch([(experiment, r) for r in records])
 
     def link(self, experiment: str, configs: Iterable[dict]) -> None:
         """Add already-stored runs of ``configs`` to ``experiment`` (one transaction)."""
-        keys = [run_key(c) for c in configs]
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT OR IGNORE INTO memberships (experiment, run_key) SELECT ?, run_key FROM runs WHERE run_key = ?",
-                [(experiment, k) for k in keys],
-            )
-
-        self._write(insert, "write to")
+        self.put_batch(links=[(experiment, c) for c in configs])
 
     def put_plan(self, experiment: str, plan: dict) -> None:
         """Store the experiment's plan (its cells and the run keys of each), which reports
@@ -441,17 +421,45 @@ class Store:
         A plan with a ``"profile"`` key is kept per profile, so a quick run never replaces
         the paper-profile plan of the same experiment; :meth:`plan` without a profile returns
         the plan stored last."""
-        text = _canonical_json(plan)
-        keys = [f"plan:{experiment}"]
-        if plan.get("profile"):
-            keys.append(f"plan:{experiment}@{plan['profile']}")
-        self._write(
-            lambda conn: conn.executemany(
+        self.put_batch(plans=[(experiment, plan)])
+
+    def put_batch(
+        self,
+        runs: Iterable[tuple[str, dict]] = (),
+        links: Iterable[tuple[str, dict]] = (),
+        plans: Iterable[tuple[str, dict]] = (),
+    ) -> list[bool]:
+        """Store ``runs`` (``(experiment, record)``, as :meth:`put`), add the stored runs of
+        ``links`` (``(experiment, config)``) to those experiments, and store ``plans``
+        (``(experiment, plan)``, as :meth:`put_plan`): one transaction, every record validated
+        before anything is written, so all of it is stored or none. One flag per run: whether
+        it was written (new, or a success replacing a stored failure)."""
+        now, version = _utc_now(), code_version()
+        rows = [(exp, _encode(exp, r, version, now)) for exp, r in runs]  # validate before writing
+        pairs = [(exp, run_key(c)) for exp, c in links]
+        plan_rows = []
+        for exp, plan in plans:
+            text = _canonical_json(plan)
+            plan_rows += [(f"plan:{exp}", text)] + (
+                [(f"plan:{exp}@{plan['profile']}", text)] if plan.get("profile") else []
+            )
+
+        def insert(conn: sqlite3.Connection) -> list[bool]:
+            written = []
+            for exp, row in rows:
+                written.append(conn.execute(_UPSERT, row).rowcount == 1)
+                conn.execute("INSERT OR IGNORE INTO memberships (experiment, run_key) VALUES (?, ?)", (exp, row[0]))
+            conn.executemany(
+                "INSERT OR IGNORE INTO memberships (experiment, run_key) SELECT ?, run_key FROM runs WHERE run_key = ?",
+                pairs,
+            )
+            conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [(k, text) for k in keys],
-            ),
-            "write to",
-        )
+                plan_rows,
+            )
+            return written
+
+        return self._write(insert, "write to")
 
     def plan(self, experiment: str, profile: str | None = None) -> dict | None:
         """The stored plan of ``experiment`` (of that ``profile``; None: the plan stored
@@ -480,7 +488,8 @@ class Store:
     def migrate_keys(self, normalize: Callable[[dict], dict]) -> int:
         """Re-key runs whose config a newer gradreg normalizes differently (``normalize``:
         config dict -> its normal form), in one transaction; returns how many moved. A run whose
-        new key is already stored is dropped in favour of the stored one (same config)."""
+        new key is already stored is dropped in favour of the stored one (same config), unless
+        the stored one is a failure and it a success (the rule of :meth:`put`)."""
 
         def move(conn: sqlite3.Connection) -> int:
             moved = 0
@@ -492,9 +501,17 @@ class Store:
                 new = run_key(config)
                 if new == key:
                     continue
-                exists = conn.execute("SELECT 1 FROM runs WHERE run_key = ?", (new,)).fetchone()
+                exists = conn.execute("SELECT error FROM runs WHERE run_key = ?", (new,)).fetchone()
                 if exists:
-                    conn.execute("DELETE FROM runs WHERE run_key = ?", (key,))
+                    mine = conn.execute("SELECT error FROM runs WHERE run_key = ?", (key,)).fetchone()
+                    if exists[0] is not None and mine[0] is None:  # keep the success, as a put would
+                        conn.execute("DELETE FROM runs WHERE run_key = ?", (new,))
+                        conn.execute(
+                            "UPDATE runs SET run_key = ?, config_json = ? WHERE run_key = ?",
+                            (new, _canonical_json(config), key),
+                        )
+                    else:
+                        conn.execute("DELETE FROM runs WHERE run_key = ?", (key,))
                 else:
                     conn.execute(
                         "UPDATE runs SET run_key = ?, config_json = ? WHERE run_key = ?",
