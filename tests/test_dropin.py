@@ -702,3 +702,21 @@ def test_finite_difference_steps_read_no_values_off_the_device():
         loss, terms = gr.regularized_loss(model, x, y, [reg])
         loss.backward()
         assert loss.device.type == "meta" and terms[reg.name].device.type == "meta"
+
+
+def test_capture_of_a_frozen_module_followed_by_an_in_place_op():
+    """A frozen module's output becomes a leaf that requires grad; an in-place op after it
+    (nn.ReLU(inplace=True)) used to fail mid-forward ("a leaf Variable that requires grad is
+    being used in an in-place operation"). FrobReg at that output equals the brute-force
+    Frobenius norm of the rest of the network's Jacobian."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)).double()
+    net[0].requires_grad_(False)
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    with gr.capture(net, "0") as act:
+        logits = net(x)
+    _, terms = gr.regularize(logits, y, act.value, [gr.FrobReg(1.0)])
+    h = net[0](x)
+    rest = lambda a: net[2](torch.relu(a))  # noqa: E731
+    jac = vmap(jacrev(rest))(h)  # (B, 3, 6)
+    torch.testing.assert_close(terms["FrobReg"], jac.pow(2).sum((1, 2)).mean())

@@ -489,3 +489,41 @@ def test_batch_projected_spectreg_vanishes_on_lenet_batchnorm_in_train_mode():
     batch = gr.penalty(model, x, y, gr.SpectReg(1.0), generator=gen)
     example = gr.penalty(model, x, y, gr.SpectReg(1.0, projection="example"), generator=gen)
     assert batch.item() < 1e-20 and example.item() > 1e-3
+
+
+# ------------------------------------------------------------ review findings (each failed before its fix)
+
+
+def test_confidence_penalty_of_masked_logits_is_the_entropy_limit_not_nan():
+    """A -inf logit (a masked class) has p log p = 0 in the limit; the penalty used to be NaN
+    (0 * -inf) while cross-entropy on the same logits was finite. Oracle: the penalty of the
+    logits with the masked class removed, and a finite gradient."""
+    z = torch.tensor([[2.0, 0.0, -math.inf], [1.0, 1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    got = P.confidence_penalty(z)
+    want = P.confidence_penalty(torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64))
+    want = torch.stack([want[0], P.confidence_penalty(torch.ones(1, 3, dtype=torch.float64))[0]])
+    torch.testing.assert_close(got, want)
+    got.sum().backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_projection_helpers_refuse_an_unknown_projection():
+    """A typo used to fall through to per-example draws, silently changing the estimator."""
+    with pytest.raises(ValueError, match=r"projection='batches' is not valid; valid choices: 'batch', 'example'"):
+        P.gaussian_projections(1, 4, 3, projection="batches")
+    with pytest.raises(ValueError, match=r"projection='batches' is not valid"):
+        P.random_onehot_projections(4, 3, projection="batches")
+
+
+def test_regularize_refuses_sequence_logits_with_advice():
+    """(B, T, m) logits used to be read as an ensemble of B runs: the loss came back with one
+    value per example (backward() then failed far away) or SpectReg raised an engine message."""
+    emb = torch.randn(3, 4, 5, requires_grad=True)
+    logits = nn.Linear(5, 6)(emb)
+    y = torch.randint(0, 6, (3, 4))
+    for reg in (gr.DataGrad(1.0), gr.SpectReg(1.0)):
+        with pytest.raises(ValueError, match=r"the logits must be 2-D \(batch, classes\), got shape \(3, 4, 6\)"):
+            gr.regularize(logits, y, emb, [reg])
+    # the advice works: one (pooled) prediction per sequence
+    loss, _ = gr.regularize(logits.mean(1), y[:, 0], emb, [gr.DataGrad(1.0)])
+    assert loss.dim() == 0

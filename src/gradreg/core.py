@@ -235,6 +235,11 @@ def regularize(
     if validate not in VALIDATE:
         raise ValueError(f"validate={validate!r} is not valid; valid choices: 'auto', True, False")
     y = _labels(y, loss)
+    if isinstance(logits, Tensor) and logits.dim() != 2:
+        raise ValueError(
+            f"the logits must be 2-D (batch, classes), got shape {tuple(logits.shape)}; the penalties are per "
+            "example, so a sequence model needs one prediction per example (a pooled or last-position output)"
+        )
     check_logits_and_targets(logits, y, loss, validate=validate)
     _check_labels_needed(regs, loss)
     names = _term_names(regs)

@@ -17,9 +17,10 @@ Conventions:
   (``nn.ReLU(inplace=True)``) overwrites it, the tensor now holds another value with another
   history, so ``.value`` raises instead of differentiating by the wrong thing.
 - An output that does not require grad (a frozen embedding, a parameter-free layer applied to
-  an input that does not require grad) is replaced, for the rest of the forward pass, by a
-  leaf that requires grad (``detach()``: same storage, no copy), so its gradient exists;
-  nothing upstream had a gradient to lose. The library sets ``requires_grad``; the caller
+  an input that does not require grad) is recorded as a leaf that requires grad, so its
+  gradient exists, and the rest of the forward pass runs on a copy of that leaf (so an
+  in-place op there, ``nn.ReLU(inplace=True)``, leaves the leaf alone); nothing upstream had
+  a gradient to lose. The library sets ``requires_grad``; the caller
   cannot forget it.
 - Under ``torch.no_grad()`` nothing is changed, and ``.value`` raises (no graph to differentiate).
 - The hooks are removed when the ``with`` block exits, also on an exception. The recorded
@@ -88,10 +89,11 @@ class Capture:
                 and not output.requires_grad
             ):
                 # Nothing upstream requires grad, so a leaf loses nothing and gives the
-                # gradient w.r.t. this output a place to exist. detach() shares the storage.
-                output = output.detach().requires_grad_(True)
-                records.append((output, output._version))
-                return output
+                # gradient w.r.t. this output a place to exist. The forward pass goes on with a
+                # copy: an in-place op later (nn.ReLU(inplace=True)) may not touch a leaf.
+                leaf = output.detach().requires_grad_(True)
+                records.append((leaf, leaf._version))
+                return leaf.clone()
             records.append((output, output._version if isinstance(output, Tensor) else None))
             return None
 

@@ -226,12 +226,18 @@ def jacreg(logits: Tensor, x: Inputs, method: Method = "auto") -> Tensor:
 def confidence_penalty(logits: Tensor) -> Tensor:
     """Confidence penalty (Pereyra et al. 2017): the negative entropy ``sum_k p_k log p_k``
     of each example's predicted distribution, ``(*batch,)``. Computed from ``log_softmax``
-    so it is finite for saturated outputs."""
+    so it is finite for saturated outputs, and for masked ones (a ``-inf`` logit: its
+    ``p log p`` is 0, the limit, not ``0 * -inf``)."""
     logp = torch.log_softmax(logits, dim=-1)
-    return (logp.exp() * logp).sum(-1)
+    return (logp.exp() * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(-1)
 
 
 # --------------------------------------------------------------------------- random projections
+
+
+def check_projection(projection) -> None:
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection={projection!r} is not valid; valid choices: {', '.join(map(repr, PROJECTIONS))}")
 
 
 def check_generator(generator, device: torch.device) -> None:
@@ -241,8 +247,8 @@ def check_generator(generator, device: torch.device) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if torch.device(generator.device).type != torch.device(device).type:
         raise ValueError(
-            f"generator is on {generator.device} but the input is on {device}; "
-            "random projections are drawn on the input's device, so pass a generator for that device"
+            f"generator is on {generator.device} but the logits are on {device}; "
+            "random projections are drawn on the logits' device, so pass a generator for that device"
         )
 
 
@@ -266,6 +272,7 @@ def gaussian_projections(
     """
     device = torch.device(device)
     check_generator(generator, device)
+    check_projection(projection)
     rows = 1 if projection == "batch" else batch
     r = torch.randn(n_proj, rows, m, generator=generator, device=device, dtype=dtype)
     if normalize:
@@ -287,6 +294,7 @@ def random_onehot_projections(
     ``I_m``. ``"batch"`` draws one k for the whole batch, ``"example"`` one per example."""
     device = torch.device(device)
     check_generator(generator, device)
+    check_projection(projection)
     rows = 1 if projection == "batch" else batch
     k = torch.randint(0, m, (rows,), generator=generator, device=device)
     r = F.one_hot(k, m).to(dtype) * math.sqrt(m)
