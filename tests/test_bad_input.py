@@ -493,3 +493,129 @@ def test_the_installed_command_exits_with_one_line_and_debug_shows_the_traceback
     p = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode != 0 and "Traceback" in p.stderr and "StoreError" in p.stderr
     assert (tmp_path / STORE_NAME).read_bytes() == b"not a store" * 100
+
+
+# ------------------------------------------------------------ review findings (each failed before its fix)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "foo"], "--device must be one of cpu, cuda, mps, xpu (or e.g. 'cuda:1'), got 'foo'"),
+        (["--device", "meta"], "--device must be one of cpu, cuda, mps, xpu (or e.g. 'cuda:1'), got 'meta'"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+        (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+        (["--lr-gamma", "-1"], "--lr-gamma must be a finite number > 0, got -1.0"),
+        (["--lr-gamma", "nan"], "--lr-gamma must be a finite number > 0, got nan"),
+        (["--lr-milestones", "inf"], "--lr-milestones must be fractions of the steps in [0, 1], got inf"),
+        (["--lr-milestones", "0.5", "-1"], "--lr-milestones must be fractions of the steps in [0, 1], got -1.0"),
+        (["--lr-milestones", "nan"], "--lr-milestones must be fractions of the steps in [0, 1], got nan"),
+        (["--reg", "spectreg=0.03,normalize=no"], "SpectReg option normalize must be true or false, got 'no'"),
+        (
+            ["--reg", "datagrad=1,fd_step=0.001"],
+            "DataGrad: fd_step and fd_scheme apply to method='finite_difference' only, not 'double_backprop'",
+        ),
+        (
+            ["--reg", "cp=0.5"],
+            "ConfidencePenalty is a function of the softmax, which is constant for sin's one output (it would be "
+            "0); use it on mnist or cifar10",
+        ),
+        (
+            ["--reg", "jacreg=1"],
+            "JacReg is a function of the softmax, which is constant for sin's one output (it would be 0); use it "
+            "on mnist or cifar10",
+        ),
+        (["--checkpoint", "c.ckpt"], "--checkpoint needs --checkpoint-every N (the steps between checkpoints)"),
+    ],
+)
+def test_nonsense_train_options_are_one_line_errors(args, message, tmp_path, capsys, monkeypatch):
+    """Each used to be accepted (a silent wrong run: gradient ascent, a normalized draw for
+    normalize=no, a zero penalty, no checkpoint) or to end in a traceback."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", "--dataset", "sin", "--steps", "2", *args, "--out", tmp_path / "r.json"], capsys)
+    assert_one_line_error(code, err, f"gradreg train: error: {message}", status=2)
+    assert snapshot(tmp_path) == {}
+
+
+def test_checkpoint_that_is_the_output_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "x.ckpt"
+    code, _, err = run_cli(
+        ["train", "--dataset", "sin", "--steps", "2", "--checkpoint-every", "1", "--checkpoint", out, "--out", out],
+        capsys,
+    )
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg train: error: --checkpoint and --out are the same file ({out}); the result would overwrite it",
+        status=2,
+    )
+    assert snapshot(tmp_path) == {}
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", bytes(range(256)) * 4])
+def test_resume_from_a_file_that_is_not_a_checkpoint(content, tmp_path, capsys):
+    ckpt = tmp_path / "c.ckpt"
+    ckpt.write_bytes(content)
+    code, _, err = run_cli(
+        ["train", "--dataset", "sin", "--steps", "2", "--checkpoint", ckpt, "--resume", "--out", tmp_path / "r.json"],
+        capsys,
+    )
+    assert "Traceback" not in err and code == 1, err
+    assert err.splitlines()[-1].startswith(f"gradreg train: error: {ckpt} is not a gradreg checkpoint ("), err
+    assert ckpt.read_bytes() == content and not (tmp_path / "r.json").exists()
+
+
+def test_divergence_on_the_last_step_is_not_a_success(tmp_path, capsys):
+    """The loop checks each step's loss before its update, so an update that blows up the last
+    step used to be reported as a finished run with a NaN test MSE."""
+    code, _, err = run_cli(
+        ["train", "--dataset", "sin", "--steps", "1", "--lr", "1e30", "--out", tmp_path / "r.json"], capsys
+    )
+    assert "Traceback" not in err and code == 1, err
+    assert "training diverged at step 0: after the last update the weights, metrics or input gradients are not" in err
+    assert snapshot(tmp_path) == {}
+
+
+def test_run_on_ray_without_ray_or_on_cuda_without_cuda_stops_before_any_work(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    code, _, err = run_cli(["run", "fig5", "--profile", "quick", "--executor", "ray", "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(
+        code, err, "gradreg run: error: --executor ray needs Ray, which is not installed: pip install 'gradreg[ray]'", 2
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_cli(["run", "fig5", "--profile", "quick", "--device", "cuda", "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(
+        code,
+        err,
+        "gradreg run: error: --device cuda was requested, but CUDA is not available here; use --device cpu",
+        2,
+    )
+    assert snapshot(tmp_path) == {}
+
+
+def test_ctrl_c_in_train_is_one_line_that_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import gradreg.train as T
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "train", interrupted)
+    code, _, err = run_cli(["train", "--dataset", "sin", "--steps", "2", "--out", tmp_path / "r.json"], capsys)
+    assert "Traceback" not in err and code == 130, err
+    assert err.splitlines()[-1] == (
+        f"gradreg train: interrupted; nothing was written to {tmp_path / 'r.json'}; no checkpoint was written "
+        "(--checkpoint-every N keeps one)"
+    )
+    ckpt = tmp_path / "r.ckpt"
+    ckpt.write_bytes(b"kept")
+    code, _, err = run_cli(
+        ["train", "--dataset", "sin", "--steps", "2", "--checkpoint-every", "1", "--out", tmp_path / "r.json"], capsys
+    )
+    assert code == 130 and err.splitlines()[-1].endswith(
+        f"the last checkpoint, {ckpt}, is kept: add --resume to the same command to continue"
+    ), err

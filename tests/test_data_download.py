@@ -145,7 +145,9 @@ def test_corrupt_download_leaves_nothing_behind(tmp_path):
         download_file(["https://example.invalid/f"], dest, sha(good), fetch=corrupt)
     message = str(err.value)
     assert str(dest) in message and sha(good) in message and sha(b"the real fil\x00") in message
-    assert list((tmp_path / "target").iterdir()) == []
+    assert "the copy downloaded from https://example.invalid/f is corrupt" in message
+    assert "nothing was installed" in message and "delete it" not in message  # there is nothing to delete
+    assert not (tmp_path / "target").exists()  # not even the directory it made
 
 
 def test_interrupted_download_leaves_nothing_behind(tmp_path):
@@ -163,7 +165,7 @@ def test_interrupted_download_leaves_nothing_behind(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         download_file(["u"], tmp_path / "d" / "f.gz", None, fetch=interrupted)
-    assert list((tmp_path / "d").iterdir()) == []
+    assert not (tmp_path / "d").exists()
 
 
 def test_corrupt_mnist_download_through_loader(tmp_path):
@@ -227,3 +229,20 @@ def test_corrupt_cifar_archive_member(tmp_path):
     folder = tmp_path / "xdg" / "gradreg" / "cifar10" / "cifar-10-batches-bin"
     # the verified members before it are installed; no archive, no partial file
     assert files_under(folder) == sorted([integrity_sidecar(), "data_batch_1.bin", "data_batch_2.bin"])
+
+
+def test_a_mirror_with_a_corrupt_copy_is_passed_over_for_the_next(tmp_path):
+    """A bad copy on the first mirror used to end the download with a checksum error although
+    the second mirror had the file; now it falls through, as an unreachable mirror does."""
+    good = b"the real file"
+    dest = tmp_path / "sub" / "file.bin"
+    tried = []
+
+    def fetch(url, path, progress):
+        tried.append(url)
+        Path(path).write_bytes(b"tampered" if "first" in url else good)
+
+    assert download_file(["https://first.invalid/f", "https://second.invalid/f"], dest, sha(good), fetch=fetch) == dest
+    assert tried == ["https://first.invalid/f", "https://second.invalid/f"]
+    assert dest.read_bytes() == good
+    assert sorted(p.name for p in dest.parent.iterdir() if not p.name.startswith(".gradreg")) == ["file.bin"]

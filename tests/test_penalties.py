@@ -527,3 +527,14 @@ def test_regularize_refuses_sequence_logits_with_advice():
     # the advice works: one (pooled) prediction per sequence
     loss, _ = gr.regularize(logits.mean(1), y[:, 0], emb, [gr.DataGrad(1.0)])
     assert loss.dim() == 0
+
+
+def test_softmax_penalties_refuse_a_model_with_one_output():
+    """A softmax over one output is constant, so ConfidencePenalty and JacReg were silently 0
+    (OneHot was already refused); a one-line error now says why."""
+    x = torch.randn(4, 3, requires_grad=True)
+    logits = nn.Linear(3, 1)(x)
+    y = torch.randint(0, 1, (4,))
+    for reg in (gr.ConfidencePenalty(0.5), gr.JacReg(1.0)):
+        with pytest.raises(ValueError, match=rf"{reg.name} is a function of the softmax, which is constant with one"):
+            gr.regularize(logits, y, x, [reg])

@@ -315,8 +315,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         tag = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
         out = Path("runs") / f"{cfg.dataset}-{cfg.model}-seed{cfg.seed}-{tag}.json"
     checkpoint = args.checkpoint
+    if checkpoint is not None and not cfg.checkpoint_every and not args.resume:
+        raise CLIError("--checkpoint needs --checkpoint-every N (the steps between checkpoints)", code=2)
     if checkpoint is None and (cfg.checkpoint_every or args.resume):
         checkpoint = Path(out).with_suffix(".ckpt")
+    if checkpoint is not None and Path(checkpoint).resolve() == Path(out).resolve():
+        raise CLIError(f"--checkpoint and --out are the same file ({out}); the result would overwrite it", code=2)
     check_writable_output(out, label="--out")
     if checkpoint is not None:
         check_writable_output(checkpoint, label="--checkpoint")
@@ -334,6 +338,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(
             f"training diverged at {e}; nothing was written to {out}. A smaller --lr or regularizer weight may help"
         ) from e
+    except KeyboardInterrupt:
+        kept = (
+            f"the last checkpoint, {checkpoint}, is kept: add --resume to the same command to continue"
+            if checkpoint is not None and Path(checkpoint).exists()
+            else "no checkpoint was written (--checkpoint-every N keeps one)"
+        )
+        sys.stderr.write(f"gradreg train: interrupted; nothing was written to {out}; {kept}\n")
+        return 130
+    except ValueError as e:  # a checkpoint that is not one, or of another config
+        raise CLIError(str(e)) from None
     write_json_atomic(Path(out), result.to_dict())
     print(result.summary() + f"  -> {out}")
     return 0
@@ -351,6 +365,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     return 0
+
+
+def torch_device_type(device: str) -> str:
+    return str(device).split(":", 1)[0]
 
 
 def _executor(args: argparse.Namespace):
@@ -426,6 +444,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sweep.runner import STORE_NAME, run_experiment
 
     exp = build(args.name, args.profile, args.device)
+    if args.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise CLIError("--executor ray needs Ray, which is not installed: pip install 'gradreg[ray]'", code=2)
+    elif torch_device_type(args.device) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda was requested, but CUDA is not available here; use --device cpu", code=2)
     out = check_writable_output(args.out, directory=True, label="--out")
     _check_report_outputs(exp.name, args.profile, out)
     _open_store_checked(out / STORE_NAME)

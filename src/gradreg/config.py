@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
+
+import torch
 
 from . import regularizers as R
 from .models import check_model_name, models_for
@@ -103,8 +106,13 @@ class TrainConfig:
                 object.__setattr__(self, name, float(v))
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1) or None, got {self.dropout}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 < self.lr_gamma < math.inf:
+            raise ValueError(f"lr_gamma must be a finite number > 0, got {self.lr_gamma}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        _check_device(self.device)
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.wrt is not None and (not isinstance(self.wrt, str) or not self.wrt):
@@ -117,8 +125,17 @@ class TrainConfig:
         for r in regs:
             if not isinstance(r, R.Regularizer):
                 raise TypeError(f"regularizers must be gradreg regularizers, got {type(r).__name__}")
+            if r.on_softmax and self.dataset in ("sin", "sin2"):
+                raise ValueError(
+                    f"{r.name} is a function of the softmax, which is constant for {self.dataset}'s one output "
+                    "(it would be 0); use it on mnist or cifar10"
+                )
         object.__setattr__(self, "regularizers", regs)
-        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
+        milestones = tuple(self.lr_milestones)
+        for m in milestones:
+            if isinstance(m, bool) or not isinstance(m, Real) or not 0 <= m <= 1:
+                raise ValueError(f"lr_milestones must be fractions of the steps in [0, 1], got {m!r}")
+        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in milestones))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -208,6 +225,19 @@ PAPER: dict[str, dict[str, Any]] = {
 PAPER["sin2"] = dict(PAPER["sin"], dataset="sin2")
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def _check_device(device) -> None:
+    """A device gradreg can train on: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ``xpu``."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        kind = None
+    if kind not in DEVICE_TYPES:
+        raise ValueError(f"device must be one of {', '.join(DEVICE_TYPES)} (or e.g. 'cuda:1'), got {device!r}")
+
+
 def paper_config(dataset: str, **overrides: Any) -> TrainConfig:
     """The paper's settings for ``dataset``, with ``overrides`` applied."""
     _choice("dataset", dataset, DATASETS)
@@ -270,8 +300,11 @@ def parse_regularizer(spec: str) -> R.Regularizer:
         kwargs[k.strip()] = _coerce(v.strip())
     if ":" not in name:
         cls = R.REGISTRY[ALIASES[key]]
-    valid = {f.name for f in dataclasses.fields(cls)} - {"weight"}
-    for k in kwargs:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    valid = set(fields) - {"weight"}
+    for k, v in kwargs.items():
         if k not in valid:
             raise ValueError(f"{cls.__name__} has no option {k!r}; valid options: {', '.join(sorted(valid)) or 'none'}")
+        if isinstance(fields[k].default, bool) and not isinstance(v, bool):
+            raise ValueError(f"{cls.__name__} option {k} must be true or false, got {v!r}")
     return cls(w, **kwargs)

@@ -143,10 +143,15 @@ def check_logits_and_targets(logits, y, loss, *, batch: int | None = None, valid
         raise ValueError(f"loss {loss!r} needs targets of shape {tuple(logits.shape)}, got {tuple(y.shape)}")
 
 
-def _check_labels_needed(regs: list[Regularizer], loss) -> None:
+def _check_labels_needed(regs: list[Regularizer], loss, logits: Tensor | None = None) -> None:
     for r in regs:
         if r.needs_labels and loss != "cross_entropy":
             raise ValueError(f"{r.name} projects on the one-hot class label, so it needs loss='cross_entropy'")
+        if r.on_softmax and isinstance(logits, Tensor) and logits.shape[-1] == 1:
+            raise ValueError(
+                f"{r.name} is a function of the softmax, which is constant with one output, so it would be 0 "
+                "here; it needs a classifier's logits (two or more classes)"
+            )
 
 
 def _check_wrt(wrt, lead: torch.Size) -> tuple[Tensor, ...]:
@@ -241,7 +246,7 @@ def regularize(
             "example, so a sequence model needs one prediction per example (a pooled or last-position output)"
         )
     check_logits_and_targets(logits, y, loss, validate=validate)
-    _check_labels_needed(regs, loss)
+    _check_labels_needed(regs, loss, logits)
     names = _term_names(regs)
     active = [(n, r) for n, r in zip(names, regs) if r.active(step)]
     fd = [r.name for _, r in active if getattr(r, "finite_difference", False)]
@@ -411,7 +416,7 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
         check_no_reentrant_checkpoint(logits)
     y = _labels(y, loss)
     check_logits_and_targets(logits, y, loss, validate=validate)
-    _check_labels_needed(regs, loss)
+    _check_labels_needed(regs, loss, logits)
     names = _term_names(regs)
     active = [(n, r) for n, r in zip(names, regs) if r.active(step)]
     pel = per_example_loss(logits, y, loss)
@@ -553,5 +558,5 @@ def penalty(
     (reg,) = check_regularizers([reg])
     _check_generator(generator)
     fwd = forward(model, x, y, loss)
-    _check_labels_needed([reg], loss)
+    _check_labels_needed([reg], loss, fwd.logits)
     return reg.value(fwd, generator).mean()

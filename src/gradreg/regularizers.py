@@ -106,6 +106,8 @@ class Regularizer(abc.ABC):
     needs_input_grad: ClassVar[bool] = True
     # Classification-only regularizers read class labels from ``y``.
     needs_labels: ClassVar[bool] = False
+    # a function of the softmax probabilities: constant, so identically 0, with one output
+    on_softmax: ClassVar[bool] = False
     # Extra command-line names (the lower-case class name is always one).
     aliases: ClassVar[tuple[str, ...]] = ()
 
@@ -198,6 +200,10 @@ class ProjectedGradient(Regularizer):
         super().__post_init__()
         _check_choice("method", self.method, METHODS)
         _check_choice("fd_scheme", self.fd_scheme, ("one_sided", "central"))
+        if self.method != "finite_difference" and (self.fd_step is not None or self.fd_scheme != "one_sided"):
+            raise ValueError(
+                f"{self.name}: fd_step and fd_scheme apply to method='finite_difference' only, not {self.method!r}"
+            )
         if self.fd_step is not None:
             if isinstance(self.fd_step, bool) or not isinstance(self.fd_step, Real) or not 0 < self.fd_step < 1:
                 raise ValueError(f"{self.name}: fd_step must be a number in (0, 1) or None, got {self.fd_step!r}")
@@ -275,6 +281,8 @@ class SpectReg(ProjectedGradient):
         super().__post_init__()
         _check_choice("projection", self.projection, P.PROJECTIONS)
         _check_choice("norm", self.norm, P.NORMS)
+        if not isinstance(self.normalize, bool):
+            raise TypeError(f"{self.name}: normalize must be True or False, got {self.normalize!r}")
         if isinstance(self.n_proj, bool) or not isinstance(self.n_proj, int) or self.n_proj < 1:
             raise ValueError(f"SpectReg: n_proj must be an integer >= 1, got {self.n_proj!r}")
         if self.finite_difference and self.n_proj != 1:
@@ -333,6 +341,7 @@ class JacReg(Regularizer):
 
     method: str = "auto"
     aliases: ClassVar[tuple[str, ...]] = ("jac",)
+    on_softmax: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -409,6 +418,7 @@ class ConfidencePenalty(Regularizer):
     """
 
     needs_input_grad: ClassVar[bool] = False
+    on_softmax: ClassVar[bool] = True
     aliases: ClassVar[tuple[str, ...]] = ("cp", "confidence")
 
     def per_example(self, fwd, draw=None):

@@ -135,6 +135,18 @@ def train(
         return _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
 
 
+def _load_checkpoint(path: Path) -> dict:
+    """A gradreg checkpoint, or a one-line error naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # unpickling garbage raises anything
+        what = type(e).__name__
+        raise ValueError(f"{path} is not a gradreg checkpoint ({what}); delete it, or resume another") from None
+    if not isinstance(state, dict) or not {"config", "step", "model", "optimizer"} <= set(state):
+        raise ValueError(f"{path} is not a gradreg checkpoint (no config, step, model and optimizer in it)")
+    return state
+
+
 def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step) -> RunResult:
     metric = "accuracy" if cfg.loss == "cross_entropy" else "mse"
     data = splits if splits is not None else load_splits(cfg, data_dir, device)
@@ -158,7 +170,7 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
     if resume and ckpt is not None and ckpt.exists():
         # On the CPU: RNG and sampler states must stay CPU tensors; load_state_dict moves
         # the model's and the optimizer's tensors to their parameters' device.
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(ckpt)
         if state["config"] != cfg.to_dict():
             raise ValueError(f"checkpoint {ckpt} was written by a different config; refusing to resume from it")
         model.load_state_dict(state["model"])
@@ -230,6 +242,12 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
     final = _curve_point(model, data, cfg.steps, window, metric, cfg, device)
     curve.append(final)
     grad_norms, fit = _final_probes(model, data, cfg, metric, device)
+    # the loop checks each step's loss before its update; the last update is checked here
+    finals = [final["dev"], final["test"], *grad_norms.values()]
+    if not all(torch.isfinite(p).all() for p in model.parameters()) or not all(math.isfinite(v) for v in finals):
+        raise TrainingDiverged(
+            f"step {cfg.steps - 1}: after the last update the weights, metrics or input gradients are not finite"
+        )
     means = window_means(window, ["loss"] + term_names(regs))
     steps_run = cfg.steps - start
     return RunResult(

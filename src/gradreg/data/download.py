@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
-from gradreg.data.errors import DataError, DataNotFoundError, DownloadError
+from gradreg.data.errors import ChecksumError, DataError, DataNotFoundError, DownloadError
 from gradreg.data.integrity import read_decompressed, record_verified, require_sha256
 from gradreg.data.paths import data_dir_candidates, download_allowed, first_existing
 
@@ -130,14 +130,52 @@ def download_file(
     left in ``dest``'s directory. Returns ``dest``.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(dest.parent, dest.name)
+    made = _make_dirs(dest.parent)
     try:
-        _fetch_first(urls, tmp, fetch or urllib_fetch, progress, dest.name)
+        mismatch: ChecksumError | None = None
+        reasons: list[str] = []
+        for url in urls:  # a mirror whose copy fails its check is passed over like one that fails
+            tmp = _temp_path(dest.parent, dest.name)
+            try:
+                _fetch_first([url], tmp, fetch or urllib_fetch, progress, dest.name)
+            except DownloadError as e:
+                tmp.unlink(missing_ok=True)
+                reasons += e.reasons
+                continue
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            try:
+                return _install_verified(tmp, dest, sha256)
+            except ChecksumError as e:
+                mismatch = ChecksumError(dest, e.expected, e.actual, source=url)
+                reasons.append(f"{url}: SHA-256 {e.actual}, expected {e.expected}")
+        if mismatch is not None:  # reachable but wrong says more than unreachable
+            raise mismatch
+        raise DownloadError(dest.name, reasons or ["no URL configured"])
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_empty(made)
         raise
-    return _install_verified(tmp, dest, sha256)
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """``mkdir -p directory``; returns the directories it created, deepest first."""
+    made = []
+    d = directory
+    while not d.exists():
+        made.append(d)
+        d = d.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the directories a failed download created, where it left them empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def _install_verified(tmp: Path, dest: Path, sha256: str | None) -> Path:
@@ -171,9 +209,9 @@ def download_tar_members(
     their check); the failing one leaves nothing behind.
     """
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    made = _make_dirs(dest_dir)
     archive = _temp_path(dest_dir, "archive")
-    installed = []
+    installed: list[Path] = []
     try:
         _fetch_first(urls, archive, fetch or urllib_fetch, progress, "/".join(urls[:1]))
         try:
@@ -197,8 +235,11 @@ def download_tar_members(
                     tmp.unlink(missing_ok=True)
                     raise
                 installed.append(_install_verified(tmp, dest, sha256))
-    finally:
+    except BaseException:
         archive.unlink(missing_ok=True)
+        _remove_empty(made)
+        raise
+    archive.unlink(missing_ok=True)
     return installed
 
 

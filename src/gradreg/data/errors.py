@@ -17,17 +17,19 @@ class DataError(ValueError):
 class ChecksumError(DataError):
     """The SHA-256 of a file's decompressed bytes differs from the expected one."""
 
-    def __init__(self, path: str | os.PathLike, expected: str, actual: str):
+    def __init__(self, path: str | os.PathLike, expected: str, actual: str, source: str | None = None):
         self.path = Path(path)
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"{path}: SHA-256 of the decompressed bytes is {actual}, expected {expected}; "
-            "the file is corrupt or not the official one (delete it and fetch it again)"
-        )
+        self.source = source
+        if source is None:  # a file on disk
+            text = "the file is corrupt or not the official one (delete it and fetch it again)"
+        else:  # a fresh download, never installed
+            text = f"the copy downloaded from {source} is corrupt or not the official one; nothing was installed"
+        super().__init__(f"{path}: SHA-256 of the decompressed bytes is {actual}, expected {expected}; {text}")
 
     def __reduce__(self):  # picklable across processes despite the custom signature
-        return type(self), (self.path, self.expected, self.actual)
+        return type(self), (self.path, self.expected, self.actual, self.source)
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -4,8 +4,10 @@ Setting (code-faithful, ``gradreg.data.sin``): 100 training points, ``x ~ U(-1, 
 ``y = sin(5x) + N(0, σ²)`` with σ = 0.1, numpy data seed 10; the test set is the 900-point grid
 ``arange(-1, 1, 2/900)`` with clean targets ``sin(5x)``; "test MSE" is the plain mean over that
 grid of ``(f(x) - sin 5x)²``. Training loss per step is ``½·Σ`` of the squared error over a batch
-of 50 plus ``λ · mean_i (r f'(x_i))²`` with one scalar ``r ~ N(0, 1)`` per batch; batches are
-rows 0–49 and 50–99, alternating.
+of 50 plus ``λ · mean_i (r f'(x_i))²`` with one scalar ``r ~ N(0, 1)`` per batch. (The original
+code took rows 0–49 and 50–99 alternately; gradreg draws shuffled batches of 50. Every point
+enters the objective with the same weight either way, so the reference points below, which
+depend only on the objective, are the same for both.)
 
 Conventions used throughout:
 
