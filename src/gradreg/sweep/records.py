@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..atomic import write_text_atomic
-from .store import Store, run_key
-from .store import _encode as encode
+from .store import Store, encode_record, run_key
 
 RUNS_FILE = "runs.jsonl"
 PLANS_FILE = "plans.json"
@@ -105,7 +104,7 @@ def _check_record(rec: Any, where: str) -> dict:
     if run_key(canonical) != rec["run_key"]:
         raise RecordsError(f"{where}: run_key {rec['run_key']!r} is not the key of its config")
     try:  # everything the store will check, so that an import fails before it writes
-        encode(rec["experiments"][0], store_record(rec), "", "")
+        encode_record(rec["experiments"][0], store_record(rec), "", "")
     except (TypeError, ValueError) as e:
         raise RecordsError(f"{where}: {e}") from None
     return rec

@@ -182,7 +182,7 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
-def _encode(experiment: str, record: dict, version: str, created_at: str) -> tuple:
+def encode_record(experiment: str, record: dict, version: str, created_at: str) -> tuple:
     """Validate one record and turn it into the ``runs`` columns, in ``_COLUMNS`` order."""
     if not isinstance(experiment, str) or not experiment:
         raise ValueError(f"experiment must be a non-empty string, got {experiment!r}")
@@ -435,7 +435,7 @@ class Store:
         before anything is written, so all of it is stored or none. One flag per run: whether
         it was written (new, or a success replacing a stored failure)."""
         now, version = _utc_now(), code_version()
-        rows = [(exp, _encode(exp, r, version, now)) for exp, r in runs]  # validate before writing
+        rows = [(exp, encode_record(exp, r, version, now)) for exp, r in runs]  # validate before writing
         pairs = [(exp, run_key(c)) for exp, c in links]
         plan_rows = []
         for exp, plan in plans:
