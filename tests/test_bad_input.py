@@ -22,6 +22,7 @@ import pytest
 
 import gradreg.paper.experiments as E
 from gradreg.cli import main
+from gradreg.config import paper_config
 from gradreg.paper.experiments import EXPERIMENTS, PROFILES
 from gradreg.sweep.runner import STORE_NAME
 
@@ -574,6 +575,64 @@ def test_divergence_on_the_last_step_is_not_a_success(tmp_path, capsys):
     assert "Traceback" not in err and code == 1, err
     assert "training diverged at step 0: after the last update the weights, metrics or input gradients are not" in err
     assert snapshot(tmp_path) == {}
+
+
+@pytest.mark.parametrize(
+    "options,expected",
+    [
+        (
+            ["--dataset", "sin", "--augment"],
+            "--augment translates and flips images, and dataset 'sin' has none; it works on mnist, cifar10",
+        ),
+        (
+            ["--dataset", "sin", "--dropout", "0.5"],
+            "--dropout 0.5 does nothing: model 'mlp_sin' does not read it (it reads no model option); leave it out",
+        ),
+        (
+            ["--dataset", "sin2", "--batchnorm"],
+            "--batchnorm True does nothing: model 'mlp_sin' does not read it (it reads no model option); leave it out",
+        ),
+        (
+            ["--dataset", "cifar10", "--dropout", "0.3"],
+            "--dropout 0.3 does nothing: model 'resnet_cifar' does not read it (it reads bn_batch_stats_at_eval); "
+            "leave it out",
+        ),
+        (
+            ["--dataset", "sin", "--model", "tests.helpers_faults:anything", "--dropout", "0.3"],
+            "--dropout does nothing for an import-path model: its factory (tests.helpers_faults:anything) builds "
+            "the model",
+        ),
+    ],
+)
+def test_an_option_the_model_or_data_would_ignore_is_refused(options, expected, tmp_path, capsys):
+    """These trained without a word, as if the option had not been given."""
+    code, _, err = run_cli(["train", *options, "--steps", "2", "--out", tmp_path / "r.json"], capsys)
+    assert_one_line_error(code, err, f"gradreg train: error: {expected}", status=2)
+    assert snapshot(tmp_path) == {}
+    # the library refuses the same configs (the import-path case only on the command line)
+    if "--model" not in options:
+        with pytest.raises(ValueError, match="does nothing|has none"):
+            paper_config(options[1], **{options[2][2:]: float(options[3]) if len(options) > 3 else True})
+
+
+@pytest.mark.parametrize("strategy", ["packed", "vmap"])
+def test_divergence_on_the_last_step_in_the_engine_marks_that_member_only(strategy):
+    """The engine, like the single run, checks each step's terms before its update; a member
+    whose last update blows up was reported as a success with NaN metrics."""
+    import math
+
+    from gradreg.config import paper_config
+    from gradreg.ensemble.loop import train_many
+
+    base = paper_config("sin", steps=1, eval_every=0)
+    blown, fine = base.replace(seed=1, lr=1e30), base.replace(seed=2)
+    bad, good = train_many([blown, fine], strategy=strategy, workers=1)
+    assert bad.error == (
+        "step 0: after the last update the weights, metrics or input gradients are not finite; this member diverged"
+    )
+    assert good.error is None and math.isfinite(good.test)
+    (alone,) = train_many([fine], strategy=strategy, workers=1)
+    assert good.test == pytest.approx(alone.test, rel=1e-6)  # the neighbour did not touch it
 
 
 def test_run_on_ray_without_ray_or_on_cuda_without_cuda_stops_before_any_work(tmp_path, capsys, monkeypatch):

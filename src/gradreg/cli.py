@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .atomic import write_json_atomic
 from .config import DATASETS, MODELS_FOR, PAPER, TrainConfig, paper_config, parse_regularizer
+from .models import MODEL_OPTIONS, is_import_path
 
 # Fields the CLI sets through dedicated options (or not at all).
 _SPECIAL = {"dataset", "regularizers"}
@@ -141,6 +142,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if f.name not in _SPECIAL and hasattr(args, f.name)
     }
     overrides["regularizers"] = tuple(parse_regularizer(s) for s in args.reg)
+    model = overrides.get("model", PAPER[args.dataset]["model"])
+    given = [name for name in MODEL_OPTIONS if name in overrides]
+    if is_import_path(model) and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ValueError(f"{flag} does nothing for an import-path model: its factory ({model}) builds the model")
     if "lr_milestones" in overrides:
         overrides["lr_milestones"] = tuple(overrides["lr_milestones"])
     return paper_config(args.dataset, **overrides)

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from . import regularizers as R
-from .models import check_model_name, models_for
+from .models import check_model_name, check_model_options, models_for
 
 DATASETS = ("mnist", "cifar10", "sin", "sin2")
+IMAGE_DATASETS = ("mnist", "cifar10")  # what --augment can translate and flip
 OPTIMIZERS = ("adam", "sgd_nesterov")
 MODELS_FOR = {d: models_for(d) for d in DATASETS}  # registered names per dataset
 # Fields added after the first release: omitted from to_dict() (and so from run keys) while
@@ -106,6 +107,12 @@ class TrainConfig:
                 object.__setattr__(self, name, float(v))
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1) or None, got {self.dropout}")
+        check_model_options(self)
+        if self.augment and self.dataset not in IMAGE_DATASETS:
+            raise ValueError(
+                f"augment translates and flips images, and dataset {self.dataset!r} has none; "
+                f"it works on {', '.join(IMAGE_DATASETS)}"
+            )
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not 0 < self.lr_gamma < math.inf:

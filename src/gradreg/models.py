@@ -27,7 +27,11 @@ from .paper import models as M
 class ModelSpec:
     datasets: tuple[str, ...]
     build: Callable  # (cfg, generator) -> nn.Module
+    reads: tuple[str, ...] = ()  # the model options (MODEL_OPTIONS) that ``build`` uses
 
+
+# config fields that shape a registered model; each is "off" at None / False
+MODEL_OPTIONS = ("dropout", "batchnorm", "bn_batch_stats_at_eval")
 
 MODELS: dict[str, ModelSpec] = {
     "lenet5": ModelSpec(
@@ -35,12 +39,31 @@ MODELS: dict[str, ModelSpec] = {
         lambda c, g: M.lenet5(
             dropout=c.dropout, batchnorm=c.batchnorm, bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g
         ),
+        MODEL_OPTIONS,
     ),
     "resnet_cifar": ModelSpec(
-        ("cifar10",), lambda c, g: M.resnet_cifar(bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g)
+        ("cifar10",),
+        lambda c, g: M.resnet_cifar(bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g),
+        ("bn_batch_stats_at_eval",),
     ),
     "mlp_sin": ModelSpec(("sin", "sin2"), lambda c, g: M.mlp_sin(generator=g)),
 }
+
+
+def check_model_options(cfg) -> None:
+    """A model option that is on (not None / False) must be one the registered model reads:
+    ``dropout=0.5`` on the SIN MLP would otherwise train without dropout, silently. (An
+    import-path model is built by its factory; the command line refuses these options for it.)"""
+    if is_import_path(cfg.model):
+        return
+    reads = MODELS[cfg.model].reads
+    for name in MODEL_OPTIONS:
+        value = getattr(cfg, name)
+        if value not in (None, False) and name not in reads:
+            raise ValueError(
+                f"{name}={value} does nothing: model {cfg.model!r} does not read it "
+                f"(it reads {', '.join(reads) or 'no model option'}); leave it out"
+            )
 
 
 def is_import_path(name: str) -> bool:
