@@ -129,6 +129,42 @@ def test_significance_is_welch_with_bonferroni_over_the_table():
     assert by["big"][6] and not by["same"][6]
 
 
+def test_fastgr_report_says_what_each_lazy_cell_does_against_exact():
+    """The lazy shortfall is said where a reader of the report looks: each lazy cell's gap to
+    exact, its smoothness and its training loss, from the cells' own runs."""
+    from gradreg.sweep.report import render_markdown
+
+    def runs(name, tests, j, loss):
+        out = {}
+        for i, t in enumerate(tests):
+            r = _row(f"{name}{i}", t, t)
+            r["metrics"] |= {"train_loss": loss, "grad_norms": {"train": j, "test": j, "off_manifold": j}}
+            out[r["run_key"]] = r
+        return out
+
+    rows = runs("e", [0.978, 0.980], 2.5, 0.014) | runs("l", [0.975, 0.977], 1.2, 0.12)
+    rows |= runs("f", [0.979, 0.981], 2.4, 0.015)
+    cols = {"exact": "e", "lazy k=4": "l", "finite difference": "f"}
+    cells = [
+        {"row": "DataGrad", "col": c, "x": None, "candidates": [{"lambda": 50.0, "runs": [f"{k}0", f"{k}1"]}]}
+        for c, k in cols.items()
+    ]
+    plan = {"name": "fastgr", "title": "t", "metric": "accuracy", "kind": "table", "baseline_col": "exact"}
+    plan |= {"cells": cells, "seeds": [1, 2]}
+    summaries = [summarize_cell(c, rows, "accuracy") for c in cells]
+    md = render_markdown(plan, summaries, significance(summaries, plan), list(rows.values()))
+    section = md.split("## What the comparisons show\n\n")[1].split("\n\n")[0]
+    # (97.6 - 97.9) points; 1.2 < 2.5 flatter; 0.12 > 0.014 fits worse; the FD column is not lazy
+    assert section == (
+        "- DataGrad / lazy k=4: -0.30 against exact; its models end flatter (mean ||J||_F at test points 1.20 "
+        "against 2.50) and fit the training data worse (training loss 0.1200 against 0.0140)."
+    )
+    assert "results/lazy/" in md
+    assert "What the comparisons show" not in render_markdown(
+        plan | {"name": "fastgr_sin"}, summaries, significance(summaries, plan), list(rows.values())
+    )
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -263,6 +263,11 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
         if waiting:
             lines += ["", f"{len(waiting)} comparison(s) wait for runs not stored yet."]
         lines.append("")
+        from ..paper.explanations import finding
+
+        words = finding(plan, summaries, scale)
+        if words:
+            lines += ["## What the comparisons show", "", words, ""]
     lines += [
         "## Global smoothness: mean ||J_g(x)||_F of the models behind each cell",
         "",
