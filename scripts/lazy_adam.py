@@ -8,10 +8,10 @@ Two explanations, which these short runs tell apart:
   sqrt(k) smaller: lazy trains as if with a smaller learning rate. Plain SGD has no sqrt(v),
   so under SGD lazy would track exact.
 - The size of the lazy step. k*lambda every k-th step matches lambda every step only while
-  one step at weight k*lambda stays in the linear regime of the penalty. DataGrad at the
-  paper's lambda=50 is a stiff term; at k*lambda = 200 one step overshoots. Then SGD, with no
-  normalization to cap that step, would suffer more than Adam, and a weak penalty (small
-  lambda) or a small k would bring lazy back to exact.
+  one step at weight k*lambda stays in the linear regime of the penalty. If DataGrad at the
+  paper's lambda=50 is too strong for that, one step at k*lambda = 200 does more than four
+  steps at 50. Then SGD, with no normalization to limit that step, would suffer more than Adam,
+  and a weak penalty (small lambda) or a small k would bring lazy back to exact.
 
 The runs: the paper's MNIST-2000 LeNet with dropout and L2 5e-4, DataGrad, exact against
 lazy, the same seeds, under the paper's Adam (1e-3) and/or Nesterov SGD (momentum 0.9), the

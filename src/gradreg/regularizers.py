@@ -35,9 +35,9 @@ by their import path ``"package.module:ClassName"``.
 
 Lazy regularization (StyleGAN2's lazy R1): ``every=k`` applies the penalty only on steps
 ``i`` with ``i % k == 0``, with weight ``k * weight``, so its expected contribution per step
-is unchanged; skipped steps cost nothing. That is a first-order match: with a stiff penalty, one
-step at ``k * weight`` overshoots what ``k`` steps at ``weight`` do (measured, with what to do,
-in docs/dropin.md, "Lazy regularization").
+is unchanged; skipped steps cost nothing. That is a first-order match: with a strong penalty, one
+step at ``k * weight`` does more than ``k`` steps at ``weight`` (measured, with what to do, in
+docs/dropin.md, "Lazy regularization").
 """
 
 from __future__ import annotations
