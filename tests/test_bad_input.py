@@ -615,6 +615,36 @@ def test_an_option_the_model_or_data_would_ignore_is_refused(options, expected, 
             paper_config(options[1], **{options[2][2:]: float(options[3]) if len(options) > 3 else True})
 
 
+def test_only_a_value_gradreg_rejects_is_a_one_line_error_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    """A ValueError from an unpacking inside gradreg (the old --augment on SIN gave `not enough
+    values to unpack (expected 4, got 2)`, exit 2, as if an option were bad) is a bug: its
+    traceback must show. A value gradreg checks and rejects stays one line."""
+    import torch
+
+    import gradreg.cli as cli
+    import gradreg.data as gd
+
+    def caught(fn):
+        try:
+            fn()
+        except (ValueError, TypeError) as e:
+            return e
+        raise AssertionError("no error")
+
+    assert cli.raised_on_purpose(caught(lambda: paper_config("sin", lr=-1.0)))  # gradreg's own check
+    assert not cli.raised_on_purpose(caught(lambda: gd.random_translate_flip(torch.zeros(5, 1), torch.Generator())))
+    assert not cli.raised_on_purpose(caught(lambda: int("x")))  # outside gradreg
+
+    def unpack_bug(cfg, **kw):
+        return gd.random_translate_flip(torch.zeros(5, 1), torch.Generator())
+
+    monkeypatch.setattr("gradreg.train.train", unpack_bug)
+    with pytest.raises(ValueError, match="not enough values to unpack"):
+        main(["train", "--dataset", "sin", "--steps", "2", "--out", str(tmp_path / "r.json")])
+    code, _, err = run_cli(["train", "--dataset", "sin", "--lr", "-1", "--out", tmp_path / "r.json"], capsys)
+    assert_one_line_error(code, err, "gradreg train: error: --lr must be a finite number > 0, got -1.0", status=2)
+
+
 @pytest.mark.parametrize("strategy", ["packed", "vmap"])
 def test_divergence_on_the_last_step_in_the_engine_marks_that_member_only(strategy):
     """The engine, like the single run, checks each step's terms before its update; a member

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import linecache
 import os
 import sys
 import tempfile
@@ -311,6 +312,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
     except ValueError as e:
+        if not raised_on_purpose(e):
+            raise
         raise CLIError(_name_the_option(str(e)), code=2) from e
     if args.dry_run:
         small = None if cfg.dataset in ("sin", "sin2") else min(cfg.train_size or 100, 100)
@@ -353,6 +356,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gradreg train: interrupted; nothing was written to {out}; {kept}\n")
         return 130
     except ValueError as e:  # a checkpoint that is not one, or of another config
+        if not raised_on_purpose(e):
+            raise
         raise CLIError(str(e)) from None
     write_json_atomic(Path(out), result.to_dict())
     print(result.summary() + f"  -> {out}")
@@ -834,11 +839,26 @@ def _one_line(e: BaseException, args: argparse.Namespace) -> tuple[str, int] | N
         return f"training diverged at {e}", 1
     if isinstance(e, (StoreError, DataError, DownloadError)):
         return str(e), 1
-    if isinstance(e, (ValueError, TypeError)):  # a bad option value that the library rejected
+    if isinstance(e, (ValueError, TypeError)) and raised_on_purpose(e):  # a value the library rejected
         return str(e), 2
     if isinstance(e, OSError):
         return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""), 1
     return None
+
+
+def raised_on_purpose(e: BaseException) -> bool:
+    """Did a ``raise`` statement in gradreg's own code raise ``e``? That is a value gradreg
+    checked and rejected, shown as one line. A ValueError or TypeError from anywhere else (an
+    unpacking that failed, a call into torch) is a bug, and its traceback must show."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    if not path.is_relative_to(Path(__file__).resolve().parent):
+        return False
+    return linecache.getline(str(path), tb.tb_lineno).lstrip().startswith("raise")
 
 
 def positive_float(text: str) -> float:
