@@ -135,6 +135,13 @@ def train(
         return _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
 
 
+def all_finite(tensors, values) -> bool:
+    """Are all ``tensors`` (floating-point ones; others are skipped) and all ``values`` finite?
+    The check after a run's last update, in single runs and the engine alike."""
+    finite_tensors = all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+    return finite_tensors and all(math.isfinite(v) for v in values)
+
+
 def _load_checkpoint(path: Path) -> dict:
     """A gradreg checkpoint, or a one-line error naming the file."""
     try:
@@ -243,8 +250,7 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
     curve.append(final)
     grad_norms, fit = _final_probes(model, data, cfg, metric, device)
     # the loop checks each step's loss before its update; the last update is checked here
-    finals = [final["dev"], final["test"], *grad_norms.values()]
-    if not all(torch.isfinite(p).all() for p in model.parameters()) or not all(math.isfinite(v) for v in finals):
+    if not all_finite(model.parameters(), [final["dev"], final["test"], *grad_norms.values()]):
         raise TrainingDiverged(
             f"step {cfg.steps - 1}: after the last update the weights, metrics or input gradients are not finite"
         )

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 import threading
@@ -277,7 +276,7 @@ def train_part(
     grad_norms, fits = _final_probes(trainer, data, cfgs, metric)
     means = term_means(c0.steps)
     bad, bad_t = first_bad.tolist(), bad_term.tolist()
-    from ..train import term_names
+    from ..train import all_finite, term_names
 
     names = term_names(trainer.kinds)
     term_label = ["loss"] + names
@@ -303,7 +302,7 @@ def train_part(
         )
         if bad[mi] >= 0:
             res.error = f"step {bad[mi]}: the {term_label[bad_t[mi]]!r} term is not finite; this member diverged"
-        elif not member_finite(model.member_state_dict(mi), res):
+        elif not all_finite(model.member_state_dict(mi).values(), [res.dev, res.test, *res.grad_norms.values()]):
             # the loop checks each step's terms before its update; the last update is checked here
             res.error = (
                 f"step {c0.steps - 1}: after the last update the weights, metrics or input gradients are not "
@@ -312,14 +311,6 @@ def train_part(
         sd = {n: v.detach().cpu().clone() for n, v in model.member_state_dict(mi).items()} if keep_weights else None
         out.append((res, sd))
     return out
-
-
-def member_finite(state: dict, res: RunResult) -> bool:
-    """Are a member's floating-point weights and buffers, its final dev/test metrics and its
-    input-gradient probes all finite?"""
-    tensors = (t for t in state.values() if t.is_floating_point())
-    values = [res.dev, res.test, *res.grad_norms.values()]
-    return all(bool(torch.isfinite(t).all()) for t in tensors) and all(math.isfinite(v) for v in values)
 
 
 # --------------------------------------------------------------------------- the engine
