@@ -280,6 +280,14 @@ def test_facts_are_quoted_verbatim(paper_flat):
         assert f"wd = {wd}" in paper_flat
 
 
+def test_claims_about_the_figures_are_quoted_verbatim(paper_flat):
+    from gradreg.paper.numbers import CLAIMS
+
+    assert {c.figure for c in CLAIMS.values()} == {"fig2", "fig4"}
+    for key, claim in CLAIMS.items():
+        assert claim.quote in paper_flat, key
+
+
 def test_facts_agree_with_the_tables():
     t5, t7 = TABLES["table5"], TABLES["table7"]
     acc = FACTS["cifar10_full_resnet_test_accuracy"].value

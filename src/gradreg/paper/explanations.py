@@ -128,9 +128,19 @@ def _fastgr(plan: dict, summaries: list, scale: float) -> str:
     )
 
 
-# experiments beyond the paper: what their comparisons show (printed whenever they have tests)
+def _figure_claims(plan: dict, summaries: list, scale: float) -> str:
+    """The paper's sentences about a figure, each with its verdict on our cells."""
+    from .claims import checks, render
+
+    return render(checks(plan["name"], summaries, scale))
+
+
+# what an experiment's comparisons show: beyond the paper, against its baseline column; for the
+# paper's figures, which print no numbers, the paper's sentences about them, checked
 FINDINGS: dict[str, Callable[[dict, list, float], str]] = {
     "fastgr": _fastgr,
+    "fig2": _figure_claims,
+    "fig4": _figure_claims,
 }
 
 

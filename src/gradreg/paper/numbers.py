@@ -35,8 +35,10 @@ __all__ = [
     "Cell",
     "PaperTable",
     "Fact",
+    "Claim",
     "TABLES",
     "FACTS",
+    "CLAIMS",
     "LAMBDA_GRIDS",
     "TUNED_WEIGHTS",
 ]
@@ -92,6 +94,16 @@ class Fact:
     value: float | tuple[float, ...]
     unit: str  # "%", "params", "lambda", "steps", "factor", ...
     source: str  # where in the paper: "6.1.1", "Figure 4", ...
+    quote: str  # verbatim from paper.txt (whitespace normalized)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A statement the paper makes about one of its figures, which runs can check; the
+    figures print no numbers, so these sentences are what a figure's reproduction is held to."""
+
+    figure: str  # "fig2", "fig4": the experiment whose runs check it
+    source: str  # where in the paper: "6.2.4", ...
     quote: str  # verbatim from paper.txt (whitespace normalized)
 
 
@@ -355,6 +367,51 @@ FACTS: Mapping[str, Fact] = MappingProxyType(
     }
 )
 
+
+# --------------------------------------------------------------------------- claims about the figures
+
+# Checked against our cells by gradreg.paper.claims; a figure's report prints each with its verdict.
+CLAIMS: Mapping[str, Claim] = MappingProxyType(
+    {
+        "fig2_datagrad_best": Claim(
+            "fig2",
+            "6.2.4",
+            "We can see that DataGrad performs better than any of its peers for all training set sizes.",
+        ),
+        "fig2_spectreg_over_cp_evaporates": Claim(
+            "fig2",
+            "6.2.4",
+            "SpectReg is better than CP for smaller train set sizes, but its advantage evaporates with more "
+            "training data.",
+        ),
+        "fig2_jacreg_worst": Claim("fig2", "6.2.4", "JacReg is consistently worse than its peers."),
+        "fig2_effect_shrinks_but_stays": Claim(
+            "fig2",
+            "6.2.4",
+            "Even though the effect of the regularizers shrinks as we increase the training corpus, we can see "
+            "their benefit even for as much as 20000 training points.",
+        ),
+        "fig4_accuracy_rises_then_collapses": Claim(
+            "fig4",
+            "6.2.7",
+            "We can see that the correlation between DataGrad weight and model accuracy is positive until a phase "
+            "transition point is reached where accuracy collapses. For the task at hand, this phase transition "
+            "point was around DataGrad weight 20, unaffected by the amount of weight decay.",
+        ),
+        "fig4_no_wd_datagrad_shrinks_weights": Claim(
+            "fig4",
+            "6.2.7",
+            "For the model with no weight decay, DataGrad acts as a kind of weight decay itself, inasmuch as "
+            "increasing the DataGrad weight λ decreases the weight loss of the trained network.",
+        ),
+        "fig4_with_wd_counteracts_then_reinforces": Claim(
+            "fig4",
+            "6.2.7",
+            "For models with weight decay, the relationship is more complex: below the phase transition DataGrad "
+            "counteracts weight decay, above the phase transition it reinforces its effect.",
+        ),
+    }
+)
 
 # --------------------------------------------------------------------------- λ grids (6.1)
 

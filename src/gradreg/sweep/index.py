@@ -2,7 +2,8 @@
 
 One line per experiment of the paper (and beyond it): how many of its planned runs are stored,
 the CPU cost they took, and the verdict -- *reproduced* (every cell consistent with the paper),
-*differs* (with the cells, and the report that explains them), *running* (some runs missing),
+*differs* (with the cells, and the report that explains them), for a figure, which prints no
+numbers, how many of the paper's sentences about it hold, *running* (some runs missing),
 or *needs a GPU* with the projected cost on this CPU. Experiments not run here get their
 projection from the measured per-step costs below.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..paper.claims import checks, has_claims, tally
 from ..paper.numbers import TABLES
 from .report import build_report, metric_scale, paper_agreement, report_stem
 from .store import Store
@@ -51,6 +53,8 @@ def experiment_line(store_path: Path, name: str, profile: str) -> dict:
     differs = [f"{r['row']} / {r['col']}" for r in agreement if r["verdict"] == "differs"]
     if stored < planned:
         status = f"running: {stored} of {planned} runs stored"
+    elif table is None and has_claims(name):
+        status = "done; " + tally(checks(name, summaries, scale))
     elif table is None:
         status = "done (no table in the paper to compare with)"
     elif differs:

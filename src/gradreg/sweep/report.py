@@ -263,11 +263,13 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
         if waiting:
             lines += ["", f"{len(waiting)} comparison(s) wait for runs not stored yet."]
         lines.append("")
-        from ..paper.explanations import finding
+    from ..paper.explanations import finding
 
-        words = finding(plan, summaries, scale)
-        if words:
-            lines += ["## What the comparisons show", "", words, ""]
+    words = finding(plan, summaries, scale)
+    if words:
+        figure = plan.get("kind") == "figure"
+        heading = "The paper's claims about this figure, checked" if figure else "What the comparisons show"
+        lines += [f"## {heading}", "", words, ""]
     lines += [
         "## Global smoothness: mean ||J_g(x)||_F of the models behind each cell",
         "",

@@ -1,0 +1,314 @@
+"""The paper's claims about Figures 2 and 4, checked against our cells.
+
+The figures print no numbers, so a figure is reproduced when what the paper *says* about it
+holds for our runs. Each claim (:data:`gradreg.paper.numbers.CLAIMS`, quoted verbatim) gets one
+pure check here: it reads the cell means (``CellSummary``: row, x, mean over seeds, mean
+Σ‖w‖²) and returns a :class:`Check` -- a verdict and the numbers behind it.
+
+The rules, stated once because a verdict is only as good as its rule:
+
+- Comparisons are of **means over the seeds** (3 per cell in the ``published`` profile), and
+  each comparison says how large it is. With three seeds a Welch test has little power, so an
+  unadjusted Welch p is printed beside each head-to-head comparison, not used as the verdict.
+- ``holds``: the means do what the sentence says everywhere it speaks; ``partly``: in some of
+  the places (each is named); ``does not hold``: in none; ``not checked``: the cells it needs
+  are not in the runs (named, with why).
+- "Accuracy collapses" (Figure 4) is read as: the mean falls below the unregularized model's
+  (λ = 0) of the same panel. "Its advantage evaporates" (Figure 2): SpectReg's lead over CP,
+  positive at the smallest training set, is gone (≤ 0) at the largest one run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..sweep import stats
+from .numbers import CLAIMS, FACTS, TABLES
+
+VERDICTS = ("holds", "partly", "does not hold", "not checked")
+
+
+@dataclass(frozen=True)
+class Check:
+    claim: str  # a key of CLAIMS
+    verdict: str  # one of VERDICTS
+    evidence: str  # what our cells show, with the numbers
+
+
+# --------------------------------------------------------------------------- reading the cells
+
+
+def _run(summaries: list) -> list:
+    return [s for s in summaries if s.n > 0]
+
+
+def cells_by_row_and_x(summaries: list) -> dict[str, dict[float, Any]]:
+    """``{row: {x: summary}}`` over the cells that have runs (x: training-set size or λ)."""
+    out: dict[str, dict[float, Any]] = {}
+    for s in _run(summaries):
+        out.setdefault(s.row, {})[float(s.x or 0)] = s
+    return out
+
+
+def waiting(summaries: list) -> list[str]:
+    """The cells without runs yet, as "row / col"."""
+    return [f"{s.row} / {s.col}" for s in summaries if s.n == 0]
+
+
+def _pts(value: float, scale: float) -> str:
+    return f"{value * scale:.2f}"
+
+
+def _welch_p(a, b) -> float:
+    if len(a.test) < 2 or len(b.test) < 2:
+        return math.nan
+    return stats.welch_t_test(a.test, b.test)[2]
+
+
+def _not_checked_yet(claim: str, summaries: list) -> Check:
+    missing = waiting(summaries)
+    return Check(claim, "not checked", f"waits for {len(missing)} cell(s) not run yet: {', '.join(missing)}.")
+
+
+def _verdict(results: list[bool]) -> str:
+    if results and all(results):
+        return "holds"
+    return "partly" if any(results) else "does not hold"
+
+
+def is_strictly_decreasing(values: list[float]) -> bool:
+    return all(b < a for a, b in zip(values, values[1:]))
+
+
+def is_strictly_increasing(values: list[float]) -> bool:
+    return all(b > a for a, b in zip(values, values[1:]))
+
+
+# --------------------------------------------------------------------------- Figure 2
+
+
+def datagrad_best_at_every_size(summaries: list, scale: float) -> Check:
+    """DataGrad's mean above every other curve's at every training-set size."""
+    claim = "fig2_datagrad_best"
+    by = cells_by_row_and_x(summaries)
+    if waiting(summaries) or "DataGrad" not in by:
+        return _not_checked_yet(claim, summaries)
+    said, ok = [], []
+    for n, dg in sorted(by["DataGrad"].items()):
+        others = [cells[n] for row, cells in by.items() if row != "DataGrad" and n in cells]
+        best = max(others, key=lambda s: s.mean)
+        lead = dg.mean - best.mean
+        ok.append(lead > 0)
+        said.append(f"N={n:g}: {lead * scale:+.2f} over {best.row} (Welch p {_welch_p(dg, best):.2g})")
+    return Check(claim, _verdict(ok), "DataGrad's mean against the best other curve: " + "; ".join(said) + ".")
+
+
+def spectreg_lead_over_cp_evaporates(summaries: list, scale: float) -> Check:
+    """SpectReg − CP: positive at the smallest size, gone (≤ 0) at the largest."""
+    claim = "fig2_spectreg_over_cp_evaporates"
+    by = cells_by_row_and_x(summaries)
+    if waiting(summaries) or "SpectReg" not in by or "CP" not in by:
+        return _not_checked_yet(claim, summaries)
+    sizes = sorted(set(by["SpectReg"]) & set(by["CP"]))
+    lead = {n: by["SpectReg"][n].mean - by["CP"][n].mean for n in sizes}
+    small, large = lead[sizes[0]] > 0, lead[sizes[-1]] <= 0
+    trend = ", ".join(f"N={n:g} {lead[n] * scale:+.2f}" for n in sizes)
+    return Check(
+        claim,
+        _verdict([small, large]),
+        f"SpectReg's mean minus CP's: {trend}. At the smallest size SpectReg "
+        + ("leads" if small else "does not lead")
+        + "; at the largest its lead is "
+        + ("gone" if large else "still there")
+        + ".",
+    )
+
+
+def jacreg_below_its_peers(summaries: list, scale: float) -> Check:
+    """JacReg's mean below every other regularizer's at every size (the baseline is not a peer)."""
+    claim = "fig2_jacreg_worst"
+    by = cells_by_row_and_x(summaries)
+    if not any(s.row == "JacReg" for s in summaries):
+        return Check(
+            claim,
+            "not checked",
+            "JacReg is not in this profile: exact JacReg costs about 10× a plain step on these CPU cores, so it "
+            "is left for a GPU with Table 6.",
+        )
+    if waiting(summaries):
+        return _not_checked_yet(claim, summaries)
+    said, ok = [], []
+    for n, jr in sorted(by["JacReg"].items()):
+        peers = [cells[n] for row, cells in by.items() if row not in ("JacReg", "Baseline") and n in cells]
+        lowest = min(peers, key=lambda s: s.mean)
+        ok.append(jr.mean < lowest.mean)
+        said.append(f"N={n:g}: {(jr.mean - lowest.mean) * scale:+.2f} against {lowest.row}")
+    return Check(claim, _verdict(ok), "JacReg's mean against the lowest other regularizer: " + "; ".join(said) + ".")
+
+
+def effect_shrinks_but_stays(summaries: list, scale: float) -> Check:
+    """Each regularizer's gain over the baseline: smaller at the largest size than at the
+    smallest, and still positive at the largest size run."""
+    claim = "fig2_effect_shrinks_but_stays"
+    by = cells_by_row_and_x(summaries)
+    if waiting(summaries) or "Baseline" not in by:
+        return _not_checked_yet(claim, summaries)
+    base = by["Baseline"]
+    said, ok = [], []
+    for row, cells in by.items():
+        if row == "Baseline":
+            continue
+        sizes = sorted(set(cells) & set(base))
+        gain = {n: cells[n].mean - base[n].mean for n in sizes}
+        first, last = gain[sizes[0]], gain[sizes[-1]]
+        ok.append(last < first and last > 0)
+        said.append(f"{row} {first * scale:+.2f} at N={sizes[0]:g}, {last * scale:+.2f} at N={sizes[-1]:g}")
+    largest = max(base)
+    paper_largest = FACTS["figure2_largest_train_size_with_benefit"].value
+    note = (
+        f" The paper's largest size, {paper_largest:g}, is not in this profile (largest here: {largest:g})."
+        if isinstance(paper_largest, (int, float)) and largest < paper_largest
+        else ""
+    )
+    gains = "Gain of each regularizer's mean over the baseline's: " + "; ".join(said) + "."
+    return Check(claim, _verdict(ok), gains + note)
+
+
+FIG2_CHECKS = (
+    datagrad_best_at_every_size,
+    spectreg_lead_over_cp_evaporates,
+    jacreg_below_its_peers,
+    effect_shrinks_but_stays,
+)
+
+
+# --------------------------------------------------------------------------- Figure 4
+
+
+def _panels(summaries: list) -> dict[str, list]:
+    """``{"wd=…": [summary, …] by ascending λ}`` over the cells that have runs."""
+    return {row: [cells[x] for x in sorted(cells)] for row, cells in cells_by_row_and_x(summaries).items()}
+
+
+def _paper_tables_at_lambda_50() -> str:
+    """What the paper's own Table 4 prints for DataGrad at λ = 50, in this figure's setting."""
+    t4 = TABLES["table4"]
+    cells = [
+        f"{row}: {t4.cells[(row, 'DataGrad')].mean:.2f} against NoGR {t4.cells[(row, 'NoGR')].mean:.2f}"
+        for row in t4.row_labels
+        if t4.weights.get((row, "DataGrad"), {}).get("DataGrad") == 50
+    ]
+    return "; ".join(cells)
+
+
+def accuracy_rises_then_collapses(summaries: list, scale: float) -> Check:
+    """In every panel: the mean at the largest λ ≤ the transition above λ = 0's, and every
+    λ above the transition below λ = 0's (a collapse)."""
+    claim = "fig4_accuracy_rises_then_collapses"
+    if waiting(summaries):
+        return _not_checked_yet(claim, summaries)
+    transition = float(FACTS["figure4_phase_transition_datagrad_lambda"].value)  # type: ignore[arg-type]
+    said, rises, collapses = [], [], []
+    for row, ss in _panels(summaries).items():
+        zero = ss[0]
+        below = [s for s in ss[1:] if float(s.x) <= transition]
+        above = [s for s in ss if float(s.x) > transition]
+        best = max(ss, key=lambda s: s.mean)
+        rises.append(bool(below) and below[-1].mean > zero.mean)
+        collapses.append(bool(above) and all(s.mean < zero.mean for s in above))
+        curve = ", ".join(f"λ={s.x:g} {_pts(s.mean, scale)}" for s in ss)
+        said.append(f"{row}: {curve} (best λ={best.x:g})")
+    verdict = _verdict(rises + collapses)  # two halves per panel: the rise, and the collapse
+    words = "; ".join(said) + "."
+    if not any(collapses):
+        words += (
+            f" Nothing collapses above λ ≈ {transition:g}: no panel's mean at a λ above it falls below its "
+            "λ = 0 mean. The paper's own Table 4 (MNIST, 2000 training points, as here) prints DataGrad at "
+            f"λ = 50 above NoGR ({_paper_tables_at_lambda_50()}), so its text and its tables disagree here too."
+        )
+    return Check(claim, verdict, words)
+
+
+def no_wd_datagrad_shrinks_weights(summaries: list, scale: float) -> Check:
+    """Without weight decay, Σ‖w‖² falls at each step up the λ grid."""
+    claim = "fig4_no_wd_datagrad_shrinks_weights"
+    if waiting(summaries):
+        return _not_checked_yet(claim, summaries)
+    panels = {row: ss for row, ss in _panels(summaries).items() if row == "wd=0"}
+    if not panels:
+        return Check(claim, "not checked", "no panel without weight decay in this profile.")
+    ss = panels["wd=0"]
+    w = [s.weight_norm_sq for s in ss]
+    curve = ", ".join(f"λ={s.x:g} {v:.1f}" for s, v in zip(ss, w))
+    monotone, overall = is_strictly_decreasing(w), w[-1] < w[0]
+    verdict = "holds" if monotone else ("partly" if overall else "does not hold")
+    return Check(claim, verdict, f"Mean Σ‖w‖² without weight decay: {curve}.")
+
+
+def with_wd_counteracts_then_reinforces(summaries: list, scale: float) -> Check:
+    """With weight decay: Σ‖w‖² rises with λ up to the transition and falls above it."""
+    claim = "fig4_with_wd_counteracts_then_reinforces"
+    if waiting(summaries):
+        return _not_checked_yet(claim, summaries)
+    transition = float(FACTS["figure4_phase_transition_datagrad_lambda"].value)  # type: ignore[arg-type]
+    panels = {row: ss for row, ss in _panels(summaries).items() if row != "wd=0"}
+    if not panels:
+        return Check(claim, "not checked", "no panel with weight decay in this profile.")
+    said, ok = [], []
+    for row, ss in panels.items():
+        below = [s.weight_norm_sq for s in ss if float(s.x) <= transition]
+        above = [s.weight_norm_sq for s in ss if float(s.x) > transition]
+        rises = is_strictly_increasing(below)
+        falls = is_strictly_decreasing(below[-1:] + above)
+        ok += [rises, falls]
+        curve = ", ".join(f"λ={s.x:g} {s.weight_norm_sq:.1f}" for s in ss)
+        said.append(
+            f"{row}: {curve} (up to λ = {transition:g} it "
+            + ("rises" if rises else "does not rise throughout")
+            + "; above it it "
+            + ("falls" if falls else "does not fall throughout")
+            + ")"
+        )
+    return Check(claim, _verdict(ok), "Mean Σ‖w‖²: " + "; ".join(said) + ".")
+
+
+FIG4_CHECKS = (accuracy_rises_then_collapses, no_wd_datagrad_shrinks_weights, with_wd_counteracts_then_reinforces)
+
+CHECKS = {"fig2": FIG2_CHECKS, "fig4": FIG4_CHECKS}
+
+
+# --------------------------------------------------------------------------- the report's words
+
+
+def has_claims(name: str) -> bool:
+    return name in CHECKS
+
+
+def checks(name: str, summaries: list, scale: float) -> list[Check]:
+    return [check(summaries, scale) for check in CHECKS.get(name, ())]
+
+
+def tally(found: list[Check]) -> str:
+    """ "2 of 3 hold, 1 partly" -- the verdicts counted, for the index."""
+    counts = {v: sum(1 for c in found if c.verdict == v) for v in VERDICTS}
+    parts = [f"{counts[v]} {v}" for v in VERDICTS if counts[v]]
+    return f"the paper's {len(found)} claims about it: " + ", ".join(parts)
+
+
+def render(found: list[Check]) -> str:
+    """A Markdown table: the paper's sentence, what our cells show, the verdict."""
+    if not found:
+        return ""
+    lines = [
+        "Each sentence the paper writes about this figure, checked against the means of these runs (rules: "
+        "`gradreg/paper/claims.py`).",
+        "",
+        "| the paper says | these runs show | verdict (on the means) |",
+        "|---|---|---|",
+    ]
+    for c in found:
+        claim = CLAIMS[c.claim]
+        lines.append(f"| ({claim.source}) *{claim.quote}* | {c.evidence} | **{c.verdict}** |")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""The paper's sentences about Figures 2 and 4, checked against cells whose means were chosen
+so that each verdict and each number can be worked out by hand (and Welch's p by scipy)."""
+
+from __future__ import annotations
+
+import pytest
+from scipy import stats as sps
+
+from gradreg.paper.claims import (
+    accuracy_rises_then_collapses,
+    checks,
+    datagrad_best_at_every_size,
+    effect_shrinks_but_stays,
+    jacreg_below_its_peers,
+    no_wd_datagrad_shrinks_weights,
+    render,
+    spectreg_lead_over_cp_evaporates,
+    tally,
+    with_wd_counteracts_then_reinforces,
+)
+from gradreg.paper.numbers import CLAIMS
+from gradreg.sweep.report import CellSummary, render_markdown
+
+
+def cell(row, x, mean, weight_norm_sq=1.0, spread=0.001, n=2):
+    """A cell of two seeds at mean ± spread (n=0: not run yet)."""
+    test = [mean - spread, mean + spread][:n]
+    return CellSummary(
+        row=row,
+        col=f"{x:g}",
+        x=x,
+        lam=None,
+        n=len(test),
+        test=test,
+        dev_mean=mean,
+        candidates=[],
+        grad_norms={"train": 1.0, "test": 1.0, "off_manifold": 1.0},
+        weight_norm_sq=weight_norm_sq,
+        train_loss=0.1,
+        curve=[],
+        fit=None,
+    )
+
+
+# --------------------------------------------------------------------------- Figure 2
+
+FIG2 = {  # method: (mean at N=500, mean at N=10000)
+    "Baseline": (0.900, 0.980),
+    "DataGrad": (0.930, 0.985),
+    "SpectReg": (0.925, 0.982),
+    "CP": (0.915, 0.983),
+}
+
+
+def fig2_cells(means=FIG2):
+    return [cell(row, n, m) for row, (small, large) in means.items() for n, m in ((500, small), (10000, large))]
+
+
+def test_fig2_claims_hold_where_the_means_do_what_the_paper_says():
+    cells = fig2_cells()
+    best = datagrad_best_at_every_size(cells, 100)
+    welch = {
+        n: sps.ttest_ind(a, b, equal_var=False).pvalue
+        for n, a, b in (
+            (500, [0.929, 0.931], [0.924, 0.926]),  # DataGrad against SpectReg, the best other at 500
+            (10000, [0.984, 0.986], [0.982, 0.984]),  # against CP at 10000
+        )
+    }
+    assert best.verdict == "holds"
+    assert best.evidence == (
+        "DataGrad's mean against the best other curve: "
+        f"N=500: +0.50 over SpectReg (Welch p {welch[500]:.2g}); N=10000: +0.20 over CP (Welch p {welch[10000]:.2g})."
+    )
+    lead = spectreg_lead_over_cp_evaporates(cells, 100)
+    assert lead.verdict == "holds"
+    assert "N=500 +1.00, N=10000 -0.10" in lead.evidence
+    effect = effect_shrinks_but_stays(cells, 100)
+    assert effect.verdict == "holds"
+    assert "DataGrad +3.00 at N=500, +0.50 at N=10000; SpectReg +2.50 at N=500, +0.20 at N=10000" in effect.evidence
+    assert "The paper's largest size, 20000, is not in this profile (largest here: 10000)." in effect.evidence
+    jac = jacreg_below_its_peers(cells, 100)
+    assert jac.verdict == "not checked" and "Table 6" in jac.evidence
+
+
+def test_fig2_claims_fail_where_the_means_do_not():
+    means = dict(FIG2) | {"SpectReg": (0.935, 0.984), "CP": (0.915, 0.979)}  # SpectReg best at 500, CP < baseline
+    cells = fig2_cells(means)
+    best = datagrad_best_at_every_size(cells, 100)
+    assert best.verdict == "partly" and "N=500: -0.50 over SpectReg" in best.evidence
+    lead = spectreg_lead_over_cp_evaporates(cells, 100)
+    assert lead.verdict == "partly" and "N=10000 +0.50" in lead.evidence and "still there" in lead.evidence
+    effect = effect_shrinks_but_stays(cells, 100)
+    assert effect.verdict == "partly" and "CP +1.50 at N=500, -0.10 at N=10000" in effect.evidence
+    with_jacreg = cells + [cell("JacReg", 500, 0.91), cell("JacReg", 10000, 0.990)]
+    jac = jacreg_below_its_peers(with_jacreg, 100)  # below CP at 500 (-0.50), above every peer at 10000
+    assert jac.verdict == "partly" and "N=500: -0.50 against CP" in jac.evidence
+
+
+def test_a_claim_waits_for_cells_not_run_and_names_them():
+    cells = fig2_cells()
+    cells[0] = cell("Baseline", 500, 0.9, n=0)
+    found = checks("fig2", cells, 100)
+    assert [c.verdict for c in found] == ["not checked"] * 4
+    assert found[0].evidence == "waits for 1 cell(s) not run yet: Baseline / 500."
+
+
+# --------------------------------------------------------------------------- Figure 4
+
+LAMS = (0, 0.01, 1, 10, 50, 100)
+
+
+def panel(row, accs, weights):
+    return [cell(row, lam, a, w) for lam, a, w in zip(LAMS, accs, weights)]
+
+
+def test_fig4_without_a_collapse_the_rise_holds_and_the_collapse_is_said_not_to():
+    cells = panel("wd=0", [0.9725, 0.9727, 0.974, 0.976, 0.978, 0.977], [200, 190, 150, 100, 60, 40]) + panel(
+        "wd=0.0005", [0.9736, 0.974, 0.975, 0.977, 0.9784, 0.976], [50, 55, 60, 70, 65, 50]
+    )
+    acc = accuracy_rises_then_collapses(cells, 100)
+    assert acc.verdict == "partly"  # both panels rise to λ=10; neither falls below λ=0 at 50 or 100
+    assert "wd=0: λ=0 97.25, λ=0.01 97.27, λ=1 97.40, λ=10 97.60, λ=50 97.80, λ=100 97.70 (best λ=50)" in acc.evidence
+    assert "Nothing collapses above λ ≈ 20" in acc.evidence
+    # the paper's own Table 4 (both rows at λ = 50), as printed
+    assert "no WD: 97.95 against NoGR 97.25; WD=0.0005: 97.92 against NoGR 97.40" in acc.evidence
+    shrink = no_wd_datagrad_shrinks_weights(cells, 100)
+    assert shrink.verdict == "holds"
+    assert shrink.evidence == (
+        "Mean Σ‖w‖² without weight decay: λ=0 200.0, λ=0.01 190.0, λ=1 150.0, λ=10 100.0, λ=50 60.0, λ=100 40.0."
+    )
+    wd = with_wd_counteracts_then_reinforces(cells, 100)
+    assert wd.verdict == "holds" and "(up to λ = 20 it rises; above it it falls)" in wd.evidence
+
+
+def test_fig4_claims_hold_on_a_collapse_and_fail_on_the_opposite_trends():
+    cells = panel("wd=0", [0.9725, 0.973, 0.975, 0.976, 0.960, 0.950], [200, 210, 150, 160, 60, 40]) + panel(
+        "wd=0.0005", [0.9736, 0.973, 0.974, 0.975, 0.970, 0.969], [50, 45, 40, 35, 30, 25]
+    )
+    acc = accuracy_rises_then_collapses(cells, 100)
+    assert acc.verdict == "holds" and "Nothing collapses" not in acc.evidence
+    assert no_wd_datagrad_shrinks_weights(cells, 100).verdict == "partly"  # 200 → 40, but 190 → 210 on the way
+    wd = with_wd_counteracts_then_reinforces(cells, 100)
+    assert wd.verdict == "partly" and "it does not rise throughout; above it it falls" in wd.evidence
+    rising = panel("wd=0", [0.97] * 6, [10, 20, 30, 40, 50, 60])
+    assert no_wd_datagrad_shrinks_weights(rising, 100).verdict == "does not hold"
+
+
+def test_fig4_report_prints_each_sentence_with_its_verdict_and_the_index_counts_them():
+    cells = panel("wd=0", [0.9725, 0.9727, 0.974, 0.976, 0.978, 0.977], [200, 190, 150, 100, 60, 40]) + panel(
+        "wd=0.0005", [0.9736, 0.974, 0.975, 0.977, 0.9784, 0.976], [50, 55, 60, 70, 65, 50]
+    )
+    plan = {"name": "fig4", "title": "t", "metric": "accuracy", "kind": "figure", "cells": [], "seeds": [1, 2]}
+    md = render_markdown(plan, cells, [], [])
+    section = md.split("## The paper's claims about this figure, checked\n\n")[1].split("\n\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| (")]
+    assert len(rows) == 3
+    for row, key in zip(
+        rows,
+        (
+            "fig4_accuracy_rises_then_collapses",
+            "fig4_no_wd_datagrad_shrinks_weights",
+            "fig4_with_wd_counteracts_then_reinforces",
+        ),
+    ):
+        assert CLAIMS[key].quote in row
+    assert [r.rsplit("**", 2)[1] for r in rows] == ["partly", "holds", "holds"]
+    assert tally(checks("fig4", cells, 100)) == "the paper's 3 claims about it: 2 holds, 1 partly"
+    assert render([]) == ""
+
+
+@pytest.mark.parametrize("key", sorted(CLAIMS))
+def test_every_claim_has_a_check_on_its_figure(key):
+    from gradreg.paper.claims import CHECKS
+
+    checked = {c(fig2_cells() if CLAIMS[key].figure == "fig2" else [], 100).claim for c in CHECKS[CLAIMS[key].figure]}
+    assert key in checked
