@@ -145,7 +145,7 @@ def test_fig4_claims_hold_on_a_collapse_and_fail_on_the_opposite_trends():
     assert no_wd_datagrad_shrinks_weights(rising, 100).verdict == "does not hold"
 
 
-def test_fig4_report_prints_each_sentence_with_its_verdict_and_the_index_counts_them():
+def test_fig4_report_prints_each_sentence_with_its_verdict_and_the_index_counts_them(tmp_path):
     cells = panel("wd=0", [0.9725, 0.9727, 0.974, 0.976, 0.978, 0.977], [200, 190, 150, 100, 60, 40]) + panel(
         "wd=0.0005", [0.9736, 0.974, 0.975, 0.977, 0.9784, 0.976], [50, 55, 60, 70, 65, 50]
     )
@@ -166,6 +166,10 @@ def test_fig4_report_prints_each_sentence_with_its_verdict_and_the_index_counts_
     assert [r.rsplit("**", 2)[1] for r in rows] == ["partly", "holds", "holds"]
     assert tally(checks("fig4", cells, 100)) == "the paper's 3 claims about it: 2 holds, 1 partly"
     assert render([]) == ""
+    from gradreg.sweep.figures import draw_figures
+
+    (png,) = draw_figures(plan, cells, tmp_path, stem="fig4.published")  # two panels: one row of two
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("key", sorted(CLAIMS))

@@ -131,7 +131,9 @@ def fig3_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
 def fig4_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
     plt = _plt()
     rows = list(dict.fromkeys(s.row for s in summaries))
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), squeeze=False)
+    ncols = min(3, max(1, len(rows)))  # the paper's six panels as 2 x 3; fewer panels, fewer axes
+    nrows = max(1, math.ceil(len(rows) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.25 * nrows + 0.5), squeeze=False)
     transition = FACTS["figure4_phase_transition_datagrad_lambda"].value
     for ax, row in zip(axes.flat, rows):
         ss = sorted((s for s in summaries if s.row == row), key=lambda s: s.x or 0)
