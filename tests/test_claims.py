@@ -119,8 +119,11 @@ def test_fig4_without_a_collapse_the_rise_holds_and_the_collapse_is_said_not_to(
     )
     acc = accuracy_rises_then_collapses(cells, 100)
     assert acc.verdict == "partly"  # both panels rise to λ=10; neither falls below λ=0 at 50 or 100
-    assert "wd=0: λ=0 97.25, λ=0.01 97.27, λ=1 97.40, λ=10 97.60, λ=50 97.80, λ=100 97.70 (best λ=50)" in acc.evidence
-    assert "Nothing collapses above λ ≈ 20" in acc.evidence
+    assert (
+        "wd=0: λ=0 97.25, λ=0.01 97.27, λ=1 97.40, λ=10 97.60, λ=50 97.80, λ=100 97.70 "
+        "(best at λ = 50, then not below λ = 0's up to λ = 100)" in acc.evidence
+    )
+    assert "is: wd=0 beyond the grid, wd=0.0005 beyond the grid." in acc.evidence
     # the paper's own Table 4 (both rows at λ = 50), as printed
     assert "no WD: 97.95 against NoGR 97.25; WD=0.0005: 97.92 against NoGR 97.40" in acc.evidence
     shrink = no_wd_datagrad_shrinks_weights(cells, 100)
@@ -137,7 +140,12 @@ def test_fig4_claims_hold_on_a_collapse_and_fail_on_the_opposite_trends():
         "wd=0.0005", [0.9736, 0.973, 0.974, 0.975, 0.970, 0.969], [50, 45, 40, 35, 30, 25]
     )
     acc = accuracy_rises_then_collapses(cells, 100)
-    assert acc.verdict == "holds" and "Nothing collapses" not in acc.evidence
+    assert acc.verdict == "holds" and "is not around" not in acc.evidence
+    assert "(best at λ = 10, then below λ = 0's at λ = 50)" in acc.evidence
+    late = panel("wd=0", [0.9709, 0.9725, 0.9752, 0.9778, 0.9780, 0.9580], [1] * 6)  # our runs' shape
+    acc = accuracy_rises_then_collapses(late, 100)
+    assert acc.verdict == "partly" and "(best at λ = 50, then below λ = 0's at λ = 100)" in acc.evidence
+    assert "The collapse is not around λ = 20 here" in acc.evidence and "is: wd=0 at λ = 100." in acc.evidence
     assert no_wd_datagrad_shrinks_weights(cells, 100).verdict == "partly"  # 200 → 40, but 190 → 210 on the way
     wd = with_wd_counteracts_then_reinforces(cells, 100)
     assert wd.verdict == "partly" and "it does not rise throughout; above it it falls" in wd.evidence
