@@ -3,6 +3,8 @@ so that each verdict and each number can be worked out by hand (and Welch's p by
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from scipy import stats as sps
 
@@ -96,6 +98,18 @@ def test_fig2_claims_fail_where_the_means_do_not():
     with_jacreg = cells + [cell("JacReg", 500, 0.91), cell("JacReg", 10000, 0.990)]
     jac = jacreg_below_its_peers(with_jacreg, 100)  # below CP at 500 (-0.50), above every peer at 10000
     assert jac.verdict == "partly" and "N=500: -0.50 against CP" in jac.evidence
+
+
+def test_fig2_report_says_when_its_lambdas_were_not_tuned_per_size():
+    plan = {"name": "fig2", "title": "t", "metric": "accuracy", "kind": "figure", "cells": [], "seeds": [1, 2]}
+    md = render_markdown(plan, fig2_cells(), [], [])
+    assert "## The paper's claims about this figure, checked" in md
+    assert "the paper tuned each point of its Figure 2 on the dev set" in md
+    tuned = fig2_cells()
+    tuned[2] = dataclasses.replace(
+        tuned[2], candidates=[{"lambda": lam, "n": 2, "dev_mean": 0.9, "test_mean": 0.9} for lam in (1.0, 10.0)]
+    )
+    assert "the paper tuned each point" not in render_markdown(plan, tuned, [], [])
 
 
 def test_a_claim_waits_for_cells_not_run_and_names_them():
