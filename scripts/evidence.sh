@@ -16,7 +16,7 @@ if [ -z "${GRADREG_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
 fi
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-  names=(table7 fig5 fig6 sin2 table1 table2 table4 fastgr_sin fig4 fig2 fastgr)
+  names=(table7 fig5 fig6 sin2 table1 table2 table4 fastgr_sin fig4 fig2 fig2_lambda fastgr hidden)
 fi
 for name in "${names[@]}"; do
   echo "== $name $(date -u +%FT%TZ)"

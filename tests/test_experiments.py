@@ -165,6 +165,40 @@ def test_fastgr_report_says_what_each_lazy_cell_does_against_exact():
     )
 
 
+def test_fig2_lambda_report_says_which_weight_the_dev_set_picks_and_what_lambda_50_loses():
+    from gradreg.sweep.report import render_markdown
+
+    # dev picks 10 (0.990 > 0.985 > 0.980), test: Baseline 0.985, λ=10 0.987, λ=50 0.980
+    values = {"b": (0.970, [0.984, 0.986]), "10": (0.990, [0.986, 0.988]), "50": (0.980, [0.979, 0.981])}
+    values["20"] = (0.985, [0.988, 0.990])  # the best test mean, not picked: dev says 10
+    rows, runs = {}, {}
+    for k, (dev, tests) in values.items():
+        runs[k] = [f"{k}-{i}" for i in range(2)]
+        rows |= {key: _row(key, dev, t) for key, t in zip(runs[k], tests)}
+    for key, row in rows.items():  # training loss: Baseline 0.001, rising with λ
+        row["metrics"]["train_loss"] = {"b": 0.001, "10": 0.01, "20": 0.02, "50": 0.2}[key.split("-")[0]]
+    cand = {lam: {"lambda": float(lam), "runs": runs[lam]} for lam in ("10", "20", "50")}
+    cells = [{"row": "10000", "col": "Baseline", "x": None, "candidates": [{"lambda": None, "runs": runs["b"]}]}]
+    cells += [{"row": "10000", "col": f"DataGrad λ={k}", "x": None, "candidates": [c]} for k, c in cand.items()]
+    cells.append({"row": "10000", "col": "tuned", "x": None, "candidates": list(cand.values())})
+    plan = {"name": "fig2_lambda", "title": "t", "metric": "accuracy", "kind": "table", "baseline_col": "Baseline"}
+    plan |= {"cells": cells, "seeds": [1, 2]}
+    summaries = [summarize_cell(c, rows, "accuracy") for c in cells]
+    tests = significance(summaries, plan)
+    md = render_markdown(plan, summaries, tests, list(rows.values()))
+    section = md.split("## What the comparisons show\n\n")[1].split("\n\n")[0]
+    p_tuned = next(t[5] for t in tests if t[0][1] == "tuned")
+    assert section == (
+        "- The dev set picks λ = 10, the smallest weight tried (smaller ones were not): test 98.70 (0.14), +0.20 "
+        f"points against the Baseline's 98.50 (p adjusted {p_tuned:.3g}).\n"
+        "- The best test mean among the fixed weights is λ = 20's, 98.90.\n"
+        "- Training loss (the data term over the last training steps): Baseline 0.001, λ = 10 0.01, λ = 20 0.02, "
+        "λ = 50 0.2. The stronger the weight, the higher the training loss after the run's steps.\n"
+        "- Figure 2's point here, λ = 50 (the weight published for 2000 points), scores 98.00: -0.70 against the "
+        "dev-tuned weight."
+    )
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -240,3 +274,40 @@ def test_cli_run_fig5_quick_end_to_end(tmp_path, capsys, monkeypatch):
     assert "fig5 (quick profile): trained 5 runs" in out
     assert (tmp_path / "fig5.quick.png").exists() and (tmp_path / "fig5.quick.md").exists()
     assert "made by: `gradreg run fig5 --profile quick" in (tmp_path / "fig5.quick.md").read_text()
+
+
+def test_fig2_lambda_shares_figure_2s_runs_and_tunes_over_its_own_fixed_columns():
+    check, fig2 = build("fig2_lambda", "published"), build("fig2", "published")
+    assert check.seeds == fig2.seeds == (1, 2, 3)
+
+    def keys(cell):
+        return {run_key(cfg.replace(seed=s).to_dict()) for _, cfg in cell.candidates for s in check.seeds}
+
+    at_10k = {c.row: keys(c) for c in fig2.cells if c.col == "10000"}
+    cells = {c.col: c for c in check.cells}
+    assert keys(cells["Baseline"]) == at_10k["Baseline"]  # shared: trained once, by either experiment
+    assert keys(cells["DataGrad λ=50"]) == at_10k["DataGrad"]
+    fixed = [c for col, c in cells.items() if col.startswith("DataGrad λ=")]
+    assert [c.candidates[0][0] for c in fixed] == [5, 10, 20, 50]
+    tuned = cells["DataGrad, λ tuned on dev"]
+    assert tuned.candidates == tuple(c.candidates[0] for c in fixed)  # no run of its own
+    assert all(cfg.train_size == 10_000 for c in check.cells for _, cfg in c.candidates)
+    # 3 seeds x (Baseline + 4 lambdas); 6 of the 15 are Figure 2's
+    own = {run_key(c.to_dict()) for c in check.runs()} - {run_key(c.to_dict()) for c in fig2.runs()}
+    assert len(check.runs()) == 15 and len(own) == 9
+
+
+def test_training_loss_rises_with_the_weight_only_when_every_step_rises():
+    from gradreg.paper.explanations import rises
+
+    def cells(losses):  # (λ, training loss), given out of order
+        return [dataclasses.replace(_summary(), lam=lam, train_loss=loss) for lam, loss in losses]
+
+    assert rises(cells([(50, 0.2), (5, 0.01), (20, 0.02)]))
+    assert not rises(cells([(50, 0.2), (5, 0.01), (20, 0.3)]))  # 20 above 50
+    assert not rises(cells([(5, 0.01)]))  # one weight shows no trend
+
+
+def _summary():
+    cell = {"row": "r", "col": "c", "x": None, "candidates": [{"lambda": 1.0, "runs": ["a"]}]}
+    return summarize_cell(cell, {"a": _row("a", 0.9, 0.9)}, "accuracy")

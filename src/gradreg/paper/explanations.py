@@ -139,7 +139,60 @@ def _figure_claims(plan: dict, summaries: list, scale: float) -> str:
             "point of its Figure 2 on the dev set (its caption). A size where that λ is far from its own best can "
             "put a curve lower than the paper's."
         )
+        datagrad, baseline = training_loss_by_size(summaries, "DataGrad"), training_loss_by_size(summaries, "Baseline")
+        if datagrad and baseline:
+            words += (
+                f" DataGrad's training loss (the data term over the last training steps) is {datagrad}; the "
+                f"Baseline's is {baseline}. DataGrad penalizes the input gradient of that loss, which fades as the "
+                "loss goes to zero: where the network fits its training set in the run's steps, the penalty fades "
+                "with it; where it does not, the same λ keeps pulling. `gradreg run fig2_lambda` trains DataGrad at "
+                "the largest size with smaller weights and tunes among them on the dev set (report: "
+                "fig2_lambda.PROFILE.md)."
+            )
     return words
+
+
+def training_loss_by_size(summaries: list, row: str) -> str:
+    """``row``'s training loss at each size it was run at, smallest size first ("" if none)."""
+    cells = sorted((s for s in summaries if s.row == row and s.n and s.x is not None), key=lambda s: s.x)
+    return ", ".join(f"{s.train_loss:.2g} at N={s.x:g}" for s in cells)
+
+
+def _fig2_lambda(plan: dict, summaries: list, scale: float) -> str:
+    """Which DataGrad weight the dev set picks at Figure 2's largest size, against the Baseline
+    and against Figure 2's point there (the published lambda, 50)."""
+    base = next((s for s in summaries if s.col == plan.get("baseline_col") and s.n), None)
+    tuned = next((s for s in summaries if len(s.candidates) > 1 and s.n), None)
+    fixed = [s for s in summaries if s is not base and s is not tuned and s.n]
+    if base is None or tuned is None or not fixed:
+        return ""
+    best = max(fixed, key=lambda s: s.mean)
+    at_50 = next((s for s in fixed if s.lam == 50), None)
+    edge = min(c["lambda"] for c in tuned.candidates)
+    said = [
+        f"The dev set picks λ = {tuned.lam:g}"
+        + (", the smallest weight tried (smaller ones were not)" if tuned.lam == edge else "")
+        + f": test {tuned.mean * scale:.2f} ({tuned.std * scale:.2f}), {(tuned.mean - base.mean) * scale:+.2f} "
+        f"points against the Baseline's {base.mean * scale:.2f}"
+        + (f" (p adjusted {tuned.p_adj:.3g})." if tuned.p_adj is not None else "."),
+        f"The best test mean among the fixed weights is λ = {best.lam:g}'s, {best.mean * scale:.2f}.",
+        "Training loss (the data term over the last training steps): Baseline "
+        + ", ".join([f"{base.train_loss:.2g}"] + [f"λ = {s.lam:g} {s.train_loss:.2g}" for s in fixed])
+        + "."
+        + (" The stronger the weight, the higher the training loss after the run's steps." if rises(fixed) else ""),
+    ]
+    if at_50 is not None:
+        said.append(
+            f"Figure 2's point here, λ = 50 (the weight published for 2000 points), scores {at_50.mean * scale:.2f}: "
+            f"{(at_50.mean - tuned.mean) * scale:+.2f} against the dev-tuned weight."
+        )
+    return "\n".join(f"- {x}" for x in said)
+
+
+def rises(cells: list) -> bool:
+    """Whether the training loss rises strictly with the weight across ``cells``."""
+    losses = [s.train_loss for s in sorted(cells, key=lambda s: s.lam)]
+    return len(losses) > 1 and all(a < b for a, b in zip(losses, losses[1:]))
 
 
 # what an experiment's comparisons show: beyond the paper, against its baseline column; for the
@@ -147,6 +200,7 @@ def _figure_claims(plan: dict, summaries: list, scale: float) -> str:
 FINDINGS: dict[str, Callable[[dict, list, float], str]] = {
     "fastgr": _fastgr,
     "fig2": _figure_claims,
+    "fig2_lambda": _fig2_lambda,
     "fig4": _figure_claims,
 }
 

@@ -135,6 +135,7 @@ def write_index(out_dir: Path, profile: str = "published", readme: Path | None =
         "table4",
         "table7",
         "fig2",
+        "fig2_lambda",
         "fig4",
         "fig5",
         "fig6",
