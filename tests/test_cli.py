@@ -8,6 +8,7 @@ import dataclasses
 import gzip
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -302,6 +303,8 @@ def test_every_differing_cell_gets_words_and_unexplained_ones_say_so():
     text = explain({"name": "table1"}, [], [bn, other], 100.0)
     assert "LeNet Batchnorm / DataGrad (97.25 against 96.89): not established" in text
     assert "bn_batch_stats_at_eval" in text and "scripts/bn_eval_check.py" in text
+    assert "scripts/bn_stale_stats_check.py" in text  # the second candidate, ruled out by a script that exists
+    assert (Path(__file__).parents[1] / "scripts" / "bn_stale_stats_check.py").is_file()
     assert "Not yet explained: LeNet Dropout / NoGR." in text
     assert explain({"name": "table2"}, [], [other], 100.0).startswith("Not yet explained: LeNet Dropout / NoGR.")
 

@@ -41,7 +41,11 @@ def _table1(plan: dict, summaries: list, differs: list, scale: float) -> str:
             "normalized with the current batch's statistics at evaluation too (docs/settings.md). A check "
             "(`scripts/bn_eval_check.py`: this cell's config at 3000 steps, seeds 1 and 2, evaluated both ways in "
             "batches of 1000) moved test accuracy by -0.09 and +0.01 points, far less than this gap, so that "
-            "setting does not explain it unless the original evaluated in much smaller batches. Another "
+            "setting does not explain it unless the original evaluated in much smaller batches. A second "
+            "candidate, moving averages that TensorFlow code never updates (its `UPDATE_OPS` not run, so "
+            "evaluation normalizes with mean 0 and variance 1), misses the other way: it costs far more than the gap "
+            "(`scripts/bn_stale_stats_check.py`: at the paper's 10k steps, seeds 1 and 2, NoGR and DataGrad lost "
+            "3-23 points, against the row's 0.19-0.36 here). Another "
             "observation, not an explanation: the paper's BatchNorm NoGR (96.89) sits below its unregularized "
             "NoGR (96.99), while ours sits above"
             + (f" ({nogr.mean * scale:.2f})" if nogr is not None else "")
