@@ -288,13 +288,13 @@ def test_fig2_lambda_shares_figure_2s_runs_and_tunes_over_its_own_fixed_columns(
     assert keys(cells["Baseline"]) == at_10k["Baseline"]  # shared: trained once, by either experiment
     assert keys(cells["DataGrad λ=50"]) == at_10k["DataGrad"]
     fixed = [c for col, c in cells.items() if col.startswith("DataGrad λ=")]
-    assert [c.candidates[0][0] for c in fixed] == [5, 10, 20, 50]
+    assert [c.candidates[0][0] for c in fixed] == [2, 5, 10, 20, 50]
     tuned = cells["DataGrad, λ tuned on dev"]
     assert tuned.candidates == tuple(c.candidates[0] for c in fixed)  # no run of its own
     assert all(cfg.train_size == 10_000 for c in check.cells for _, cfg in c.candidates)
-    # 3 seeds x (Baseline + 4 lambdas); 6 of the 15 are Figure 2's
+    # 3 seeds x (Baseline + 5 lambdas); 6 of the 18 are Figure 2's
     own = {run_key(c.to_dict()) for c in check.runs()} - {run_key(c.to_dict()) for c in fig2.runs()}
-    assert len(check.runs()) == 15 and len(own) == 9
+    assert len(check.runs()) == 18 and len(own) == 12
 
 
 def test_training_loss_rises_with_the_weight_only_when_every_step_rises():

@@ -409,7 +409,7 @@ def fig3(p: Profile, device: str) -> Experiment:
 
 
 FIG2_CHECK_SIZE = 10_000  # where DataGrad at the published lambda fell below the Baseline
-FIG2_CHECK_LAMBDAS = (5, 10, 20, 50)  # below the published 50, on the paper's grid
+FIG2_CHECK_LAMBDAS = (2, 5, 10, 20, 50)  # below the published 50, on the paper's grid
 
 
 def fig2_lambda(p: Profile, device: str) -> Experiment:
