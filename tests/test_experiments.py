@@ -298,14 +298,14 @@ def test_fig2_lambda_shares_figure_2s_runs_and_tunes_over_its_own_fixed_columns(
 
 
 def test_training_loss_rises_with_the_weight_only_when_every_step_rises():
-    from gradreg.paper.explanations import rises
+    from gradreg.paper.explanations import train_loss_rises_with_lambda
 
     def cells(losses):  # (λ, training loss), given out of order
         return [dataclasses.replace(_summary(), lam=lam, train_loss=loss) for lam, loss in losses]
 
-    assert rises(cells([(50, 0.2), (5, 0.01), (20, 0.02)]))
-    assert not rises(cells([(50, 0.2), (5, 0.01), (20, 0.3)]))  # 20 above 50
-    assert not rises(cells([(5, 0.01)]))  # one weight shows no trend
+    assert train_loss_rises_with_lambda(cells([(50, 0.2), (5, 0.01), (20, 0.02)]))
+    assert not train_loss_rises_with_lambda(cells([(50, 0.2), (5, 0.01), (20, 0.3)]))  # 20 above 50
+    assert not train_loss_rises_with_lambda(cells([(5, 0.01)]))  # one weight shows no trend
 
 
 def _summary():

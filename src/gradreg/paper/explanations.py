@@ -183,7 +183,11 @@ def _fig2_lambda(plan: dict, summaries: list, scale: float) -> str:
         "Training loss (the data term over the last training steps): Baseline "
         + ", ".join([f"{base.train_loss:.2g}"] + [f"λ = {s.lam:g} {s.train_loss:.2g}" for s in fixed])
         + "."
-        + (" The stronger the weight, the higher the training loss after the run's steps." if rises(fixed) else ""),
+        + (
+            " The stronger the weight, the higher the training loss after the run's steps."
+            if train_loss_rises_with_lambda(fixed)
+            else ""
+        ),
     ]
     if at_50 is not None:
         said.append(
@@ -193,7 +197,7 @@ def _fig2_lambda(plan: dict, summaries: list, scale: float) -> str:
     return "\n".join(f"- {x}" for x in said)
 
 
-def rises(cells: list) -> bool:
+def train_loss_rises_with_lambda(cells: list) -> bool:
     """Whether the training loss rises strictly with the weight across ``cells``."""
     losses = [s.train_loss for s in sorted(cells, key=lambda s: s.lam)]
     return len(losses) > 1 and all(a < b for a, b in zip(losses, losses[1:]))
