@@ -20,12 +20,9 @@ What DDP changes for the penalties, and what it does not:
 - Random projections: each rank draws from its own generator, seeded by (seed, rank), so the
   ranks' r are independent (``projection="example"``: like one process drawing per example;
   ``"batch"``: each shard gets its own r -- seed every rank alike to share one r).
-- Teardown: ``torch._dynamo`` is imported before ``init_process_group``. DDP imports it lazily
-  on its first construction, and imported after ``init_process_group`` it keeps references to the
-  default group (torch 2.13), so ``destroy_process_group`` cannot free the gloo backend and its
-  worker threads outlive it. One of them can then release a finished collective at interpreter
-  exit, take the GIL, and abort the rank (SIGABRT, "terminate called without an active exception",
-  2 of over 300 launches on 2 CPU cores). Imported first, ``destroy_process_group`` joins those threads.
+- Teardown: ``torch._dynamo`` is imported before ``init_process_group``, and the DDP wrapper is
+  gone (``train`` has returned) before ``destroy_process_group``; otherwise gloo's threads can
+  outlive the group and abort a rank at exit (torch 2.13; docs/dropin.md, DDP, "Teardown").
 - BatchNorm (not in this LeNet): in training mode it couples the examples of each rank's
   shard; ``nn.SyncBatchNorm.convert_sync_batchnorm(model)`` couples the whole global batch
   instead. Either way the penalties use gradients of batch sums (docs/dropin.md).

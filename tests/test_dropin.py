@@ -590,7 +590,7 @@ def _ddp_grads(rank):
 
 def _ddp_worker(rank, port, out_dir):
     torch.set_num_threads(1)
-    importlib.import_module("torch._dynamo")  # before init_process_group, as examples/ddp_launch.py explains
+    importlib.import_module("torch._dynamo")  # before init_process_group: docs/dropin.md, DDP, "Teardown"
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         torch.save(_ddp_grads(rank), os.path.join(out_dir, f"rank{rank}.pt"))
@@ -640,7 +640,7 @@ def test_ddp_two_gloo_processes_match_one_process_on_the_full_batch(tmp_path):
     assert not torch.allclose(ranks[0]["spectreg_example"][0], ranks[0]["spectreg_batch"][0])
     # Teardown: destroy_process_group freed the gloo backend and joined its worker threads, so
     # none can release a collective while the interpreter exits (the abort that
-    # examples/ddp_launch.py's docstring describes). The check can fail: it did, on torch 2.13,
+    # docs/dropin.md's DDP "Teardown" item describes). The check can fail: it did, on torch 2.13,
     # with torch._dynamo imported after init_process_group (the threads were still there 10 s on).
     if sys.platform == "linux":
         for r in (0, 1):
