@@ -1,7 +1,8 @@
 """The evidence index and the README's headline table, rebuilt from the committed run records.
 
-The numbers are checked against an independent computation: each cell's mean and std straight
-from the JSON lines, and the verdict from scipy's t-tests with Bonferroni over the table."""
+The index's cells are checked against an independent computation: each cell's mean and std
+straight from the JSON lines, and the verdict from scipy's t-tests with Bonferroni over the
+table. The README's headline, one row per experiment, is checked against those cells."""
 
 import json
 import math
@@ -27,10 +28,14 @@ def _block(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("evidence")
+    """``ROOT``'s layout in a temporary directory: ``results/`` (the store, rebuilt from the
+    committed records, and its index) beside a README with a headline block to fill."""
+    root = tmp_path_factory.mktemp("checkout")
+    out = root / "results"
+    out.mkdir()
     with Store(out / "gradreg.sqlite") as store:
         assert import_records(store, RECORDS) > 0
-    readme = out / "README.copy.md"
+    readme = root / "README.copy.md"
     readme.write_text(f"intro\n{HEADLINE_BEGIN}\nold\n{HEADLINE_END}\nrest\n")
     write_index(out, "published", readme)
     return out, readme.read_text()
@@ -44,20 +49,32 @@ def test_the_readme_headline_is_what_the_committed_records_give(rebuilt):
     )
 
 
-def _rows(text: str) -> dict:
-    rows = {}
-    for line in _block(text).splitlines():
-        parts = [p.strip() for p in line.strip("|").split("|")]
-        if len(parts) == 6 and parts[0] not in ("experiment", "---"):
-            rows[(parts[0], parts[1])] = parts
+def _table(lines, width: int) -> list[list[str]]:
+    """The body rows of the Markdown tables in ``lines`` that have ``width`` columns."""
+    rows = []
+    for line in lines:
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(parts) == width and parts[0] not in ("experiment", "---"):
+            rows.append(parts)
     return rows
 
 
-def test_each_headline_cell_matches_an_independent_computation(rebuilt):
+def _cells(out: Path) -> dict:
+    """The index's cell-by-cell table: (experiment, "row / col") -> its six columns."""
+    section = (out / "README.md").read_text().split("## Ours against the paper, cell by cell", 1)[1]
+    return {(r[0], r[1]): r for r in _table(section.splitlines(), 6)}
+
+
+def _headline(text: str) -> dict:
+    """The README headline: experiment -> (experiment, what it checks, verdict, n, report link)."""
+    return {r[0]: r for r in _table(_block(text).splitlines(), 5)}
+
+
+def test_each_index_cell_matches_an_independent_computation(rebuilt):
     """Table 1's unregularized NoGR cell (Welch against the paper's mean, std, n=10) and Table
     7's lambda=0.01 cell (one-sample t-test: the paper prints no std), from the raw records."""
-    _, text = rebuilt
-    rows = _rows(text)
+    out, _ = rebuilt
+    rows = _cells(out)
     records = [json.loads(line) for line in (RECORDS / "runs.jsonl").read_text().splitlines()]
 
     def scores(pred, scale):
@@ -109,6 +126,37 @@ def test_each_headline_cell_matches_an_independent_computation(rebuilt):
     m7 = sum(1 for k in rows if k[0] == "table7")
     p = sps.ttest_1samp(sin, TABLES["table7"].cells[("SpectReg", "0.01")].mean).pvalue
     assert not math.isnan(p) and got[5] == ("differs" if p * m7 < 0.05 else "consistent")
+
+
+def test_the_headline_has_one_row_per_experiment_with_the_verdicts_of_its_cells(rebuilt):
+    """One row per indexed experiment; a table's verdict counts its cells' verdicts in the
+    index (checked against scipy above), n is the seeds per cell in the records (10 for Table
+    1, 3 for Figure 2), and every report link opens a committed report."""
+    out, text = rebuilt
+    head, cells = _headline(text), _cells(out)
+    indexed = [r[0].split(":", 1)[0] for r in _table((out / "README.md").read_text().splitlines(), 5) if r[1] != "0"]
+    assert list(head) == indexed and {"table1", "table7", "fig2"} <= set(head)
+    for name in {k[0] for k in cells}:
+        verdicts = [r[5] for k, r in cells.items() if k[0] == name]
+        n, differ = len(verdicts), verdicts.count("differs")
+        assert n and set(verdicts) <= {"consistent", "differs"}
+        want = (
+            f"all {n} cells consistent with the paper"
+            if not differ
+            else f"all {n} cells differ from the paper"
+            if differ == n
+            else f"{n - differ} of {n} cells consistent, {differ} differ{'s' if differ == 1 else ''}"
+        )
+        assert head[name][2] == want, name
+    assert head["table1"][2] == "8 of 9 cells consistent, 1 differs"  # the BatchNorm DataGrad cell
+    assert head["fig2"][2].startswith("the paper's 4 claims: ")
+    records = [json.loads(line) for line in (RECORDS / "runs.jsonl").read_text().splitlines()]
+    fig2_seeds = {r["config"]["seed"] for r in records if "fig2" in r["experiments"]}
+    assert head["table1"][3] == "10" and head["fig2"][3] == str(len(fig2_seeds)) == "3"
+    for name, row in head.items():
+        link = row[4]
+        assert link == f"[{name}.published.md](results/{name}.published.md)", link
+        assert (ROOT / "results" / f"{name}.published.md").is_file(), link
 
 
 def test_index_readme_without_markers_is_a_one_line_error(rebuilt, tmp_path, capsys):

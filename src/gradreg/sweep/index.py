@@ -10,10 +10,11 @@ projection from the measured per-step costs below.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..atomic import write_text_atomic
-from ..paper.claims import checks, has_claims, tally
+from ..paper.claims import VERDICTS, checks, has_claims, tally
 from ..paper.numbers import TABLES
 from .report import build_report, metric_scale, paper_agreement, report_stem
 from .store import Store
@@ -51,10 +52,11 @@ def experiment_line(store_path: Path, name: str, profile: str) -> dict:
     scale, _ = metric_scale(plan)
     agreement = paper_agreement(summaries, table, scale) if table is not None else []
     differs = [f"{r['row']} / {r['col']}" for r in agreement if r["verdict"] == "differs"]
+    claims = checks(name, summaries, scale) if table is None and has_claims(name) else []
     if stored < planned:
         status = f"running: {stored} of {planned} runs stored"
-    elif table is None and has_claims(name):
-        status = "done; " + tally(checks(name, summaries, scale))
+    elif claims:
+        status = "done; " + tally(claims)
     elif table is None:
         status = "done (no table in the paper to compare with)"
     elif differs:
@@ -72,6 +74,9 @@ def experiment_line(store_path: Path, name: str, profile: str) -> dict:
         "status": status,
         "report": f"{report_stem(name, profile)}.md",
         "hardware": rows[0]["device"] if rows else "",
+        "torch": sorted({str(r.get("torch_version") or "?") for r in rows}),
+        "claims": claims,
+        "seeds": sorted({s.n for s in summaries if s.n}),  # runs per cell
     }
 
 
@@ -84,7 +89,7 @@ def _commit(version: str) -> str:
     return version.rsplit("+g", 1)[-1] if "+g" in version else version
 
 
-def headline(lines_: list[dict], hardware: str) -> list[str]:
+def cell_table(lines_: list[dict], hardware: str) -> list[str]:
     """Every cell of the paper's tables that has runs here: ours against the paper's number,
     n, the verdict (Welch from the paper's summary, Bonferroni over the table), and per
     experiment the CPU time and the commits its runs came from."""
@@ -110,6 +115,53 @@ def headline(lines_: list[dict], hardware: str) -> list[str]:
         return []
     unit = "test accuracy (%) for the MNIST tables, test MSE (×1e-5) for SIN"
     return out + ["", f"Metric: {unit}. Hardware: {hardware}. " + "; ".join(notes) + "."]
+
+
+def verdict(e: dict) -> str:
+    """One experiment's verdict in a few words: its cells against the paper's numbers, or the
+    paper's sentences about a figure, or that the paper has nothing to compare with."""
+    if e["stored"] < e["planned"]:
+        return f"running: {e['stored']} of {e['planned']} runs"
+    if e["agreement"]:
+        n = len(e["agreement"])
+        differ = sum(1 for r in e["agreement"] if r["verdict"] == "differs")
+        if not differ:
+            return f"all {n} cells consistent with the paper"
+        if differ == n:
+            return f"all {n} cells differ from the paper"
+        return f"{n - differ} of {n} cells consistent, {differ} differ" + ("s" if differ == 1 else "")
+    if e["claims"]:
+        counts = [(v, sum(1 for c in e["claims"] if c.verdict == v)) for v in VERDICTS]
+        plural = {"holds": "hold", "does not hold": "do not hold"}
+        said = [f"{k} {v if k == 1 else plural.get(v, v)}" for v, k in counts if k]
+        return f"the paper's {len(e['claims'])} claims: " + ", ".join(said)
+    return "no numbers in the paper to compare with"
+
+
+def headline(lines_: list[dict], hardware: str, reports: str = "results", profile: str = "published") -> list[str]:
+    """The README's headline: one row per experiment with runs here -- what it checks, its
+    verdict (:func:`verdict`), the runs per cell and its report under ``reports`` (the results
+    directory as seen from the README) -- then the command, hardware and torch that made them."""
+    entries = [e for e in lines_ if e["stored"]]
+    if not entries:
+        return []
+    out = [
+        "| experiment | what it checks | verdict | n | report |",
+        "|---|---|---|---|---|",
+    ]
+    for e in entries:
+        seeds = e["seeds"]
+        n = "–" if not seeds else str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+        link = f"{reports}/{e['report']}" if reports else e["report"]
+        out.append(f"| {e['name']} | {e['title']} | {verdict(e)} | {n} | [{e['report']}]({link}) |")
+    torch_versions = ", ".join(sorted({t for e in entries for t in e["torch"]}))
+    index = f"{reports}/README.md" if reports else "README.md"
+    return out + [
+        "",
+        f"n: runs (seeds) per cell, each made by `gradreg run NAME --profile {profile} --out {reports or '.'}` on "
+        f"{hardware}, torch {torch_versions}. Every cell against the paper, with its training time and commits: "
+        f"[{index}]({index}).",
+    ]
 
 
 def replace_block(text: str, begin: str, end: str, block: list[str]) -> str:
@@ -174,11 +226,13 @@ def write_index(out_dir: Path, profile: str = "published", readme: Path | None =
     for name, (what, seconds) in LEFT_FOR_GPU.items():
         lines.append(f"| {name} | 0 | – | needs a GPU: {what}; projected {_hours(seconds)} on these 2 CPU cores | – |")
     lines += ["", f"Hardware: {hardware or 'none yet'}. Total CPU time of the runs above: {_hours(total)}.", ""]
-    head = headline(entries, hardware or "none yet")
-    if head:
-        lines += ["## Ours against the paper, cell by cell", "", *head, ""]
+    cells = cell_table(entries, hardware or "none yet")
+    if cells:
+        lines += ["## Ours against the paper, cell by cell", "", *cells, ""]
     if readme is not None:
         readme = Path(readme)
+        reports = Path(os.path.relpath(out_dir.resolve(), readme.resolve().parent)).as_posix()
+        head = headline(entries, hardware or "none yet", "" if reports == "." else reports, profile)
         text = readme.read_text()
         write_text_atomic(readme, replace_block(text, HEADLINE_BEGIN, HEADLINE_END, head or ["(no runs yet)"]))
     return write_text_atomic(out_dir / "README.md", "\n".join(lines))
