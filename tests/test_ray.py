@@ -141,7 +141,7 @@ def test_ray_sweep_stores_the_same_metrics_as_in_process(tmp_path, ray_cluster, 
     assert summary.trained == len(experiment.runs()) == 6
     assert set(got) == {run_key(c.to_dict()) for c in experiment.runs()}
     for key, row in reference.items():
-        assert got[key]["metrics"]["ensemble_size"] == MAX_MEMBERS
+        assert got[key]["metrics"]["ensemble_size"] == 1  # on CPU every run is its own single run
         assert got[key] == row, f"run {key} differs between the Ray and the in-process sweep"
     # one task per chunk, each attempted once
     assert len(attempts(kill_dir)) - before == len(plan_chunks(experiment.runs(), MAX_MEMBERS)) == 3

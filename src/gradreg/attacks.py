@@ -314,6 +314,7 @@ def pgd(
     loss: Loss = "ce",
     generator: torch.Generator | None = None,
     bounds: Bounds | None = None,
+    early_stop: bool = True,
 ) -> Tensor:
     """Projected gradient ascent on the loss within the eps ball (Madry et al. 2018), untargeted.
 
@@ -336,6 +337,8 @@ def pgd(
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner ``max_{k != y} z_k - z_y``), maximized.
         generator: Source of the random starts; drawn on its own device, then moved to ``x``'s.
         bounds: ``(lo, hi)`` valid input box (floats or tensors broadcastable to ``x``), or ``None``.
+        early_stop: Stop attacking an example once it is misclassified (the default, for evaluation). Adversarial
+            training passes ``False``: every example takes every step, so it trains on high-loss points.
 
     Returns:
         ``x_adv`` with the shape and dtype of ``x``, detached.
@@ -350,9 +353,10 @@ def pgd(
     x = x.detach()
     alpha = 2.5 * eps / steps if step_size is None else float(step_size)
     with _eval_mode(model):
-        best, best_loss, best_wrong = _pgd_run(model, x, y, eps, norm, steps, alpha, random_start, loss, generator, box)
+        run = (model, x, y, eps, norm, steps, alpha, random_start, loss, generator, box, early_stop)
+        best, best_loss, best_wrong = _pgd_run(*run)
         for _ in range(restarts - 1):
-            x_adv, value, wrong = _pgd_run(model, x, y, eps, norm, steps, alpha, random_start, loss, generator, box)
+            x_adv, value, wrong = _pgd_run(*run)
             better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (value > best_loss))
             best = torch.where(_per_example(better, x), x_adv, best)
             best_loss, best_wrong = torch.where(better, value, best_loss), best_wrong | wrong
@@ -371,6 +375,7 @@ def _pgd_run(
     loss: Loss,
     generator: torch.Generator | None,
     box: tuple[Tensor, Tensor] | None,
+    early_stop: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One PGD run; returns the final iterate, its per-example loss and whether it is misclassified."""
     x_adv = _project(_random_start(x, eps, norm, generator), x, eps, norm, box) if random_start else x.clone()
@@ -381,6 +386,8 @@ def _pgd_run(
             break
         grad, logits = _input_grad(model, x_adv[idx], y[idx], loss)
         wrong = logits.argmax(1) != y[idx]
+        if not early_stop:
+            wrong = torch.zeros_like(wrong)
         active[idx[wrong]] = False
         move, grad = idx[~wrong], grad[~wrong]
         stepped = x_adv[move] + alpha * _direction(grad, norm)

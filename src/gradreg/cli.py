@@ -31,6 +31,9 @@ _SPECIAL = {"dataset", "regularizers"}
 
 _METAVAR = {
     "model": "MODEL",
+    "adversarial": "{fgsm,pgd}",
+    "robust_linf": "EPS",
+    "robust_l2": "EPS",
     "optimizer": "{adam,sgd_nesterov}",
     "loss": "{cross_entropy,half_sse}",
     "device": "DEVICE",
@@ -39,6 +42,15 @@ _METAVAR = {
 # What each TrainConfig field means, with its unit. The default is appended from the paper's
 # presets (config.PAPER), per dataset where they differ.
 _HELP = {
+    "adversarial": "adversarial training: fgsm (FGSM from a random start, step 1.25 eps; Wong et al. 2020) or pgd "
+    "(--adversarial-steps steps of 2.5 eps / steps); the model trains on the adversarial batch",
+    "adversarial_eps": "adversarial training's L-infinity budget, in pixel units (pixels in [0, 1])",
+    "adversarial_steps": "PGD steps of --adversarial pgd",
+    "robust_linf": "robustness probes at the end of the run: PGD/FGSM/transfer accuracy at these L-infinity budgets "
+    "(pixel units), e.g. 0.05 0.1 0.2 0.3",
+    "robust_l2": "robustness probes at these L2 budgets (pixel units), e.g. 1 2",
+    "robust_steps": "PGD steps of the robustness probes",
+    "robust_examples": "the probes attack the first N test images",
     "model": "network architecture; each dataset has its own, the default",
     "train_size": "training examples, a seeded subset of the training pool; 'none': the whole pool "
     "(sin and sin2 have a fixed set: leave it out)",
@@ -125,10 +137,15 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         if hint is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         elif typing.get_origin(hint) is tuple:
-            p.add_argument(flag, type=float, nargs="+", default=argparse.SUPPRESS, metavar="FRACTION", help=help_)
+            metavar = _METAVAR.get(f.name, "FRACTION")
+            p.add_argument(flag, type=float, nargs="+", default=argparse.SUPPRESS, metavar=metavar, help=help_)
         elif type(None) in args:
             p.add_argument(
-                flag, type=_optional(base), default=argparse.SUPPRESS, metavar=base.__name__.upper(), help=help_
+                flag,
+                type=_optional(base),
+                default=argparse.SUPPRESS,
+                metavar=_METAVAR.get(f.name, base.__name__.upper()),
+                help=help_,
             )
         else:
             metavar = _METAVAR.get(f.name, base.__name__.upper())
@@ -148,8 +165,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if is_import_path(model) and given:
         flag = "--" + given[0].replace("_", "-")
         raise ValueError(f"{flag} does nothing for an import-path model: its factory ({model}) builds the model")
-    if "lr_milestones" in overrides:
-        overrides["lr_milestones"] = tuple(overrides["lr_milestones"])
+    for name in ("lr_milestones", "robust_linf", "robust_l2"):
+        if name in overrides:
+            overrides[name] = tuple(overrides[name])
     return paper_config(args.dataset, **overrides)
 
 

@@ -72,6 +72,19 @@ class TrainConfig:
     # the penalties differentiate by this submodule's output (e.g. "pool1", LeNet's first conv
     # block) instead of the input; None: the input
     wrt: str | None = dataclasses.field(default=None, metadata={"added": True})
+    # adversarial training, L-infinity, eps in pixel units (mapped through the standardization):
+    # "fgsm" is FGSM from a uniform random start with step 1.25 eps (Wong, Rice & Kolter 2020),
+    # "pgd" is PGD with `adversarial_steps` steps of 2.5 eps / steps from a random start (Madry
+    # et al. 2018); the model trains on the adversarial batch instead of the clean one
+    adversarial: str | None = dataclasses.field(default=None, metadata={"added": True})
+    adversarial_eps: float = dataclasses.field(default=0.3, metadata={"added": True})
+    adversarial_steps: int = dataclasses.field(default=7, metadata={"added": True})
+    # robustness probes at the end of the run (gradreg.probes): PGD and FGSM accuracy on the
+    # first `robust_examples` test images at each eps (pixel units), with masking diagnostics
+    robust_linf: tuple[float, ...] = dataclasses.field(default=(), metadata={"added": True})
+    robust_l2: tuple[float, ...] = dataclasses.field(default=(), metadata={"added": True})
+    robust_steps: int = dataclasses.field(default=20, metadata={"added": True})
+    robust_examples: int = dataclasses.field(default=1000, metadata={"added": True})
 
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, DATASETS)
@@ -85,11 +98,14 @@ class TrainConfig:
             "penalty_window",
             "eval_every",
             "checkpoint_every",
+            "adversarial_steps",
+            "robust_steps",
+            "robust_examples",
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an integer, got {v!r}")
-        for name in ("steps", "batch_size", "eval_batch_size", "penalty_window"):
+        for name in ("steps", "batch_size", "eval_batch_size", "penalty_window", "adversarial_steps", "robust_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every", "checkpoint_every"):
@@ -124,6 +140,7 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.wrt is not None and (not isinstance(self.wrt, str) or not self.wrt):
             raise ValueError(f"wrt must be a submodule name (e.g. 'pool1') or None, got {self.wrt!r}")
+        _check_adversarial(self)
         regs = tuple(self.regularizers)
         if self.wrt is not None and any(getattr(r, "finite_difference", False) for r in regs):
             raise ValueError(
@@ -156,6 +173,9 @@ class TrainConfig:
             d[f.name] = v
         d["regularizers"] = [regularizer_to_dict(r) for r in self.regularizers]
         d["lr_milestones"] = list(self.lr_milestones)
+        for name in ("robust_linf", "robust_l2"):
+            if name in d:
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -167,7 +187,46 @@ class TrainConfig:
             raise ValueError(f"config has unknown field(s) {', '.join(unknown)}: written by another gradreg version?")
         d["regularizers"] = tuple(regularizer_from_dict(r) for r in d.get("regularizers", ()))
         d["lr_milestones"] = tuple(d.get("lr_milestones", (0.5, 0.75)))
+        for name in ("robust_linf", "robust_l2"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)
+
+
+ADVERSARIAL = ("fgsm", "pgd")
+
+
+def _eps_tuple(name: str, values) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of numbers (pixel units), got {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, Real) or not 0 < float(v) < math.inf:
+            raise ValueError(f"{name} must hold finite numbers > 0 (pixel units), got {v!r}")
+        out.append(float(v))
+    return tuple(out)
+
+
+def _check_adversarial(cfg: TrainConfig) -> None:
+    """Adversarial training and the robustness probes: classification on images only."""
+    if cfg.adversarial is not None:
+        _choice("adversarial", cfg.adversarial, ADVERSARIAL)
+    eps = cfg.adversarial_eps
+    if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps < math.inf:
+        raise ValueError(f"adversarial_eps must be a finite number > 0 (pixel units), got {eps!r}")
+    object.__setattr__(cfg, "adversarial_eps", float(eps))
+    object.__setattr__(cfg, "robust_linf", _eps_tuple("robust_linf", cfg.robust_linf))
+    object.__setattr__(cfg, "robust_l2", _eps_tuple("robust_l2", cfg.robust_l2))
+    if cfg.robust_examples < 1:
+        raise ValueError(f"robust_examples must be >= 1, got {cfg.robust_examples}")
+    uses = cfg.adversarial is not None or cfg.robust_linf or cfg.robust_l2
+    if uses and cfg.dataset not in IMAGE_DATASETS:
+        raise ValueError(
+            f"adversarial training and robustness probes attack images, and dataset {cfg.dataset!r} has none; "
+            f"they work on {', '.join(IMAGE_DATASETS)}"
+        )
+    if cfg.adversarial is not None and cfg.wrt is not None:
+        raise ValueError("adversarial training perturbs the input; it does not combine with wrt (a hidden layer)")
 
 
 def canonical_config(d: dict) -> dict:

@@ -26,6 +26,10 @@ def hardware(device) -> str:
     return f"cpu ({model or 'unknown CPU'}, {os.cpu_count()} cores)"
 
 
+class Interrupted(Exception):
+    """Training stopped on request; every running run saved its checkpoint first."""
+
+
 class TrainingDiverged(RuntimeError):
     """A loss term became NaN or Inf. The message names the step and the term."""
 
@@ -52,6 +56,7 @@ class RunResult:
     fit: list | None = None  # regression only: predictions on the test grid (SIN figures)
     ensemble_size: int = 1  # members trained together (wall time and steps/s are per member)
     error: str | None = None  # set when an ensemble member diverged (a single run raises)
+    robust: dict | None = None  # robustness probes (gradreg.probes), when the config asks for them
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

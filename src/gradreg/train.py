@@ -10,9 +10,11 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,18 +23,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import attacks as A
 from . import data as D
 from . import datasets
+from . import probes as P
 from . import smoothness as S
 from .atomic import save_torch_atomic
 from .config import TrainConfig
 from .core import regularize, regularized_loss
 from .hooks import capture
 from .models import build_model, decayed_parameters
-from .result import RunResult, TrainingDiverged, hardware
+from .result import Interrupted, RunResult, TrainingDiverged, hardware
 from .streams import piecewise_lr, stream_seed
 
-__all__ = ["train", "RunResult", "TrainingDiverged", "build_model", "piecewise_lr", "stream_seed", "load_splits"]
+__all__ = [
+    "train",
+    "RunResult",
+    "TrainingDiverged",
+    "Interrupted",
+    "build_model",
+    "piecewise_lr",
+    "stream_seed",
+    "load_splits",
+]
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -112,6 +125,9 @@ def train(
     progress: bool | None = False,
     splits: D.Splits | None = None,
     on_step: Callable[[int], None] | None = None,
+    checkpoint_seconds: float | None = None,
+    stop: threading.Event | None = None,
+    threads: int | None = 1,
 ) -> RunResult:
     """Train one model as ``cfg`` says and return its :class:`RunResult`.
 
@@ -120,19 +136,64 @@ def train(
     an existing checkpoint, training continues from it; the result is bitwise the same as an
     uninterrupted run's on CPU. ``progress``: a tqdm bar (None: only on a TTY).
     ``splits``: pre-loaded data (else loaded from ``data_dir``). ``on_step(step)`` is called
-    after each completed step (for tests and tooling).
+    after each completed step (for tests and tooling). ``checkpoint_seconds``: also write the
+    checkpoint whenever this much wall time has passed since the last one. ``stop``: once set,
+    the run writes its checkpoint (if any) and raises :class:`Interrupted` before its next step.
+
+    ``threads``: torch's intra-op threads for the run on CPU (restored afterwards; ``None``
+    leaves them as they are). The default, 1, makes a run's numbers independent of the machine's
+    core count and of how it was scheduled: alone, as one member of a sweep's chunk on a worker
+    thread, in another process or on Ray, the same config gives bitwise the same record on one
+    CPU. (Reductions split over more threads round differently: a LeNet run's test accuracy moves
+    in the third digit after 40 steps.)
 
     Raises :class:`TrainingDiverged` when a loss term is NaN or Inf; the last checkpoint,
     written before that step, is left in place.
     """
+    run = RunOptions(checkpoint, resume, progress, on_step, checkpoint_seconds, stop)
+    return train_model(cfg, data_dir=data_dir, splits=splits, run=run, threads=threads)[0]
+
+
+class RunOptions:
+    """How a run is driven (not what it computes): checkpoints, stop, progress, callbacks."""
+
+    def __init__(self, checkpoint=None, resume=False, progress=False, on_step=None, checkpoint_seconds=None, stop=None):
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint path")
+        if checkpoint_seconds is not None and not checkpoint_seconds > 0:
+            raise ValueError(f"checkpoint_seconds must be > 0 or None, got {checkpoint_seconds!r}")
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.resume, self.progress, self.on_step = resume, progress, on_step
+        self.checkpoint_seconds, self.stop = checkpoint_seconds, stop
+
+
+@contextlib.contextmanager
+def intra_op_threads(device: torch.device, threads: int | None):
+    """torch's intra-op thread count set to ``threads`` on CPU for the block, then restored."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    if device.type != "cpu" or threads is None:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def train_model(
+    cfg: TrainConfig, *, data_dir=None, splits: D.Splits | None = None, run: RunOptions | None = None, threads=1
+) -> tuple[RunResult, nn.Module]:
+    """:func:`train`, also returning the trained model (the engine keeps members' weights)."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available; use --device cpu")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
+    run = run if run is not None else RunOptions()
     fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        return _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
+    with intra_op_threads(device, threads), torch.random.fork_rng(devices=fork_devices):
+        return _train(cfg, device, data_dir, run, splits)
 
 
 def all_finite(tensors, values) -> bool:
@@ -154,7 +215,20 @@ def _load_checkpoint(path: Path) -> dict:
     return state
 
 
-def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step) -> RunResult:
+def _adversarial_batch(model, xb, yb, cfg, data: D.Splits, gen: torch.Generator) -> torch.Tensor:
+    """The batch the model trains on under adversarial training (``cfg.adversarial``), crafted in
+    eval mode (no dropout) with every example taking every step."""
+    eps = A.pixel_to_input(cfg.adversarial_eps, mean=data.mean, std=data.std)
+    bounds = A.pixel_bounds(mean=data.mean, std=data.std)
+    if cfg.adversarial == "fgsm":  # Wong et al. 2020: uniform start, one step of 1.25 eps
+        steps, size = 1, 1.25 * eps
+    else:
+        steps, size = cfg.adversarial_steps, 2.5 * eps / cfg.adversarial_steps
+    return A.pgd(model, xb, yb, eps, steps=steps, step_size=size, generator=gen, bounds=bounds, early_stop=False)
+
+
+def _train(cfg, device, data_dir, run: RunOptions, splits) -> tuple[RunResult, nn.Module]:
+    checkpoint, resume, progress, on_step = run.checkpoint, run.resume, run.progress, run.on_step
     metric = "accuracy" if cfg.loss == "cross_entropy" else "mse"
     data = splits if splits is not None else load_splits(cfg, data_dir, device)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
@@ -168,6 +242,7 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
     )
     proj_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "projections"))
     aug_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "augment"))
+    adv_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "adversarial"))
     torch.manual_seed(stream_seed(cfg.seed, "dropout"))
 
     start, elapsed = 0, 0.0
@@ -185,6 +260,8 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
         sampler.load_state_dict(state["sampler"])
         proj_gen.set_state(state["proj_gen"])
         aug_gen.set_state(state["aug_gen"])
+        if "adv_gen" in state:
+            adv_gen.set_state(state["adv_gen"])
         _set_rng_states(state["rng"], device)
         start, elapsed, curve = state["step"], state["elapsed"], state["curve"]
         window.extend(state["window"])
@@ -199,6 +276,7 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
             "sampler": sampler.state_dict(),
             "proj_gen": proj_gen.get_state(),
             "aug_gen": aug_gen.get_state(),
+            "adv_gen": adv_gen.get_state(),
             "rng": _rng_states(device),
             "curve": list(curve),
             "window": list(window),
@@ -207,14 +285,21 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
     regs = list(cfg.regularizers)
     bar = _progress(cfg.steps, start, progress)
     t0 = time.perf_counter()
+    last_save = t0
     try:
         for step in range(start, cfg.steps):
+            if run.stop is not None and run.stop.is_set():
+                if ckpt is not None:
+                    save_checkpoint(ckpt, snapshot(step))
+                raise Interrupted(f"stopped at step {step} of {cfg.steps}")
             for g in opt.param_groups:
                 g["lr"] = piecewise_lr(step, cfg.lr, cfg.steps, cfg.lr_milestones, cfg.lr_gamma)
             idx = next(sampler).to(device)
             xb, yb = x_train[idx], y_train[idx]
             if cfg.augment:
                 xb = D.random_translate_flip(xb, aug_gen)
+            if cfg.adversarial is not None:
+                xb = _adversarial_batch(model, xb, yb, cfg, data, adv_gen)
             if cfg.wrt is None:
                 loss, terms = regularized_loss(model, xb, yb, regs, loss=cfg.loss, generator=proj_gen, step=step)
             else:  # the penalties differentiate by a hidden activation
@@ -237,8 +322,12 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
             done = step + 1
             if cfg.eval_every and (done % cfg.eval_every == 0) and done != cfg.steps:
                 curve.append(_curve_point(model, data, done, window, metric, cfg, device))
-            if ckpt is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+            now = time.perf_counter()
+            every = bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0
+            timed = run.checkpoint_seconds is not None and now - last_save >= run.checkpoint_seconds
+            if ckpt is not None and (every or (timed and done < cfg.steps)):
                 save_checkpoint(ckpt, snapshot(done))
+                last_save = now
             bar.update(1)
             if on_step is not None:
                 on_step(done)
@@ -249,6 +338,13 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
     final = _curve_point(model, data, cfg.steps, window, metric, cfg, device)
     curve.append(final)
     grad_norms, fit = _final_probes(model, data, cfg, metric, device)
+    robust = None
+    if P.wants_probes(cfg):
+
+        def train_surrogate(scfg):
+            return train_model(scfg, data_dir=data_dir, splits=data, threads=None)[1]
+
+        robust = P.robust_probes(model, cfg, data, device, train_surrogate)
     # the loop checks each step's loss before its update; the last update is checked here
     if not all_finite(model.parameters(), [final["dev"], final["test"], *grad_norms.values()]):
         raise TrainingDiverged(
@@ -256,7 +352,7 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
         )
     means = window_means(window, ["loss"] + term_names(regs))
     steps_run = cfg.steps - start
-    return RunResult(
+    result = RunResult(
         config=cfg.to_dict(),
         metric=metric,
         dev=final["dev"],
@@ -271,7 +367,9 @@ def _train(cfg, device, data_dir, checkpoint, resume, progress, splits, on_step)
         steps_done=cfg.steps,
         grad_norms=grad_norms,
         fit=fit,
+        robust=robust,
     )
+    return result, model
 
 
 def term_names(regs) -> list[str]:

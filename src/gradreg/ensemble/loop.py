@@ -6,16 +6,23 @@ its chunk finishes. Configs that differ only in seed, training-set size, regular
 weight decay and learning rate train together (:mod:`gradreg.ensemble.plan`): one forward
 and one backward pass per step for all members of a chunk.
 
+On CPU (``strategy="auto"``) each member is its own single run, the ops of
+:func:`~gradreg.train.train` on one intra-op thread, with members spread over worker threads:
+packing gains nothing measurable on CPU, and this way a member's record is bitwise the one
+``gradreg train`` gives for its config, whatever chunk, thread count, process or Ray worker
+trained it. On a GPU the members of a chunk are packed.
+
 Strategies: ``"packed"`` (:mod:`gradreg.ensemble.pack`: grouped convolutions and batched
 matmuls for the layers it knows), ``"vmap"`` (:mod:`gradreg.ensemble.functional`: any
 module through ``torch.func``), ``"sequential"`` (one :func:`~gradreg.train.train` after the
-other) and ``"auto"``: packed where the architecture packs, else vmap where a trial step
-works, else sequential with a warning that says why.
+other, on CPU spread over worker threads) and ``"auto"``: sequential on CPU; on a GPU packed
+where the architecture packs, else vmap where a trial step works, else sequential with a
+warning that says why.
 
 Independence. A member's result does not depend on K or on its neighbours: members share no
 parameters, no statistics and no random stream. Each member draws, from streams derived from
 its own seed exactly as :func:`gradreg.train.train` does, its training subset, init, batch
-order, dropout masks (packed), projections and augmentation. On CPU a member therefore
+order, dropout masks (packed), projections and augmentation. A packed member therefore
 follows the same trajectory as a single run, up to floating-point summation order.
 
 Never lose work. With ``checkpoint_dir``, every part of a chunk (a chunk is split over CPU
@@ -43,9 +50,12 @@ from .. import data as D
 from .. import smoothness as S
 from ..atomic import save_torch_atomic
 from ..config import TrainConfig
-from ..result import RunResult, hardware
+from ..datasets import load_splits
+from ..models import build_model
+from ..probes import robust_probes, wants_probes
+from ..result import Interrupted, RunResult, hardware
 from ..streams import stream_seed
-from ..train import train
+from ..train import RunOptions, train_model
 from .data import EnsembleData, ensemble_data
 from .plan import (
     check_max_members,
@@ -83,10 +93,6 @@ __all__ = [
 
 PackedTrainer = EnsembleTrainer  # the name before the torch.func path existed
 DEFAULT_CHECKPOINT_SECONDS = 300.0
-
-
-class Interrupted(Exception):
-    """Training stopped on request; every running part saved its checkpoint first."""
 
 
 @dataclass
@@ -363,25 +369,23 @@ def iter_train_many(
             stale.unlink(missing_ok=True)
     for indices in group_configs(configs):
         c0 = configs[indices[0]]
+        cpu = torch.device(c0.device).type == "cpu"
+        n_workers = (cpu_workers(torch.device(c0.device)) if workers is None else workers) if cpu else 1
         use, why = strategy, ""
         if strategy == "auto":
-            use, why = choose_strategy(c0)
+            use, why = ("sequential", "") if cpu else choose_strategy(c0)
             if use == "vmap" and c0.wrt is not None:
                 use, why = "sequential", f"{why}; wrt (a hidden layer) is not supported by the torch.func path"
+            if use != "sequential" and c0.adversarial is not None:
+                use, why = "sequential", "adversarial training runs one model at a time"
         if use == "sequential":
-            if strategy == "auto":
+            if strategy == "auto" and why:
                 warn_sequential(c0, len(indices), why)
-            for i in indices:
-                if stop is not None and stop.is_set():
-                    raise Interrupted("stopped before the next run")
-                yield MemberOutcome(i, train(configs[i], data_dir=data_dir, progress=progress))
+            yield from _train_singles(
+                indices, configs, data_dir, keep_weights, n_workers, ckdir, checkpoint_seconds, stop, on_steps, download
+            )
             continue
         cap = chunk_cap(c0, max_members)
-        n_workers = (
-            (cpu_workers(torch.device(c0.device)) if workers is None else workers)
-            if torch.device(c0.device).type == "cpu"
-            else 1
-        )
         for start in range(0, len(indices), cap):
             chunk = indices[start : start + cap]
             yield from _train_chunk(
@@ -398,6 +402,75 @@ def iter_train_many(
                 on_steps,
                 download,
             )
+
+
+def _member_probes(cfg: TrainConfig, state_dict: dict, data_dir, download) -> dict:
+    """A packed member's robustness probes: its weights in a single model, probed as a single
+    run is (:mod:`gradreg.probes`)."""
+    device = torch.device(cfg.device)
+    model = build_model(cfg, torch.Generator().manual_seed(stream_seed(cfg.seed, "init")))
+    model.load_state_dict(state_dict)
+    model.to(device)
+    splits = load_splits(cfg, data_dir, device, download)
+    return robust_probes(
+        model, cfg, splits, device, lambda scfg: train_model(scfg, splits=splits, data_dir=data_dir, threads=None)[1]
+    )
+
+
+def _train_singles(
+    indices, configs, data_dir, keep_weights, workers, ckdir, checkpoint_seconds, stop, on_steps, download
+) -> Iterator[MemberOutcome]:
+    """Each config as its own :func:`~gradreg.train.train_model` run (the single run's ops, one
+    intra-op thread), ``workers`` at a time; yields each as it finishes. This is the CPU path:
+    a member's record is bitwise the one ``gradreg train`` gives for its config."""
+
+    def path(i: int) -> Path | None:
+        return None if ckdir is None else ckdir / f"run-{part_key([configs[i]], 'single', torch.float32)}.pt"
+
+    def one(i: int) -> MemberOutcome:
+        if stop is not None and stop.is_set():
+            raise Interrupted("stopped before the next run")
+        cfg, ck = configs[i], path(i)
+        opts = RunOptions(
+            checkpoint=ck,
+            resume=ck is not None,
+            on_step=None if on_steps is None else (lambda _done: on_steps(1, 1)),
+            checkpoint_seconds=checkpoint_seconds if ck is not None else None,
+            stop=stop,
+        )
+        splits = load_splits(cfg, data_dir, cfg.device, download)
+        res, model = train_model(cfg, splits=splits, data_dir=data_dir, run=opts, threads=1)
+        sd = {n: v.detach().cpu().clone() for n, v in model.state_dict().items()} if keep_weights else None
+        return MemberOutcome(i, res, sd)
+
+    def finished(i: int) -> None:
+        ck = path(i)
+        if ck is not None:
+            ck.unlink(missing_ok=True)
+
+    if workers == 1 or len(indices) == 1:
+        for i in indices:
+            outcome = one(i)
+            yield outcome
+            finished(i)  # after the caller stored it
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with single_threaded_ops(), ThreadPoolExecutor(max_workers=min(workers, len(indices))) as pool:
+        futures = {pool.submit(on_one_thread(one), i): i for i in indices}
+        error: BaseException | None = None
+        for f in as_completed(futures):
+            try:
+                outcome = f.result()
+            except BaseException as e:  # running runs finish or checkpoint; queued ones never start
+                error = error or e
+                for g in futures:
+                    g.cancel()
+                continue
+            yield outcome
+            finished(futures[f])
+        if error is not None:
+            raise error
 
 
 def _train_chunk(
@@ -422,19 +495,23 @@ def _train_chunk(
         return ckdir / f"part-{part_key([configs[i] for i in part], strategy, dtype)}.pt"
 
     def run(part: list[int]) -> list[MemberOutcome]:
+        probed = any(wants_probes(configs[i]) for i in part)
         outs = train_part(
             [configs[i] for i in part],
             data_dir,
             dtype,
             strategy,
-            keep_weights,
+            keep_weights or probed,
             checkpoint=path(part),
             checkpoint_seconds=checkpoint_seconds,
             stop=stop,
             on_steps=on_steps,
             download=download,
         )
-        return [MemberOutcome(part[j], res, sd) for j, (res, sd) in enumerate(outs)]
+        for j, (res, sd) in enumerate(outs):
+            if wants_probes(configs[part[j]]) and sd is not None and res.error is None:
+                res.robust = _member_probes(configs[part[j]], sd, data_dir, download)
+        return [MemberOutcome(part[j], res, sd if keep_weights else None) for j, (res, sd) in enumerate(outs)]
 
     def finished(part: list[int]) -> None:
         p = path(part)

@@ -330,10 +330,11 @@ def table5(p: Profile, device: str) -> Experiment:
 
 def table6(p: Profile, device: str) -> Experiment:
     base = _base("mnist", p, device)
+    probed = _probed(base, p)  # the new runs carry the robustness probes, for `robust` to share
     cells = [
         tuned_cell("LeNet", "SpectReg", base, "SpectReg", 0.03, p),
-        tuned_cell("LeNet", "JacReg", base, "JacReg", 1, p),
-        tuned_cell("LeNet", "FrobReg", base, "FrobReg", 0.03, p),
+        tuned_cell("LeNet", "JacReg", probed, "JacReg", 1, p),
+        tuned_cell("LeNet", "FrobReg", probed, "FrobReg", 0.03, p),
     ]
     pairs = (
         (("LeNet", "SpectReg"), ("LeNet", "JacReg")),
@@ -349,6 +350,8 @@ def table6(p: Profile, device: str) -> Experiment:
         p.seeds,
         "table6",
         comparisons=pairs,
+        description="SpectReg's runs are Table 1's Dropout row; JacReg and FrobReg (exact, one double backward "
+        "per class) also carry the robustness probes, so the robust experiment shares them.",
     )
 
 
@@ -577,6 +580,77 @@ def hidden(p: Profile, device: str) -> Experiment:
     )
 
 
+# --------------------------------------------------------------------------- robustness (beyond the paper)
+
+# The probes every robustness run carries (gradreg.probes): PGD, FGSM and transfer accuracy at
+# these budgets in pixel units, on the first 1000 test images (quick: 200).
+ROBUST_LINF = (0.05, 0.1, 0.2, 0.3)
+ROBUST_L2 = (1.0, 2.0)
+ADVERSARIAL_EPS = 0.3  # adversarial training's L-infinity budget, pixel units (the usual MNIST budget)
+
+
+def _probed(base: TrainConfig, p: Profile) -> TrainConfig:
+    n = 1000 if p.eval_limit is None else min(200, p.eval_limit)
+    return base.replace(robust_linf=ROBUST_LINF, robust_l2=ROBUST_L2, robust_steps=20, robust_examples=n)
+
+
+def _published_penalties(base: TrainConfig) -> dict[str, tuple]:
+    """The paper's penalties at their published MNIST-2000 weights (Tables 1, 2 and 6)."""
+    return {
+        "NoGR": (),
+        "SpectReg": (reg("SpectReg", 0.03),),
+        "DataGrad": (reg("DataGrad", 50),),
+        "FrobReg": (reg("FrobReg", 0.03),),
+        "JacReg": (reg("JacReg", 1),),
+        "CP": (reg("CP", 0.01 * base.batch_size),),
+    }
+
+
+def robust(p: Profile, device: str) -> Experiment:
+    """What the paper's penalties buy against adversarial inputs, beside adversarial training."""
+    base = _probed(_base("mnist", p, device), p)
+    cells = [fixed_cell("published weight", col, base, regs) for col, regs in _published_penalties(base).items()]
+    at = base.replace(adversarial="fgsm", adversarial_eps=ADVERSARIAL_EPS)
+    cells.append(fixed_cell("published weight", "FGSM AT", at, ()))
+    return Experiment(
+        "robust",
+        "Robustness of MNIST-2000 LeNets: gradient regularization against FGSM adversarial training",
+        "table",
+        "accuracy",
+        tuple(cells),
+        p.seeds,
+        baseline_col="NoGR",
+        description="Beyond the paper. Dropout LeNet on MNIST-2000, the paper's settings; each penalty at its "
+        "published weight, and FGSM adversarial training from a random start (Wong, Rice & Kolter 2020) at "
+        "L-infinity 0.3. Every run carries the robustness probes (gradreg.probes): PGD-20 (margin loss, random "
+        "start), FGSM and transfer accuracy at L-infinity 0.05-0.3 and L2 1-2 (pixel units) on the first 1000 "
+        "test images. FrobReg and JacReg share Table 6's runs.",
+    )
+
+
+TRADEOFF_LAMBDAS = {"DataGrad": (10, 50, 100, 200), "SpectReg": (0.03, 0.1, 0.3, 1)}
+
+
+def robust_tradeoff(p: Profile, device: str) -> Experiment:
+    """Clean against robust accuracy over each penalty's weight, and PGD adversarial training."""
+    base = _probed(_base("mnist", p, device), p)
+    cells = [fixed_cell(name, "NoGR", base, (), lam=0.0, x=0.0) for name in TRADEOFF_LAMBDAS]
+    cells += [lambda_cell(name, base, name, lam) for name, lams in TRADEOFF_LAMBDAS.items() for lam in lams]
+    pgd_at = base.replace(adversarial="pgd", adversarial_steps=7, adversarial_eps=ADVERSARIAL_EPS)
+    cells.append(fixed_cell("PGD-7 AT", "PGD-7 AT", pgd_at, ()))
+    return Experiment(
+        "robust_tradeoff",
+        "Robustness against the penalty's weight, and PGD adversarial training",
+        "table",
+        "accuracy",
+        tuple(cells),
+        p.figure_seeds or p.seeds,
+        description="Beyond the paper. DataGrad and SpectReg over a weight grid (the published weight included) "
+        "and PGD-7 adversarial training at L-infinity 0.3, 3 seeds each, with the robust experiment's probes; "
+        "the seeds and weights shared with `robust` are its runs.",
+    )
+
+
 EXPERIMENTS: dict[str, Callable[[Profile, str], Experiment]] = {
     "table1": table1,
     "table2": table2,
@@ -595,6 +669,8 @@ EXPERIMENTS: dict[str, Callable[[Profile, str], Experiment]] = {
     "fastgr": fastgr,
     "fastgr_sin": fastgr_sin,
     "hidden": hidden,
+    "robust": robust,
+    "robust_tradeoff": robust_tradeoff,
 }
 
 

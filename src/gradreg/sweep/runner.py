@@ -41,6 +41,8 @@ def result_record(result: RunResult) -> dict:
         "ensemble_size": result.ensemble_size,
         "steps_done": result.steps_done,
     }
+    if result.robust is not None:
+        metrics["robust"] = result.robust
     rec = {
         "config": result.config,
         "metrics": metrics,
