@@ -161,7 +161,8 @@ def robust_probes(model: nn.Module, cfg, splits: Splits, device: torch.device, t
 
 
 def masking(rows: list[dict], large: float | None, examples: int) -> list[str]:
-    """:func:`gradreg.attacks.masking_flags` over each norm's rows, with a point of slack (one random start against another moves PGD accuracy by up to that)."""
+    """:func:`gradreg.attacks.masking_flags` over each norm's rows, with a point of slack: one random
+    start against another moves PGD accuracy by up to that."""
     flags = []
     for norm in ("linf", "l2"):
         mine = sorted((r for r in rows if r["norm"] == norm), key=lambda r: r["eps"])
