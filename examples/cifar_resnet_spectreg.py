@@ -20,7 +20,7 @@ import torch
 
 import gradreg as gr
 from gradreg.data import BatchSampler, load_cifar10_splits
-from gradreg.paper.models import decayed_parameters, resnet_cifar
+from gradreg.networks import decayed_parameters, resnet_cifar
 
 # Hyperparameters: the paper's CIFAR-10 settings (gradreg.config.PAPER["cifar10"]).
 TRAIN_SIZE = 2000  # training images, drawn by seed from train[0:45000]

@@ -34,7 +34,7 @@ from gradreg import penalties as P
 from gradreg.config import paper_config
 from gradreg.data import make_sin
 from gradreg.ensemble.loop import train_many
-from gradreg.paper.models import mlp_sin
+from gradreg.networks import mlp_sin
 
 # Hyperparameters: the paper's SIN settings (gradreg.config.PAPER["sin"]), fewer steps.
 STEPS = 2000  # optimizer steps per run (the paper: 10,000)

@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import gradreg as gr
 from gradreg.data import BatchSampler, load_mnist_splits
-from gradreg.paper.models import decayed_parameters, lenet5
+from gradreg.networks import decayed_parameters, lenet5
 
 # Hyperparameters: the paper's MNIST settings, the global batch split over the ranks.
 TRAIN_SIZE = 2000  # training images

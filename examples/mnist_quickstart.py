@@ -14,7 +14,7 @@ import torch
 
 import gradreg as gr
 from gradreg.data import BatchSampler, load_mnist_splits
-from gradreg.paper.models import decayed_parameters, lenet5
+from gradreg.networks import decayed_parameters, lenet5
 
 # Hyperparameters: the paper's MNIST settings (gradreg.config.PAPER["mnist"]).
 TRAIN_SIZE = 2000  # training images, drawn by seed from train[0:50000]

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import gradreg.paper.experiments as E
+from conftest import DATA
 from gradreg.cli import main
 from gradreg.config import paper_config
 from gradreg.paper.experiments import EXPERIMENTS, PROFILES
@@ -618,31 +619,98 @@ def test_an_option_the_model_or_data_would_ignore_is_refused(options, expected, 
 def test_only_a_value_gradreg_rejects_is_a_one_line_error_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
     """A ValueError from an unpacking inside gradreg (the old --augment on SIN gave `not enough
     values to unpack (expected 4, got 2)`, exit 2, as if an option were bad) is a bug: its
-    traceback must show. A value gradreg checks and rejects stays one line."""
+    traceback must show, in every command. A value gradreg checks and rejects stays one line."""
     import torch
 
-    import gradreg.cli as cli
     import gradreg.data as gd
 
-    def caught(fn):
-        try:
-            fn()
-        except (ValueError, TypeError) as e:
-            return e
-        raise AssertionError("no error")
-
-    assert cli.raised_on_purpose(caught(lambda: paper_config("sin", lr=-1.0)))  # gradreg's own check
-    assert not cli.raised_on_purpose(caught(lambda: gd.random_translate_flip(torch.zeros(5, 1), torch.Generator())))
-    assert not cli.raised_on_purpose(caught(lambda: int("x")))  # outside gradreg
-
-    def unpack_bug(cfg, **kw):
+    def unpack_bug(*a, **kw):
         return gd.random_translate_flip(torch.zeros(5, 1), torch.Generator())
+
+    def type_bug(*a, **kw):
+        return len(5)
 
     monkeypatch.setattr("gradreg.train.train", unpack_bug)
     with pytest.raises(ValueError, match="not enough values to unpack"):
         main(["train", "--dataset", "sin", "--steps", "2", "--out", str(tmp_path / "r.json")])
+    monkeypatch.setattr("gradreg.train.train", type_bug)
+    with pytest.raises(TypeError, match="has no len"):
+        main(["train", "--dataset", "sin", "--steps", "2", "--out", str(tmp_path / "r.json")])
+    monkeypatch.setattr("gradreg.sweep.runner.run_experiment", unpack_bug)
+    with pytest.raises(ValueError, match="not enough values to unpack"):
+        main(["run", "fig5", "--out", str(tmp_path / "o"), "--no-records"])
+    assert not (tmp_path / "r.json").exists()
     code, _, err = run_cli(["train", "--dataset", "sin", "--lr", "-1", "--out", tmp_path / "r.json"], capsys)
     assert_one_line_error(code, err, "gradreg train: error: --lr must be a finite number > 0, got -1.0", status=2)
+
+
+def test_a_submodule_or_model_that_does_not_exist_is_a_one_line_error(tmp_path, capsys):
+    """--wrt is checked when training starts (the model has to exist), --model before."""
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(
+        ["train", "--dataset", "sin", "--steps", "2", "--reg", "datagrad=1", "--wrt", "fc9", "--out", out], capsys
+    )
+    assert "Traceback" not in err and code == 1, err
+    assert err.splitlines()[-1].startswith("gradreg train: error: Sequential has no submodule 'fc9'; did you mean ")
+    code, _, err = run_cli(["train", "--dataset", "sin", "--model", "no_such_module_here:f", "--out", out], capsys)
+    assert_one_line_error(
+        code,
+        err,
+        "gradreg train: error: model import path 'no_such_module_here:f': cannot import module "
+        "'no_such_module_here' (No module named 'no_such_module_here')",
+        status=2,
+    )
+    assert snapshot(tmp_path) == {}
+
+
+@pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="needs shared/data/mnist")
+def test_a_training_set_larger_than_the_pool_is_a_one_line_error(tmp_path, capsys):
+    code, _, err = run_cli(
+        ["train", "--dataset", "mnist", "--train-size", "60000", "--data-dir", DATA, "--out", tmp_path / "r.json"],
+        capsys,
+    )
+    assert_one_line_error(
+        code, err, "gradreg train: error: train_size must be in 1..50000 (the training pool), got 60000"
+    )
+    assert snapshot(tmp_path) == {}
+
+
+@pytest.mark.parametrize(
+    "executor, error, status",
+    [
+        ("inprocess", "RecordsError", 1),  # damaged text records in DIR/records
+        ("ray", "ClusterTooSmall", 2),  # --device cuda on a Ray cluster without GPUs
+    ],
+)
+def test_the_sweeps_own_errors_are_one_line(executor, error, status, tmp_path, capsys, monkeypatch):
+    from gradreg.sweep.ray import ClusterTooSmall
+    from gradreg.sweep.records import RecordsError
+
+    if executor == "ray":
+        pytest.importorskip("ray")
+    kind = {"RecordsError": RecordsError, "ClusterTooSmall": ClusterTooSmall}[error]
+
+    def fails(*a, **kw):
+        raise kind(f"a {error} the sweep raised")
+
+    monkeypatch.setattr("gradreg.sweep.runner.run_experiment", fails)
+    code, _, err = run_cli(["run", "fig5", "--executor", executor, "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, f"gradreg run: error: a {error} the sweep raised", status)
+
+
+def test_resume_from_a_checkpoint_of_another_config_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    base = ["train", "--dataset", "sin", "--quiet", "--checkpoint-every", "2", "--out", out]
+    assert run_cli([*base, "--steps", "4"], capsys)[0] == 0
+    ckpt = tmp_path / "r.ckpt"
+    before = snapshot(tmp_path)
+    code, _, err = run_cli([*base, "--steps", "6", "--resume"], capsys)
+    assert_one_line_error(
+        code,
+        err,
+        f"gradreg train: error: checkpoint {ckpt} was written by a different config; refusing to resume from it",
+    )
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("strategy", ["packed", "vmap"])

@@ -8,18 +8,21 @@ import dataclasses
 import gzip
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+import gradreg
 import gradreg.paper.experiments as E
 from conftest import DATA
-from gradreg.cli import _HELP, _SPECIAL, build_parser, check_writable_output, main
+from gradreg.cli import build_parser, check_writable_output, main
+from gradreg.commands.config_options import HELP, SPECIAL
 from gradreg.config import TrainConfig
 from gradreg.paper.experiments import PROFILES
 from gradreg.sweep.report import render_csv, render_markdown, report_paths, significance, summarize_cell
 from gradreg.sweep.runner import STORE_NAME
-from gradreg.sweep.store import Store, code_version
+from gradreg.sweep.store import Store
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:
@@ -50,9 +53,42 @@ def _actions(parser: argparse.ArgumentParser):
         yield name, p._actions
 
 
-def test_version(capsys):
+def test_version_is_the_package_version_and_the_commit(capsys):
+    """``gradreg <gradreg.__version__>``, with ``+g<commit>`` exactly when the source is a git checkout."""
     code, out, _ = run_cli(["--version"], capsys)
-    assert code == 0 and out.strip() == f"gradreg {code_version()}"
+    m = re.fullmatch(rf"gradreg {re.escape(gradreg.__version__)}(?:\+g([0-9a-f]+))?\n", out)
+    assert code == 0 and m, out
+    try:
+        git = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(gradreg.__file__).parent, capture_output=True, text=True
+        )
+        commit = git.stdout.strip() if git.returncode == 0 else None
+    except OSError:  # no git here
+        commit = None
+    assert m.group(1) == commit, (out, commit)
+
+
+@pytest.mark.parametrize(
+    "argv, unknown",
+    [
+        (["run", "fig5", "--ray", "auto"], "--ray auto"),  # was taken as --ray-address auto
+        (["train", "--dataset", "sin", "--step", "5"], "--step 5"),
+        (["report", "fig5", "--prof", "paper"], "--prof paper"),
+        (["--deb", "list"], "--deb"),
+    ],
+)
+def test_an_abbreviated_option_is_refused(argv, unknown, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)  # parsing only: nothing runs even if it were accepted
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"gradreg: error: unrecognized arguments: {unknown}"
+
+
+def test_no_parser_accepts_abbreviations():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert parser.allow_abbrev is False
+    assert {name: p.allow_abbrev for name, p in sub.choices.items()} == dict.fromkeys(sub.choices, False)
 
 
 def test_every_option_says_what_it_means():
@@ -68,8 +104,8 @@ def test_every_option_says_what_it_means():
 
 
 def test_every_train_config_field_has_a_help_text_and_its_paper_default():
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - _SPECIAL
-    assert set(_HELP) == fields  # a new field needs a help text
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - SPECIAL
+    assert set(HELP) == fields  # a new field needs a help text
     train = dict(_actions(build_parser()))["train"]
     helps = {a.option_strings[0]: a.help for a in train if a.option_strings}
     assert "default: 0.001 (mnist), 0.01 (cifar10, sin, sin2)" in helps["--lr"]

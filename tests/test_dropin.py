@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import gradreg as gr
 from gradreg.hooks import capture
-from gradreg.paper.models import lenet5
+from gradreg.networks import lenet5
 
 RTOL = 1e-10
 SEED = 1234

@@ -8,10 +8,10 @@ import torch
 
 import gradreg as gr
 from conftest import DATA, needs_mnist
+from gradreg import networks as M
 from gradreg.config import paper_config
 from gradreg.ensemble.loop import ensemble_key, iter_train_many, train_many
 from gradreg.ensemble.pack import NotPackable, PackedModel
-from gradreg.paper import models as M
 from gradreg.train import train
 
 ARCHS = {

@@ -6,10 +6,10 @@ import math
 import pytest
 
 import gradreg as gr
+from gradreg import stats
 from gradreg.cli import main
 from gradreg.paper.experiments import EXPERIMENTS, PROFILES, Experiment, build, grid_for
 from gradreg.paper.numbers import LAMBDA_GRIDS, TABLES
-from gradreg.sweep import stats
 from gradreg.sweep.report import build_report, significance, summarize_cell, write_report
 from gradreg.sweep.runner import STORE_NAME, InProcessExecutor, run_experiment
 from gradreg.sweep.store import Store, run_key

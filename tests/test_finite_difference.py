@@ -13,7 +13,7 @@ import gradreg as gr
 import gradreg.finite_difference as FD
 from conftest import DATA, needs_mnist
 from gradreg.config import paper_config, parse_regularizer
-from gradreg.paper.models import lenet5
+from gradreg.networks import lenet5
 
 
 def tanh_mlp():
@@ -320,7 +320,7 @@ def test_regularize_on_an_existing_forward_pass_refuses_finite_differences():
 def test_carry_gradients_is_zero_with_the_given_gradients_scaled_by_the_loss_scale():
     """The fused finite-difference step hands back gradients it already computed through one
     autograd node: value 0, d/dp = the given tensor, times whatever scales the loss."""
-    from gradreg.core import carry_gradients
+    from gradreg.finite_difference import carry_gradients
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(3, generator=g, requires_grad=True)

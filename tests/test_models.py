@@ -1,4 +1,4 @@
-"""Tests for gradreg.paper.models: parameter counts, layer order, init statistics, shortcuts, BN modes."""
+"""Tests for gradreg.networks: parameter counts, layer order, init statistics, shortcuts, BN modes."""
 
 import math
 import subprocess
@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradreg.paper.models import (
+from gradreg.networks import (
     MODELS,
     BasicBlock,
-    _Conv2dTFSame,
+    Conv2dTFSame,
     build_model,
     decayed_parameters,
     lenet5,
@@ -316,7 +316,7 @@ def test_downsampling_block_matches_functional_oracle():
 
 @pytest.mark.parametrize("size, pad", [(8, (0, 1)), (9, (1, 1))])
 def test_tf_same_conv_padding(size, pad):
-    conv = _Conv2dTFSame(2, 3, 3, stride=2).double()
+    conv = Conv2dTFSame(2, 3, 3, stride=2).double()
     x = torch.randn(1, 2, size, size, dtype=torch.float64)
     expected = F.conv2d(F.pad(x, pad + pad), conv.weight, conv.bias, stride=2)
     assert expected.shape[-1] == math.ceil(size / 2)
@@ -398,8 +398,7 @@ def test_registry():
 
 def test_import_has_no_side_effects():
     code = (
-        "import torch; s = torch.get_rng_state(); import gradreg.paper.models; "
-        "assert torch.equal(s, torch.get_rng_state())"
+        "import torch; s = torch.get_rng_state(); import gradreg.networks; assert torch.equal(s, torch.get_rng_state())"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -474,7 +474,7 @@ def test_batch_projected_spectreg_vanishes_on_lenet_batchnorm_in_train_mode():
     the logits is W (B beta) + B b, whatever the input: the batch-projected SpectReg objective
     sum_i <z_i, r> is constant in x (checked by a float64 central difference of that objective
     in a random direction) and its penalty is 0, while one r per example gives a positive value."""
-    from gradreg.paper.models import lenet5
+    from gradreg.networks import lenet5
 
     g = torch.Generator().manual_seed(3)
     model = lenet5(dropout=None, batchnorm=True, generator=g).double().train()

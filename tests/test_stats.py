@@ -1,4 +1,4 @@
-"""gradreg.sweep.stats against independent computations: a hand-written NumPy Welch statistic, the
+"""gradreg.stats against independent computations: a hand-written NumPy Welch statistic, the
 t density integrated numerically, closed-form t tails (df = 1, 2), SciPy's own ttest_ind, and
 the paper's Table 6 significance claim."""
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradreg.sweep.stats import adjusted, bonferroni, mean_std, welch_from_summary, welch_t_test
+from gradreg.stats import adjusted, bonferroni, mean_std, welch_from_summary, welch_t_test
 
 # --------------------------------------------------------------------------- oracles
 

@@ -20,12 +20,17 @@ from gradreg.sweep.store import SCHEMA_VERSION, Store, StoreError, code_version,
 
 STORE_PY = Path(store_module.__file__).resolve()
 
-# Worker processes load store.py by path: it needs only the standard library, and skipping
-# `import gradreg` (which imports torch) keeps each process start well under a second.
+# Worker processes load the store without `import gradreg` (which imports torch), which keeps
+# each process start well under a second: the store needs only the standard library and
+# gradreg.identity, so bare stand-ins for its two parent packages (a `__path__`, no
+# `__init__.py` run) are enough for its relative import.
 WORKER_PRELUDE = f"""
-import importlib.util, sys, json
-spec = importlib.util.spec_from_file_location("gradreg_store", {str(STORE_PY)!r})
-S = importlib.util.module_from_spec(spec); spec.loader.exec_module(S)
+import importlib, sys, json, types
+for name, path in (("gradreg", {str(STORE_PY.parents[1])!r}), ("gradreg.sweep", {str(STORE_PY.parent)!r})):
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__path__ = [path]
+S = importlib.import_module("gradreg.sweep.store")
+assert "torch" not in sys.modules
 """
 
 

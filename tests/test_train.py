@@ -11,7 +11,7 @@ from conftest import DATA, needs_mnist
 from gradreg import data as D
 from gradreg.cli import main
 from gradreg.config import TrainConfig, paper_config, parse_regularizer
-from gradreg.paper.models import decayed_parameters
+from gradreg.networks import decayed_parameters
 from gradreg.train import RunResult, TrainingDiverged, piecewise_lr, stream_seed, train
 
 

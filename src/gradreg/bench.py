@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import networks as N
 from . import regularizers as R
 from .config import paper_config
 from .core import regularized_loss
 from .ensemble.plan import cpu_workers, on_one_thread, single_threaded_ops, split_evenly
 from .ensemble.trainer import EnsembleTrainer
-from .paper import models as M
 
 PAPER_TABLE1_RUNS = 90  # 3 architectures x {NoGR, SpectReg, DataGrad} x 10 seeds
 PAPER_TABLE1_STEPS = 10_000
@@ -47,11 +47,11 @@ class BenchModel:
 
 
 BENCH_MODELS = (
-    BenchModel("lenet5", lambda: M.lenet5(), (1, 28, 28), 50, 10, "cross_entropy"),
+    BenchModel("lenet5", lambda: N.lenet5(), (1, 28, 28), 50, 10, "cross_entropy"),
     BenchModel(
-        "resnet_cifar", lambda: M.resnet_cifar(bn_batch_stats_at_eval=True), (3, 32, 32), 128, 10, "cross_entropy"
+        "resnet_cifar", lambda: N.resnet_cifar(bn_batch_stats_at_eval=True), (3, 32, 32), 128, 10, "cross_entropy"
     ),
-    BenchModel("mlp_sin", lambda: M.mlp_sin(), (1,), 50, 1, "half_sse"),
+    BenchModel("mlp_sin", lambda: N.mlp_sin(), (1,), 50, 1, "half_sse"),
 )
 
 
@@ -253,8 +253,8 @@ def fast_regularization_cost(device: torch.device, quick: bool, log=print) -> li
     cycle of ``every`` steps and divide by it."""
     rows = []
     models = [
-        BenchModel("lenet5", lambda: M.lenet5(), (1, 28, 28), 50, 10, "cross_entropy"),
-        BenchModel("resnet_cifar", lambda: M.resnet_cifar(), (3, 32, 32), 16, 10, "cross_entropy"),
+        BenchModel("lenet5", lambda: N.lenet5(), (1, 28, 28), 50, 10, "cross_entropy"),
+        BenchModel("resnet_cifar", lambda: N.resnet_cifar(), (3, 32, 32), 16, 10, "cross_entropy"),
     ]
     key: str | tuple[str, str]  # the timed functions' keys: "plain" or (regularizer, config)
     for bm in models:
@@ -441,7 +441,7 @@ def ensemble_speed(device: torch.device, ks: tuple, quick: bool, log=print) -> l
             xk = torch.randn(len(part), b, 1, 28, 28, device=device)
             yk = torch.randint(0, 10, (len(part), b), device=device)
             engine.append(lambda tr=tr, xk=xk, yk=yk: tr.step(xk, yk, 0))
-            singles = [M.lenet5(generator=torch.Generator().manual_seed(s)).to(device).train() for s in part]
+            singles = [N.lenet5(generator=torch.Generator().manual_seed(s)).to(device).train() for s in part]
             singles_all += list(zip(singles, xk, yk))
             steps = [
                 eager_step(

@@ -14,13 +14,23 @@ All regularizers share the one forward pass and its graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+import os
+import re
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from types import FrameType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
+from . import finite_difference as FD
 from . import penalties as P
+from .penalties import graph_nodes
 from .regularizers import Forward, Regularizer
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -229,6 +239,11 @@ def regularize(
     - ``validate``: the label-range check reads the labels' min and max, a host
       synchronization on an accelerator; ``"auto"`` runs it on CPU only, ``True`` always,
       ``False`` never.
+    - ``method="auto"`` is the exact penalty here: falling back to finite differences needs
+      :func:`regularized_loss`, which runs the model itself.
+    - A penalty whose projection the batch shares (SpectReg's ``projection="batch"``,
+      FrobReg), found 0 because BatchNorm in training mode makes the logits' batch sum
+      constant, warns once per regularizer (:func:`warn_if_projection_vanishes`).
 
     Raises a one-line error when ``wrt`` does not require grad, the logits do not depend on
     it, it runs under ``no_grad``/``inference_mode``, or shapes do not match: never a silent 0.
@@ -273,11 +288,20 @@ def regularize(
     fwd = Forward(x_arg, logits, y, pel)  # type: ignore[arg-type]
     for name, reg in active:
         try:
-            value = reg.value(fwd, generator).mean()
+            try:
+                value = reg.value(fwd, generator).mean()
+            except RuntimeError as e:
+                raise _explain_double_backward(e, reg.name) from e
+            if reg.needs_input_grad:
+                check_double_differentiable(value, reg.name)
         except RuntimeError as e:
-            raise _explain_double_backward(e, reg.name) from e
-        if reg.needs_input_grad:
-            check_double_differentiable(value, reg.name)
+            if not reg.auto_method:
+                raise
+            raise RuntimeError(
+                f"{e} (method='auto' falls back to finite differences in gr.regularized_loss only, which runs the "
+                "model itself)"
+            ) from e
+        warn_if_projection_vanishes(reg, fwd, value)
         terms[name] = value.detach()
         if reg.weight != 0:
             total = total + reg.effective_weight * value
@@ -289,53 +313,55 @@ def check_double_differentiable(value: Tensor, name: str) -> None:
     backward (a custom ``autograd.Function`` marked ``once_differentiable``, a
     ``torch.compile``'d graph): autograd would only fail later, inside the caller's
     ``loss.backward()``. A walk over the penalty's autograd graph (tens of microseconds for LeNet)."""
+    gap = _double_backward_gap(value)
+    if gap is None:
+        return
+    if gap[0] == "once":
+        raise RuntimeError(
+            f"{name}: the model contains an operation without a double backward (a custom autograd.Function "
+            "marked once_differentiable, or a fused kernel), so the exact penalty cannot be trained; use "
+            f"{name}(..., method='finite_difference')"
+        )
+    if gap[0] == "missing":
+        raise RuntimeError(
+            f"{name}: an operation in the model has no double backward (for attention, PyTorch's fused "
+            "kernels: run the forward pass under torch.nn.attention.sdpa_kernel(SDPBackend.MATH)); or use "
+            f"{name}(..., method='finite_difference')"
+        )
+    raise RuntimeError(
+        f"{name}: the model is torch.compile'd, and compiled graphs have no double backward, so the exact "
+        f"penalty cannot be trained; use {name}(..., method='finite_difference'), or the eager model"
+    )
+
+
+def _double_backward_gap(value: Tensor) -> tuple[str, object] | None:
+    """The first node of a penalty's graph that cannot be differentiated.
+
+    Args:
+        value: A penalty built with ``create_graph=True``.
+
+    Returns:
+        ``(kind, node)`` -- ``"once"`` (an ``Error`` node: a backward marked
+        ``once_differentiable``), ``"missing"`` (``NotImplemented``: no derivative formula) or
+        ``"compiled"`` (a ``torch.compile``'d graph) -- or None when every node has a backward.
+    """
     for fn in graph_nodes(value):
         kind = type(fn).__name__
         if kind in ("Error", "DelayedError"):
-            raise RuntimeError(
-                f"{name}: the model contains an operation without a double backward (a custom autograd.Function "
-                "marked once_differentiable, or a fused kernel), so the exact penalty cannot be trained; use "
-                f"{name}(..., method='finite_difference')"
-            )
+            return "once", fn
         if kind == "NotImplemented":
-            raise RuntimeError(
-                f"{name}: an operation in the model has no double backward (for attention, PyTorch's fused "
-                "kernels: run the forward pass under torch.nn.attention.sdpa_kernel(SDPBackend.MATH)); or use "
-                f"{name}(..., method='finite_difference')"
-            )
+            return "missing", fn
         if kind == "CompiledFunctionBackwardBackward":
-            raise RuntimeError(
-                f"{name}: the model is torch.compile'd, and compiled graphs have no double backward, so the exact "
-                f"penalty cannot be trained; use {name}(..., method='finite_difference'), or the eager model"
-            )
-
-
-def graph_nodes(t: Tensor):
-    """Each node of ``t``'s autograd graph once, depth first, in a fixed order."""
-    seen, stack = set(), [t.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        yield node
-        stack.extend(f for f, _ in node.next_functions)
-
-
-def graph_leaves(t: Tensor) -> list[Tensor]:
-    """The leaf tensors that ``t.backward()`` would accumulate gradients into (the
-    ``AccumulateGrad`` nodes' variables), in a fixed order."""
-    return [node.variable for node in graph_nodes(t) if hasattr(node, "variable")]
+            return "compiled", fn
+    return None
 
 
 def check_no_reentrant_checkpoint(t: Tensor) -> None:
     """Refuse a finite-difference pass whose graph holds a reentrant ``torch.utils.checkpoint``
     segment (it runs its forward under ``no_grad`` and again in ``backward()``, past the frozen
     kinks; the non-reentrant form is caught inside the pass by the kink mode)."""
-    from .finite_difference import CHECKPOINT_ERROR
-
     if any(type(node).__name__ == "CheckpointFunctionBackward" for node in graph_nodes(t)):
-        raise RuntimeError(CHECKPOINT_ERROR)
+        raise RuntimeError(FD.CHECKPOINT_ERROR)
 
 
 def regularized_loss(
@@ -359,7 +385,8 @@ def regularized_loss(
 
     Regularizers with ``method="finite_difference"`` re-run ``model`` on a shifted input
     (:mod:`gradreg.finite_difference`); the returned loss then has the true value and the
-    surrogate's gradient.
+    surrogate's gradient. ``method="auto"`` is decided once per model and regularizer
+    (:func:`resolve_method`).
     """
     check_grad_mode("gradreg.regularized_loss")
     regs = check_regularizers(regularizers)
@@ -367,6 +394,10 @@ def regularized_loss(
     _check_loss(loss)
     _check_generator(generator)
     active = [r for r in regs if r.active(step)]
+    if any(r.auto_method for r in active):
+        labels = _labels(y, loss)
+        regs = [resolve_method(r, model, x, labels, loss, validate=validate) if r.active(step) else r for r in regs]
+        active = [r for r in regs if r.active(step)]
     if any(getattr(r, "finite_difference", False) for r in active):
         return _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate)
     needs_grad = any(r.needs_input_grad for r in active)
@@ -390,12 +421,13 @@ def _explain_double_backward(e: RuntimeError, name: str) -> Exception:
     """A model op without a double backward fails deep in autograd; say what to do."""
     text = str(e)
     first = text.splitlines()[0] if text else type(e).__name__
-    if any(m in text for m in ("aot_autograd", "was compiled", "donated buffer", "CompiledFunction")):
+    kind = _double_backward_error(text)
+    if kind == "compiled":
         return RuntimeError(
             f"{name}: the model is torch.compile'd, and compiled graphs have no double backward, so the exact "
             f"penalty cannot be trained ({first}); use {name}(..., method='finite_difference'), or the eager model"
         )
-    if any(m in text for m in ("once_differentiable", "double backward", "differentiate twice", "not implemented")):
+    if kind == "missing":
         return RuntimeError(
             f"{name}: the exact penalty needs a double backward through the model, which an operation in it does "
             f"not support ({first}); use {name}(..., method='finite_difference')"
@@ -403,18 +435,32 @@ def _explain_double_backward(e: RuntimeError, name: str) -> Exception:
     return e
 
 
+def _double_backward_error(text: str) -> str | None:
+    """What an autograd error says about a double backward.
+
+    Args:
+        text: The error's message.
+
+    Returns:
+        ``"compiled"`` (a ``torch.compile``'d graph) or ``"missing"`` where it says a double
+        backward is not available, else None (another error).
+    """
+    if any(m in text for m in ("aot_autograd", "was compiled", "donated buffer", "CompiledFunction")):
+        return "compiled"
+    if any(m in text for m in ("once_differentiable", "double backward", "differentiate twice", "not implemented")):
+        return "missing"
+    return None
+
+
 def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
     """regularized_loss with finite-difference regularizers (see :mod:`gradreg.finite_difference`)."""
-    from . import finite_difference as FD
-
-    replay = FD.Replay(x.device, model=model).capture()
-    kinks = FD.FrozenKinks(model)
+    y = _labels(y, loss)
+    rerun = FD.Rerun(model, lambda z, t: per_example_loss(z, t, loss), x.device)
     xg = x.detach().requires_grad_(True)
-    with kinks.record():
+    with rerun.first_pass():
         logits = _model_logits(model, xg, x)
     if isinstance(logits, Tensor):
         check_no_reentrant_checkpoint(logits)
-    y = _labels(y, loss)
     check_logits_and_targets(logits, y, loss, validate=validate)
     _check_labels_needed(regs, loss, logits)
     names = _term_names(regs)
@@ -427,101 +473,327 @@ def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
     terms: dict[str, Tensor] = {"loss": data.detach()}
     fd = [(n, r) for n, r in active if getattr(r, "finite_difference", False)]
     exact = [(n, r) for n, r in active if not getattr(r, "finite_difference", False)]
-    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
-    dtype = FD.compute_dtype(logits.dtype, x.device.type, params)
-    fused = len(fd) == 1 and not exact and fd[0][1].name == "DataGrad" and fd[0][1].weight != 0
+    dtype = rerun.compute_dtype(logits)
+    if FD.fuses([r for _, r in active], [r.effective_weight for _, r in active]):
+        (name, reg), w = fd[0], fd[0][1].effective_weight
+        fused = FD.fused_step(reg, fwd, rerun, w, dtype, b if loss != "half_sse" else 1)  # data = F / scale
+        if fused is not None:
+            objective, terms[name] = fused
+            return objective - objective.detach() + (data.detach() + w * terms[name]), terms
     total = data
-    value = data.detach()
-    f_sum = pel.sum()
-    # every tensor the data loss trains (the model's parameters, and any other leaf: a learnable
-    # loss, a weight from outside the module), so that none loses its data gradient
-    leaves = [t for t in graph_leaves(f_sum) if t is not xg] if fused else []
-    if fused and leaves:  # one backward at x gives v and the data gradient (DataGrad's F is the summed data loss)
-        name, reg = fd[0]
-        gx, *g_params = torch.autograd.grad(f_sum, [xg, *leaves], allow_unused=True)
-        v = gx.detach()
-        pen, surr, h = _fd_surrogate_shifted(
-            model, x, y, loss, reg, v, draws[name], replay, kinks, b, f_sum, dtype, central_base=None
-        )
-        terms[name] = pen
-        w = reg.effective_weight
-        scale = b if loss != "half_sse" else 1  # data = F / scale
-        # grad = grad_data + w * grad_S, with grad_S = (kappa / (B h)) (grad F(x + h d) - grad F(x)) (one-sided)
-        _, kappa = FD.direction(v, getattr(reg, "norm", "l2"))
-        # a tensor (no host sync on an accelerator); h = 0 (v = 0) leaves the data gradient alone
-        if reg.fd_scheme == "one_sided":
-            coef = torch.where(h > 0, 1.0 / scale - w * kappa / (b * torch.where(h > 0, h, 1.0)), 1.0 / scale)
-        else:
-            coef = torch.full_like(h, 1.0 / scale)
-        have = [(p, g) for p, g in zip(leaves, g_params) if g is not None]
-        torch._foreach_mul_([g for _, g in have], coef.to(have[0][1].dtype) if have else coef)
-        carried = carry_gradients([p for p, _ in have], [g for _, g in have])
-        total = carried + w * surr
-        value = value + w * pen
-        return total - total.detach() + value, terms
     for name, reg in exact:
         pen = reg.checked(fwd, draws[name]).mean()
+        warn_if_projection_vanishes(reg, fwd, pen)
         terms[name] = pen.detach()
         if reg.weight != 0:
             total = total + reg.effective_weight * pen
     for name, reg in fd:
-        f_base = reg.objective(fwd, draws[name]).sum()
-        (gx,) = torch.autograd.grad(f_base, xg, retain_graph=True)
-        pen, surr, _ = _fd_surrogate_shifted(
-            model, x, y, loss, reg, gx.detach(), draws[name], replay, kinks, b, f_base, dtype
-        )
-        terms[name] = pen
-        if reg.weight != 0:
-            total = total + reg.effective_weight * (surr - surr.detach() + pen)
+        w = reg.effective_weight
+        terms[name], term = FD.penalty_term(reg, fwd, draws[name], rerun, w, dtype, shift=FD.trains([w]))
+        warn_if_projection_vanishes(reg, fwd, terms[name])
+        if term is not None:
+            total = total + term
     return total, terms
 
 
-class _CarryGradients(torch.autograd.Function):
-    """A zero scalar whose gradient with respect to each of ``params`` is the given tensor
-    (times the incoming gradient, so a scaled loss scales it too): one autograd node that
-    carries gradients already computed into the returned loss's ``backward()``."""
+# --------------------------------------------------------------------------- method="auto"
 
-    @staticmethod
-    def forward(ctx, grads, *params):
-        ctx.grads = grads
-        return params[0].new_zeros(())
-
-    @staticmethod
-    def backward(ctx, out):
-        grads = ctx.grads
-        ctx.grads = None
-        return (None, *torch._foreach_mul(grads, out))
+# model -> {regularizer: what its "auto" resolved to}, held weakly; a model that cannot be
+# weakly referenced is tried again at every call
+_RESOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# the code object every once_differentiable wrapper shares: how a custom Function with one is named
+_ONCE_CODE = once_differentiable(lambda ctx: None).__code__
 
 
-def carry_gradients(params: list[Tensor], grads: list[Tensor]) -> Tensor:
-    """``0``, with ``d/dp = grad`` for each parameter ``p`` (see :class:`_CarryGradients`)."""
-    if not params:
-        return torch.zeros(())
-    return _CarryGradients.apply([g.detach() for g in grads], *params)
+def resolve_method(
+    reg: Regularizer,
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    loss: str | LossFn = "cross_entropy",
+    *,
+    generators: Sequence[torch.Generator] = (),
+    validate="auto",
+    ensemble: bool = False,
+) -> Regularizer:
+    """What ``method="auto"`` means for ``reg`` on ``model``: exact where it can be, else finite differences.
+
+    The first call for a model and a regularizer runs the model once on ``x`` and builds the
+    exact penalty (its double-backward graph) inside :class:`gradreg.finite_difference.Replay`,
+    with a throwaway projection generator: the random state (the global one and
+    ``generators``) and the buffers (BatchNorm's running statistics) are left as they were, so
+    the step that follows trains exactly as it would with the method resolved to. Where an
+    operation has no double backward (a ``once_differentiable`` custom Function, a fused
+    kernel such as CPU attention, a ``torch.compile``'d graph) it warns once, naming it, and
+    resolves to finite differences. The decision is cached per model (held weakly) and
+    regularizer.
+
+    Args:
+        reg: A regularizer; one whose ``method`` is not ``"auto"`` is returned as it is.
+        model: The network, ``x -> logits``.
+        x: A batch of inputs: ``(B, ...)``, or ``(K, B, ...)`` for an ensemble model.
+        y: Its targets (integer labels already int64 for cross-entropy).
+        loss: The data loss, as in :func:`regularized_loss`.
+        generators: Further generators the model draws from (the engine's dropout streams).
+        validate: The label-range check, as in :func:`regularize`.
+        ensemble: Whether ``model`` is an ensemble (logits ``(K, B, m)``); else its logits
+            must be ``(B, m)``, as :func:`regularized_loss` requires.
+
+    Returns:
+        ``reg`` with ``method="double_backprop"`` or ``"finite_difference"``: the same object
+        for the same model and regularizer every time.
+
+    Raises:
+        RuntimeError: An error of the trial pass that is not a missing double backward.
+        ValueError: Invalid logits or targets, as the training step would raise.
+    """
+    if not reg.auto_method:
+        return reg
+    owner = getattr(model, "__self__", model)  # a bound method is made anew at each access; its object is not
+    try:
+        cache = _RESOLVED.setdefault(owner, {})
+    except TypeError:
+        cache = {}
+    key = _cache_key(reg)
+    if key not in cache:
+        why = _exact_unavailable(reg, model, x, y, loss, generators, validate, ensemble)
+        if why is None:
+            cache[key] = reg.with_method("double_backprop")  # type: ignore[attr-defined]
+        else:
+            warnings.warn(
+                f"{reg.name}: exact double backward is not available for {why}; using finite differences",
+                UserWarning,
+                stacklevel=_user_stacklevel(),
+            )
+            cache[key] = reg.with_method("finite_difference")  # type: ignore[attr-defined]
+    return cache[key]
 
 
-def _fd_surrogate_shifted(model, x, y, loss, reg, v, draw, replay, kinks, b, f_base, dtype, central_base="auto"):
-    """The true penalty (detached), the surrogate S (with a graph through the shifted pass(es)
-    and, one-sided, through ``f_base``) and the step h, for one regularizer."""
-    from . import finite_difference as FD
+def _cache_key(reg: Regularizer) -> object:
+    """The key of ``reg`` in :func:`resolve_method`'s cache.
 
-    norm = getattr(reg, "norm", "l2")
-    pen = P.per_example_norm(v, norm, 1).mean()
-    d, kappa = FD.direction(v, norm)
-    h = FD.step_size(x, d, reg.relative_step(dtype), 1)  # a constant: nothing flows back through h
+    Args:
+        reg: A regularizer.
 
-    def f_at(sign: float) -> Tensor:
-        xs = FD.shifted(x, h, d, sign)
-        with replay(), kinks.replay():
-            logits = model(xs)
-        return reg.objective(Forward(xs, logits, y, per_example_loss(logits, y, loss)), draw).sum()
+    Returns:
+        ``reg`` itself (a frozen dataclass: equal options, one key), or its identity where a
+        field is unhashable.
+    """
+    try:
+        hash(reg)
+    except TypeError:
+        return id(reg)
+    return reg
 
-    if reg.fd_scheme == "central":
-        surr = FD.surrogate(f_at(1.0), f_at(-1.0), h, kappa, b, "central")
-    else:
-        base = f_base if central_base == "auto" else f_base.detach()
-        surr = FD.surrogate(f_at(1.0), base, h, kappa, b, "one_sided")
-    return pen.detach(), surr, h
+
+def _exact_unavailable(reg, model, x, y, loss, generators, validate, ensemble) -> str | None:
+    """Why ``reg``'s exact penalty cannot train ``model``: one replayed forward pass on ``x`` and
+    the exact penalty on it, of which nothing lasts (see :func:`resolve_method`, whose
+    arguments these are).
+
+    Returns:
+        The operation without a double backward and why (``"SquareOnce (its backward is
+        marked once_differentiable)"``), or None where every operation has one.
+
+    Raises:
+        RuntimeError: A trial error that is not a missing double backward.
+    """
+    with FD.Replay(x.device, generators, model).capture()():
+        xg = x.detach().requires_grad_(True)
+        logits = model(xg) if ensemble else _model_logits(model, xg, x)
+        check_logits_and_targets(logits, y, loss, validate=validate)
+        fwd = Forward(xg, logits, y, per_example_loss(logits, y, loss))
+        b, m = logits.shape[-2], logits.shape[-1]
+        d = reg.draw(b, m, torch.Generator(device=logits.device), logits.device, logits.dtype)
+        draw = None if d is None else d.expand(*fwd.batch_shape[:-1], *d.shape)  # one draw for every run
+        try:
+            value = reg.checked(fwd, draw).sum()
+        except RuntimeError as e:
+            if _double_backward_error(str(e)) is None:
+                raise
+            return f"{_model_kind(logits)} ({str(e).splitlines()[0]})"
+        gap = _double_backward_gap(value)
+        return None if gap is None else _describe_gap(gap[0], gap[1], logits)
+
+
+def _model_kind(logits: Tensor) -> str:
+    """What to call the model in a fallback warning.
+
+    Args:
+        logits: Its output, with the forward pass's graph.
+
+    Returns:
+        ``"a torch.compile'd model"`` where the graph holds a compiled function, else
+        ``"an operation of the model"``.
+    """
+    compiled = any(type(n).__name__ == "CompiledFunctionBackward" for n in graph_nodes(logits))
+    return "a torch.compile'd model" if compiled else "an operation of the model"
+
+
+def _describe_gap(kind: str, node, logits: Tensor) -> str:
+    """The operation without a double backward, and why.
+
+    Args:
+        kind: What :func:`_double_backward_gap` found.
+        node: The node it found.
+        logits: The forward pass's output (a ``once_differentiable`` Function is named from
+            its graph).
+
+    Returns:
+        E.g. ``"SquareOnce (its backward is marked once_differentiable)"`` or
+        ``"aten::_scaled_dot_product_flash_attention_for_cpu_backward (its derivative is not
+        implemented)"``.
+    """
+    if kind == "compiled":
+        return "a torch.compile'd model (compiled graphs have no double backward)"
+    if kind == "once":
+        names = [
+            fn._forward_cls.__name__
+            for fn in graph_nodes(logits)
+            if getattr(getattr(getattr(fn, "_forward_cls", None), "backward", None), "__code__", None) is _ONCE_CODE
+        ]
+        return f"{names[0] if names else 'a custom autograd.Function'} (its backward is marked once_differentiable)"
+    found = re.search(r"derivative for (\S+) is not implemented", _node_error(node))
+    op = found.group(1) if found else "an operation of the model"
+    return f"{op} (its derivative is not implemented)"
+
+
+def _node_error(node) -> str:
+    """The message an ``Error``/``NotImplemented`` autograd node raises when run: it names the
+    operation. Run on zeros, such a node only raises.
+
+    Args:
+        node: The autograd node.
+
+    Returns:
+        Its error message, or ``""`` where it raises none.
+    """
+    try:
+        node(*[torch.zeros(())] * len(getattr(node, "_input_metadata", ())))
+    except Exception as e:  # the message is what is wanted
+        return str(e)
+    return ""
+
+
+# --------------------------------------------------------------------------- batch-shared zeros
+
+_CHECKED_ZERO: dict[int, Callable[[], object]] = {}  # regularizer instances decided, by identity
+
+
+def warn_if_projection_vanishes(reg: Regularizer, fwd: Forward, penalty: Tensor) -> None:
+    """Warn once per regularizer instance where a batch-shared projection is 0 by construction.
+
+    With BatchNorm in training mode feeding affine layers to the logits (the paper's
+    LeNet-BN), the batch sum ``sum_i z_i`` does not depend on the input, so every projection
+    shared by the batch -- SpectReg and RandomOneHot with ``projection="batch"``, FrobReg's
+    basis vectors -- has input gradient 0: the penalty is 0 up to rounding and regularizes
+    nothing. The warning names the fix; no number changes.
+
+    Cost: nothing for other regularizers or once decided; else a walk over the logits' graph
+    for a BatchNorm node in training mode (no hooks), and where there is one, once, two
+    vector-Jacobian products without ``create_graph``: the batch sum projected on a fixed
+    ``u``, and the same with alternating signs per example (which BatchNorm does not cancel).
+    It warns when the penalty and the first are both below ``eps`` (of the compute dtype;
+    ``sqrt(eps)`` for ``norm="l1"``) times the second -- measured, float32: 1e-13 (l1: 1e-6) on
+    the LeNet-BN and an MLP ending BatchNorm -> Linear; 0.05 to 1.6 with the BatchNorm before a
+    nonlinearity. A model in eval mode is decided at its first step in training mode.
+
+    Args:
+        reg: The regularizer (see :attr:`Regularizer.batch_shared_projection`).
+        fwd: The forward pass it was evaluated on, its graph still there.
+        penalty: Its penalty (the batch mean), per run.
+    """
+    if not reg.batch_shared_projection or _decided(reg):
+        return
+    modes = [
+        bool(getattr(n, "_saved_training", "NoUpdate" not in type(n).__name__))
+        for n in graph_nodes(fwd.logits)
+        if "BatchNorm" in type(n).__name__
+    ]
+    if modes and not any(modes):
+        return  # BatchNorm in eval mode only: decide in training mode
+    _decide(reg)
+    if modes and _batch_sum_is_constant(reg, fwd, penalty):
+        fix = "projection='example'" if hasattr(reg, "projection") else "SpectReg(..., projection='example')"
+        warnings.warn(
+            f"{reg.name}: the penalty is 0 up to rounding on this model: its projection is shared by the batch, and "
+            "with BatchNorm in training mode the batch sum of the logits does not depend on the input (see "
+            f"SpectReg's docstring); use {fix} (one projection per example)",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
+def _batch_sum_is_constant(reg: Regularizer, fwd: Forward, penalty: Tensor) -> bool:
+    """The test of :func:`warn_if_projection_vanishes` (see there).
+
+    Args:
+        reg: The regularizer (its ``norm``, if it has one, is used).
+        fwd: The forward pass, its graph still there.
+        penalty: Its penalty per run.
+
+    Returns:
+        Whether, for some run, the penalty and the batch-shared projection on ``u`` are
+        rounding next to the sign-alternating one.
+    """
+    logits, bd = fwd.logits, fwd.batch_dims
+    b, m = logits.shape[-2], logits.shape[-1]
+    norm: P.Norm = getattr(reg, "norm", "l2")
+    u = torch.arange(1, m + 1, device=logits.device, dtype=logits.dtype)
+    u = u * (math.sqrt(m) / u.norm())  # ||u||^2 = m = E||r||^2
+    signs = 1 - 2 * (torch.arange(b, device=logits.device) % 2).to(logits.dtype)
+
+    def size(cotangent: Tensor) -> Tensor:
+        v = P.input_vjp(logits, fwd.x, cotangent.expand_as(logits), create_graph=False)
+        return P.per_example_norm(v, norm, bd).mean(-1)
+
+    shared, signed = size(u), size(signs[:, None] * u)
+    eps = torch.finfo(FD.compute_dtype(logits.dtype, logits.device.type)).eps
+    tol = eps if norm == "l2" else math.sqrt(eps)  # a ratio of squared norms is the square of the norms' ratio
+    small = (shared <= tol * signed) & (penalty.detach() <= tol * signed) & (signed > 0)
+    return bool(small.any())
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside gradreg.
+
+    Returns:
+        For a ``warnings.warn`` in the calling function: 2 is that function's caller, and so on.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _decided(reg: Regularizer) -> bool:
+    """Whether :func:`warn_if_projection_vanishes` has decided about this very instance.
+
+    Args:
+        reg: A regularizer.
+
+    Returns:
+        True once :func:`_decide` was called on it (and it is still alive).
+    """
+    ref = _CHECKED_ZERO.get(id(reg))
+    return ref is not None and ref() is reg
+
+
+def _decide(reg: Regularizer) -> None:
+    """Record that this instance is decided; the record goes when the instance does.
+
+    Args:
+        reg: A regularizer.
+    """
+    key = id(reg)
+    try:
+        _CHECKED_ZERO[key] = weakref.ref(reg, lambda _, k=key: _CHECKED_ZERO.pop(k, None))  # type: ignore[misc]
+    except TypeError:  # not weakly referenceable (slots): held
+        _CHECKED_ZERO[key] = lambda: reg
 
 
 def forward(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss: str | LossFn = "cross_entropy") -> Forward:

@@ -42,17 +42,25 @@ Replays. The shifted forward pass must see the same function as the first one: t
 dropout masks (the RNG is replayed), the same BatchNorm mode (batch statistics of the shifted
 batch, the batch-sum convention of the exact path), and it must leave no trace (running
 statistics are restored afterwards).
+
+The step. :class:`Rerun`, :func:`penalty_term` and :func:`fused_step` are the one
+implementation that :func:`gradreg.regularized_loss` (batch axes ``(B,)``) and the ensemble
+engine (``(K, B)``) both call, with one zero-weight rule (:func:`trains`, :func:`fuses`) and
+one way to find the tensors a step trains (:func:`step_leaves`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from . import penalties as P
 
 SCHEMES = ("one_sided", "central")
 DEFAULT_STEP = {"one_sided": 1e-3, "central": 1e-2}  # float32
@@ -130,7 +138,7 @@ def surrogate(f_plus: Tensor, f_minus: Tensor, h: Tensor, kappa: float, batch: i
 
 def broadcast_runs(h: Tensor, like: Tensor) -> Tensor:
     """``h`` (one value per run) shaped to multiply ``like`` (runs, batch, ...)."""
-    return h.reshape(*h.shape, *([1] * (like.dim() - h.dim())))
+    return h.reshape(tuple(h.shape) + (1,) * (like.dim() - h.dim()))
 
 
 def device_rng(device: torch.device):
@@ -396,3 +404,276 @@ class FrozenKinks:
 
         dims = (*in_dims, *([0] * len(stacked)))
         return torch.func.vmap(replaying, in_dims=dims, randomness=randomness)(*args, *stacked)
+
+
+# --------------------------------------------------------------------------- the step
+#
+# The one finite-difference step, for a single run and for the ensemble engine alike: every
+# tensor has the runs' axes first, so "per run" means shape ``fwd.batch_shape[:-1]`` -- ``()``
+# for one run (batch ``(B,)``), ``(K,)`` for K members (batch ``(K, B)``), as in
+# :mod:`gradreg.penalties`. ``reg`` is a :class:`gradreg.regularizers.ProjectedGradient` and
+# ``fwd`` a :class:`gradreg.Forward` whose ``x`` is the input leaf that requires grad (typed
+# ``Any`` here: this module imports nothing from gradreg but the penalties, so that the
+# regularizers and the entry points can both import it without a cycle).
+
+
+class Rerun:
+    """The first forward pass, and the same function again at a shifted input.
+
+    ``with rerun.first_pass(): logits = model(x)`` captures the random state
+    (:class:`Replay`) and records the ReLU and max-pooling patterns (:class:`FrozenKinks`);
+    ``rerun(fwd, xs)`` then runs ``model(xs)`` with the same dropout masks and the same
+    pieces, leaving no trace in the buffers.
+
+    Args:
+        model: The network, ``x -> logits``.
+        per_example_loss: ``(logits, y) -> (*batch,)``, the data loss of each example.
+        device: The device the model runs on (its random generator is replayed).
+        generators: Further generators the model draws from (the engine's dropout streams).
+    """
+
+    def __init__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        per_example_loss: Callable[[Tensor, Tensor], Tensor],
+        device: torch.device,
+        generators: Sequence[torch.Generator] = (),
+    ) -> None:
+        self.model, self.per_example_loss, self.device = model, per_example_loss, torch.device(device)
+        self.replay = Replay(self.device, generators, model)
+        self.kinks = FrozenKinks(model)
+
+    @contextlib.contextmanager
+    def first_pass(self) -> Iterator[Rerun]:
+        """Run the first forward pass inside: captures the random state, records the kinks.
+
+        Yields:
+            This object.
+        """
+        self.replay.capture()
+        with self.kinks.record():
+            yield self
+
+    def __call__(self, fwd: Any, xs: Tensor) -> Any:
+        """The forward pass at ``xs``, as the first one ran.
+
+        Args:
+            fwd: The first pass's :class:`gradreg.Forward` (its targets are reused).
+            xs: The shifted input, shaped like ``fwd.x``.
+
+        Returns:
+            ``fwd`` with the shifted input, its logits and its per-example loss.
+        """
+        with self.replay(), self.kinks.replay():
+            logits = self.model(xs)
+        return fwd._replace(x=xs, logits=logits, per_example_loss=self.per_example_loss(logits, fwd.y))
+
+    def compute_dtype(self, logits: Tensor) -> torch.dtype:
+        """:func:`compute_dtype` of the first pass: its logits, autocast and the model's parameters.
+
+        Args:
+            logits: The first pass's logits.
+
+        Returns:
+            The coarsest floating dtype the network computes in (it sets the default step).
+        """
+        params = self.model.parameters() if isinstance(self.model, nn.Module) else ()
+        return compute_dtype(logits.dtype, self.device.type, params)
+
+
+def trains(weights: Iterable[float]) -> bool:
+    """The zero-weight rule: a run whose weight is 0 trains as it would without the regularizer.
+
+    Its penalty is still measured (one backward pass gives ``v``), but nothing is added to its
+    loss; the shifted pass runs only when some run trains, and the fused step, which forms
+    the data gradient its own way, only when every run does (:func:`fuses`).
+
+    Args:
+        weights: The effective weight of each run (one for a single run).
+
+    Returns:
+        Whether any run's weight is nonzero.
+    """
+    return any(w != 0 for w in weights)
+
+
+def fuses(active: Sequence[Any], weights: Iterable[float]) -> bool:
+    """Whether a step takes the fused path (:func:`fused_step`).
+
+    Args:
+        active: The regularizers applied at this step (one per kind, for an ensemble).
+        weights: The effective weight of each run for the one in ``active``.
+
+    Returns:
+        True when ``active`` is one finite-difference regularizer whose class fuses
+        (``fuses_fd_step``, inherited by subclasses) and every run's weight is nonzero.
+    """
+    if len(active) != 1:
+        return False
+    (reg,) = active
+    ws = list(weights)
+    return bool(getattr(reg, "finite_difference", False) and type(reg).fuses_fd_step and ws and all(ws))
+
+
+def step_leaves(t: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """The tensors a step trains: every leaf of ``t``'s graph but the inputs.
+
+    That is the model's parameters that ``t`` uses and any other leaf it reaches (a learnable
+    loss, a weight from outside the module), so that none loses its gradient.
+
+    Args:
+        t: The first pass's objective.
+        inputs: The input leaves, which are data, not trained.
+
+    Returns:
+        The leaves, in :func:`gradreg.penalties.graph_leaves` order.
+    """
+    return [v for v in P.graph_leaves(t) if not any(v is u for u in inputs)]
+
+
+def _shifted_surrogate(
+    reg: Any, fwd: Any, draw: Tensor | None, rerun: Rerun, v: Tensor, base: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The exact penalty, the surrogate and the step for a known ``v = dF/dx`` and ``F(x)``.
+
+    Args:
+        reg: The regularizer.
+        fwd: The first pass.
+        draw: Its projections for this batch (``None`` if it draws none).
+        rerun: Replays the first pass at a shifted input.
+        v: The input gradient of ``F``, detached, shaped like ``fwd.x``.
+        base: ``F(x)`` per run: with its graph (the one-sided surrogate then trains through
+            it), or detached (the fused step carries that gradient itself).
+        dtype: The network's compute dtype (:func:`compute_dtype`), which sets the default step.
+
+    Returns:
+        ``(penalty, surrogate, h)``, each per run; the penalty ``mean_i ||v_i||`` is detached.
+    """
+    bd, b = fwd.batch_dims, fwd.logits.shape[-2]
+    pen = reg.gradient_norm(v, bd).mean(-1)
+    d, kappa = direction(v, getattr(reg, "norm", "l2"))
+    h = step_size(fwd.x, d, reg.relative_step(dtype), bd)  # a constant: nothing flows back through h
+
+    def f_at(sign: float) -> Tensor:
+        return reg.objective(rerun(fwd, shifted(fwd.x, h, d, sign)), draw).sum(-1)
+
+    if reg.fd_scheme == "central":
+        surr = surrogate(f_at(1.0), f_at(-1.0), h, kappa, b, "central")
+    else:
+        surr = surrogate(f_at(1.0), base, h, kappa, b, "one_sided")
+    return pen.detach(), surr, h
+
+
+def penalty_term(
+    reg: Any,
+    fwd: Any,
+    draw: Tensor | None,
+    rerun: Rerun,
+    weight: float | Tensor,
+    dtype: torch.dtype,
+    *,
+    shift: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """One finite-difference regularizer's penalty and its term of the loss.
+
+    The term is ``weight * (S - S.detach() + P)``: the exact penalty ``P`` as its value and the
+    surrogate ``S``'s gradient (see the module docstring).
+
+    Args:
+        reg: The regularizer (``method="finite_difference"``).
+        fwd: The first pass; ``fwd.x`` the input leaf, whose graph is kept for the caller.
+        draw: Its projections for this batch, per run (``None`` if it draws none).
+        rerun: Replays the first pass at a shifted input.
+        weight: The effective weight: a float for a single run, a tensor per run otherwise.
+        dtype: The network's compute dtype (:meth:`Rerun.compute_dtype`).
+        shift: False where no run trains (:func:`trains`): the shifted pass is skipped.
+
+    Returns:
+        ``(penalty, term)``: the penalty per run, detached, and the loss term per run, or
+        None without ``shift``.
+    """
+    f = reg.objective(fwd, draw).sum(-1)
+    (gx,) = torch.autograd.grad(f.sum(), fwd.x, retain_graph=True)
+    v = gx.detach()
+    if not shift:
+        return reg.gradient_norm(v, fwd.batch_dims).mean(-1), None
+    pen, surr, _ = _shifted_surrogate(reg, fwd, draw, rerun, v, f, dtype)
+    return pen, weight * (surr - surr.detach() + pen)
+
+
+def fused_step(
+    reg: Any, fwd: Any, rerun: Rerun, weight: float | Tensor, dtype: torch.dtype, data_scale: float
+) -> tuple[Tensor, Tensor] | None:
+    """The data loss and one finite-difference regularizer whose objective is that loss, fused.
+
+    For a regularizer that fuses (``fuses_fd_step``: its ``F`` is the summed data loss, as
+    DataGrad's is), one backward pass at ``x`` gives both ``v`` and the data gradient ``G``
+    of every leaf; one forward/backward pass at ``x + h d`` (two, central) gives the rest.
+    ``G`` is carried into the returned objective with the coefficient of each run:
+    ``1 / data_scale - weight * kappa / (B h)`` one-sided (``F(x)`` enters the surrogate with
+    that factor), ``1 / data_scale`` central, and ``1 / data_scale`` where ``h`` is 0.
+
+    Args:
+        reg: The regularizer (see :func:`fuses`).
+        fwd: The first pass; its graph is freed here.
+        rerun: Replays the first pass at a shifted input.
+        weight: The effective weight: a float for a single run, a tensor per run otherwise.
+        dtype: The network's compute dtype (:meth:`Rerun.compute_dtype`).
+        data_scale: The data loss is ``F / data_scale`` (B for a batch mean, 1 for a sum).
+
+    Returns:
+        ``(objective, penalty)``: a scalar whose ``backward()`` gives every leaf its gradient
+        of the data loss plus the weighted penalty (its value is not the loss), and the
+        penalty per run, detached; or None where the loss trains no leaf.
+    """
+    x = fwd.x
+    f = reg.objective(fwd, None).sum(-1)
+    leaves = step_leaves(f, [x])
+    if not leaves:
+        return None
+    gx, *g_leaves = torch.autograd.grad(f.sum(), [x, *leaves], allow_unused=True)
+    v = gx.detach()
+    pen, surr, h = _shifted_surrogate(reg, fwd, None, rerun, v, f.detach(), dtype)
+    _, kappa = direction(v, getattr(reg, "norm", "l2"))
+    b = fwd.logits.shape[-2]
+    if reg.fd_scheme == "one_sided":  # a tensor (no host sync); h = 0 (v = 0) leaves the data gradient alone
+        safe = torch.where(h > 0, h, torch.ones_like(h))
+        coef = torch.where(h > 0, 1.0 / data_scale - weight * kappa / (b * safe), torch.full_like(h, 1.0 / data_scale))
+    else:
+        coef = torch.full_like(h, 1.0 / data_scale)
+    have = [(p, g) for p, g in zip(leaves, g_leaves) if g is not None]
+    carried = carry_gradients([p for p, _ in have], [broadcast_runs(coef.to(g.dtype), g) * g for _, g in have])
+    return carried + (weight * surr).sum(), pen
+
+
+class _CarryGradients(torch.autograd.Function):
+    """A zero scalar whose gradient with respect to each of ``params`` is the given tensor
+    (times the incoming gradient, so a scaled loss scales it too): one autograd node that
+    carries gradients already computed into the returned loss's ``backward()``."""
+
+    @staticmethod
+    def forward(ctx, grads, *params):
+        ctx.grads = grads
+        return params[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx, out):
+        grads = ctx.grads
+        ctx.grads = None
+        return (None, *torch._foreach_mul(grads, out))
+
+
+def carry_gradients(params: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """A zero scalar whose gradient with respect to each parameter is the given tensor.
+
+    Args:
+        params: The tensors to train.
+        grads: One gradient per parameter, already computed.
+
+    Returns:
+        ``0``, with ``d/dp = grad`` for each ``p`` (times whatever scales it); a plain zero
+        when ``params`` is empty.
+    """
+    if not params:
+        return torch.zeros(())
+    return _CarryGradients.apply([g.detach() for g in grads], *params)

@@ -34,7 +34,11 @@ import difflib
 import torch
 from torch import Tensor, nn
 
-__all__ = ["capture", "Capture"]
+__all__ = ["capture", "Capture", "UnknownSubmodule"]
+
+
+class UnknownSubmodule(ValueError):
+    """A submodule name that the model does not have; the message lists close matches."""
 
 
 class Capture:
@@ -183,7 +187,7 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name in modules:
         return modules[name]
-    raise ValueError(f"{type(model).__name__} has no submodule {name!r}{_suggest(name, list(modules))}")
+    raise UnknownSubmodule(f"{type(model).__name__} has no submodule {name!r}{_suggest(name, list(modules))}")
 
 
 def _suggest(name: str, names: list[str]) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .paper import models as M
+from . import networks as N
 
 
 @dataclass(frozen=True)
@@ -36,17 +36,17 @@ MODEL_OPTIONS = ("dropout", "batchnorm", "bn_batch_stats_at_eval")
 MODELS: dict[str, ModelSpec] = {
     "lenet5": ModelSpec(
         ("mnist",),
-        lambda c, g: M.lenet5(
+        lambda c, g: N.lenet5(
             dropout=c.dropout, batchnorm=c.batchnorm, bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g
         ),
         MODEL_OPTIONS,
     ),
     "resnet_cifar": ModelSpec(
         ("cifar10",),
-        lambda c, g: M.resnet_cifar(bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g),
+        lambda c, g: N.resnet_cifar(bn_batch_stats_at_eval=c.bn_batch_stats_at_eval, generator=g),
         ("bn_batch_stats_at_eval",),
     ),
-    "mlp_sin": ModelSpec(("sin", "sin2"), lambda c, g: M.mlp_sin(generator=g)),
+    "mlp_sin": ModelSpec(("sin", "sin2"), lambda c, g: N.mlp_sin(generator=g)),
 }
 
 
@@ -118,4 +118,4 @@ def build_model(cfg, generator: torch.Generator) -> nn.Module:
 def decayed_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Weight decay's set: conv kernels and dense weight matrices (no biases, no norm
     layers), as in the paper's code; the same rule for any module."""
-    return M.decayed_parameters(model)
+    return N.decayed_parameters(model)

@@ -34,6 +34,7 @@ require grad, raises :class:`NoInputGradient` instead of returning 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Literal, Union
 
 import torch
@@ -92,6 +93,37 @@ def check_differentiable(outputs: Tensor, x: Inputs) -> None:
             )
     if not outputs.requires_grad:
         raise NoInputGradient("the outputs have no autograd graph (computed under no_grad, or detached)")
+
+
+def graph_nodes(t: Tensor) -> Iterator:
+    """Each node of ``t``'s autograd graph once, depth first, in a fixed order.
+
+    Args:
+        t: A tensor; one without a graph (``t.grad_fn`` is None) yields nothing.
+
+    Returns:
+        An iterator over the ``torch.autograd.graph.Node`` objects ``t.backward()`` would visit.
+    """
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        yield node
+        stack.extend(f for f, _ in node.next_functions)
+
+
+def graph_leaves(t: Tensor) -> list[Tensor]:
+    """The leaf tensors that ``t.backward()`` would accumulate gradients into.
+
+    Args:
+        t: A tensor with an autograd graph.
+
+    Returns:
+        The variables of the graph's ``AccumulateGrad`` nodes, in :func:`graph_nodes` order.
+    """
+    return [node.variable for node in graph_nodes(t) if hasattr(node, "variable")]
 
 
 def _grads(

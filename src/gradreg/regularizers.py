@@ -112,6 +112,11 @@ class Regularizer(abc.ABC):
     on_softmax: ClassVar[bool] = False
     # Extra command-line names (the lower-case class name is always one).
     aliases: ClassVar[tuple[str, ...]] = ()
+    # Does its finite-difference step fuse with the data loss's backward pass? Only where its
+    # objective F is the summed per-example data loss itself (DataGrad), so that one backward
+    # pass at x gives both v = dF/dx and the data gradient (gradreg.finite_difference.fused_step).
+    # Inherited: a subclass that changes ``objective`` must set it False.
+    fuses_fd_step: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         w = self.weight
@@ -177,8 +182,31 @@ class Regularizer(abc.ABC):
         """Every field but the weight."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "weight"}
 
+    @property
+    def batch_shared_projection(self) -> bool:
+        """Whether every example of a batch is projected on the same vector(s).
 
-METHODS = ("double_backprop", "finite_difference")
+        Such a penalty is the input gradient of ``sum_i <z_i, r>``, which vanishes where the
+        logits are affine in the output of a BatchNorm in training mode (see
+        :class:`SpectReg`); :func:`gradreg.regularize` warns when it finds it 0.
+
+        Returns:
+            False here; SpectReg and RandomOneHot with ``projection="batch"``, and FrobReg.
+        """
+        return False
+
+    @property
+    def auto_method(self) -> bool:
+        """Whether exact double backprop or finite differences is chosen per model.
+
+        Returns:
+            False here; a :class:`ProjectedGradient` with ``method="auto"`` (FrobReg's and
+            JacReg's ``method`` is another option: how their products are batched).
+        """
+        return False
+
+
+METHODS = ("double_backprop", "finite_difference", "auto")
 
 
 @dataclass(frozen=True)
@@ -192,6 +220,11 @@ class ProjectedGradient(Regularizer):
     ``fd_scheme`` ``"one_sided"`` or ``"central"``, ``fd_step`` the relative step (None: 1e-3
     one-sided, 1e-2 central in float32, larger when the network computes in float16/bfloat16,
     smaller in float64; see that module). Either way the value reported is the exact penalty.
+    ``"auto"`` is exact double backprop where every operation of the penalty's graph has a
+    double backward, and finite differences (with ``fd_scheme`` and ``fd_step``) elsewhere:
+    :func:`gradreg.regularized_loss` and the ensemble engine try the exact penalty once per
+    model, on a replayed forward pass that changes no state, and warn when they fall back.
+    :func:`gradreg.regularize`, which cannot re-run the model, uses the exact penalty.
     """
 
     method: str = field(default="double_backprop", kw_only=True, metadata={"added": True})
@@ -202,8 +235,8 @@ class ProjectedGradient(Regularizer):
         super().__post_init__()
         _check_choice("method", self.method, METHODS)
         _check_choice("fd_scheme", self.fd_scheme, ("one_sided", "central"))
-        if self.method != "finite_difference" and (self.fd_step is not None or self.fd_scheme != "one_sided"):
-            raise ValueError(
+        if self.method == "double_backprop" and (self.fd_step is not None or self.fd_scheme != "one_sided"):
+            raise ValueError(  # the message is matched verbatim by tests/test_bad_input.py ('auto' takes them too)
                 f"{self.name}: fd_step and fd_scheme apply to method='finite_difference' only, not {self.method!r}"
             )
         if self.fd_step is not None:
@@ -213,7 +246,30 @@ class ProjectedGradient(Regularizer):
 
     @property
     def finite_difference(self) -> bool:
+        """Whether it trains by finite differences (``method="finite_difference"``; not ``"auto"``)."""
         return self.method == "finite_difference"
+
+    @property
+    def auto_method(self) -> bool:
+        """``method == "auto"`` (see :attr:`Regularizer.auto_method`)."""
+        return self.method == "auto"
+
+    def with_method(self, method: str) -> ProjectedGradient:
+        """This regularizer with another ``method`` (what ``"auto"`` resolves to).
+
+        Args:
+            method: ``"double_backprop"`` (``fd_scheme`` and ``fd_step`` are reset, as that
+                method takes none) or ``"finite_difference"``.
+
+        Returns:
+            A copy with every other field unchanged.
+
+        Raises:
+            ValueError: For a method that is not valid.
+        """
+        if method == "double_backprop":
+            return dataclasses.replace(self, method=method, fd_scheme="one_sided", fd_step=None)
+        return dataclasses.replace(self, method=method)
 
     def relative_step(self, dtype: torch.dtype = torch.float32) -> float:
         """``fd_step``, or the default for a network whose logits come out in ``dtype``."""
@@ -242,6 +298,7 @@ class DataGrad(ProjectedGradient):
 
     norm: str = "l2"
     aliases: ClassVar[tuple[str, ...]] = ("dg",)
+    fuses_fd_step: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -270,7 +327,8 @@ class SpectReg(ProjectedGradient):
     With BatchNorm in training mode, ``projection="batch"`` vanishes on a model whose logits
     are affine in a BatchNorm output (the paper's LeNet-BN: BatchNorm1d(84), then fc2): the
     batch mean of a BatchNorm output is its offset, so ``sum_i z_i`` does not depend on the
-    input and ``grad_x sum_i <z_i, r> = 0``. Use ``projection="example"`` there.
+    input and ``grad_x sum_i <z_i, r> = 0``. Use ``projection="example"`` there (training
+    warns once when it finds the penalty 0 this way).
     """
 
     projection: str = "batch"
@@ -287,8 +345,13 @@ class SpectReg(ProjectedGradient):
             raise TypeError(f"{self.name}: normalize must be True or False, got {self.normalize!r}")
         if isinstance(self.n_proj, bool) or not isinstance(self.n_proj, int) or self.n_proj < 1:
             raise ValueError(f"SpectReg: n_proj must be an integer >= 1, got {self.n_proj!r}")
-        if self.finite_difference and self.n_proj != 1:
-            raise ValueError("SpectReg: method='finite_difference' needs n_proj=1 (one direction per step)")
+        if self.method != "double_backprop" and self.n_proj != 1:
+            raise ValueError(f"SpectReg: method={self.method!r} needs n_proj=1 (one direction per step)")
+
+    @property
+    def batch_shared_projection(self) -> bool:
+        """``projection == "batch"`` (see :meth:`Regularizer.batch_shared_projection`)."""
+        return self.projection == "batch"
 
     def draw(self, batch, m, generator, device, dtype):
         r = P.gaussian_projections(
@@ -321,6 +384,10 @@ class FrobReg(Regularizer):
     ``gradreg bench`` on 2 CPU cores measured a LeNet step (B=50) with FrobReg at about 8x
     the plain step with the loop and about 1.2x slower still batched.
     Published weight at MNIST N=2000: 0.03.
+
+    Its basis vectors are shared by the batch, so under BatchNorm in training mode it
+    vanishes where SpectReg's ``projection="batch"`` does (see there); one r per example
+    (``SpectReg(..., projection="example")``) does not.
     """
 
     method: str = "auto"
@@ -329,6 +396,11 @@ class FrobReg(Regularizer):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("method", self.method, P.METHODS)
+
+    @property
+    def batch_shared_projection(self) -> bool:
+        """True: the basis vectors ``e_k`` are shared by the batch."""
+        return True
 
     def per_example(self, fwd, draw=None):
         return P.frobreg(fwd.logits, fwd.x, self.method)
@@ -394,6 +466,11 @@ class RandomOneHot(ProjectedGradient):
         super().__post_init__()
         _check_choice("projection", self.projection, P.PROJECTIONS)
         _check_choice("norm", self.norm, P.NORMS)
+
+    @property
+    def batch_shared_projection(self) -> bool:
+        """``projection == "batch"`` (see :meth:`Regularizer.batch_shared_projection`)."""
+        return self.projection == "batch"
 
     def draw(self, batch, m, generator, device, dtype):
         return P.random_onehot_projections(

@@ -32,6 +32,10 @@ class ChecksumError(DataError):
         return type(self), (self.path, self.expected, self.actual, self.source)
 
 
+class TrainSizeError(ValueError):
+    """A training-set size that the training pool cannot give (more examples than it has, or none)."""
+
+
 class DataNotFoundError(FileNotFoundError):
     """A data file is missing from every place it was looked for (and could not be downloaded).
 

@@ -26,6 +26,7 @@ import torch
 
 from gradreg.data.cifar import load_cifar10
 from gradreg.data.download import DEFAULT_SOURCES, DataSources, Fetch
+from gradreg.data.errors import TrainSizeError
 from gradreg.data.mnist import load_mnist
 
 MNIST_POOL = 50_000
@@ -55,7 +56,7 @@ class Splits:
 def training_subset_indices(pool_size: int, train_size: int, seed: int) -> np.ndarray:
     """First ``train_size`` entries of ``numpy.random.RandomState(seed).permutation(pool_size)``."""
     if not 1 <= train_size <= pool_size:
-        raise ValueError(f"train_size must be in 1..{pool_size} (the training pool), got {train_size}")
+        raise TrainSizeError(f"train_size must be in 1..{pool_size} (the training pool), got {train_size}")
     return np.random.RandomState(seed).permutation(pool_size)[:train_size]
 
 

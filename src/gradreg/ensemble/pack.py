@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..paper import models as M
+from .. import networks as N
 
 
 class NotPackable(TypeError):
@@ -45,7 +45,7 @@ class PackedConv2d(nn.Module):
             raise NotPackable("only ungrouped, zero-padded convolutions can be packed")
         self.k = len(convs)
         self.stride, self.padding, self.dilation, self.kernel_size = c.stride, c.padding, c.dilation, c.kernel_size
-        self.tf_same = isinstance(c, M._Conv2dTFSame)
+        self.tf_same = isinstance(c, N.Conv2dTFSame)
         self.weight = _stack([m.weight for m in convs])
         self.bias = _stack([cast(Tensor, m.bias) for m in convs]) if c.bias is not None else None
 
@@ -54,7 +54,7 @@ class PackedConv2d(nn.Module):
         b = None if self.bias is None else self.bias.flatten()
         padding: str | tuple[int, ...] | int = self.padding
         if self.tf_same:
-            x = F.pad(x, M.tf_same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation))
+            x = F.pad(x, N.tf_same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation))
             padding = 0
         return F.conv2d(x, w, b, self.stride, padding, self.dilation, groups=self.k)
 
@@ -159,7 +159,7 @@ class PackedDropout(nn.Module):
 
 
 class PackedBasicBlock(nn.Module):
-    def __init__(self, blocks: Sequence[M.BasicBlock]):
+    def __init__(self, blocks: Sequence[N.BasicBlock]):
         super().__init__()
         b = blocks[0]
         self.k, self.in_ch, self.out_ch, self.stride = len(blocks), b.in_ch, b.out_ch, b.stride
@@ -185,7 +185,7 @@ class PackedBasicBlock(nn.Module):
 
 
 class PackedResNet(nn.Module):
-    def __init__(self, nets: Sequence[M.ResNetCifar]):
+    def __init__(self, nets: Sequence[N.ResNetCifar]):
         super().__init__()
         self.k = len(nets)
         self.stem_conv = PackedConv2d([n.stem_conv for n in nets])
@@ -218,10 +218,10 @@ def pack_module(mods: Sequence[nn.Module]) -> nn.Module:
         return PackedBatchNorm(cast("Sequence[nn.modules.batchnorm._BatchNorm]", mods))
     if isinstance(m, nn.Dropout):
         return PackedDropout(m.p, len(mods))
-    if isinstance(m, M.BasicBlock):
-        return PackedBasicBlock(cast("Sequence[M.BasicBlock]", mods))
-    if isinstance(m, M.ResNetCifar):
-        return PackedResNet(cast("Sequence[M.ResNetCifar]", mods))
+    if isinstance(m, N.BasicBlock):
+        return PackedBasicBlock(cast("Sequence[N.BasicBlock]", mods))
+    if isinstance(m, N.ResNetCifar):
+        return PackedResNet(cast("Sequence[N.ResNetCifar]", mods))
     if isinstance(m, _STATELESS):
         return m
     raise NotPackable(f"cannot pack a {type(m).__name__}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Union, cast
+from typing import Any, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +23,9 @@ from .. import data as D
 from .. import datasets
 from .. import finite_difference as FD
 from ..config import TrainConfig
-from ..core import batch_data_loss, carry_gradients, per_example_loss
+from ..core import batch_data_loss, per_example_loss, resolve_method, warn_if_projection_vanishes
 from ..models import build_model
-from ..regularizers import Forward, ProjectedGradient
+from ..regularizers import Forward
 from ..streams import piecewise_lr, stream_seed
 from .functional import FunctionalEnsemble
 from .optim import PackedOptimizer
@@ -123,17 +123,19 @@ class EnsembleTrainer:
         if c0.augment:
             xb = torch.stack([D.random_translate_flip(xb[mi], self.aug_gens[mi]) for mi in range(k)])
         active = self.active(step)
+        hidden = self.c0.wrt is not None
+        if not hidden:  # a hidden-layer penalty is exact (finite differences perturb the input)
+            self._resolve_auto(active, xb, yb)
         needs_grad = any(self.kinds[s].needs_input_grad for s in active)
         fd = [s for s in active if getattr(self.kinds[s], "finite_difference", False)]
-        hidden = self.c0.wrt is not None
         x = xb.detach().requires_grad_(needs_grad and not hidden)
+        rerun = None
         if hidden:
             assert self.c0.wrt is not None
             logits, wrt = self._forward_capturing(x, self.c0.wrt)
         elif fd:
-            replay = FD.Replay(self.device, self.dropout_gens, self.model).capture()
-            kinks = FD.FrozenKinks(self.model)
-            with kinks.record():
+            rerun = FD.Rerun(self.model, lambda z, t: per_example_loss(z, t, c0.loss), self.device, self.dropout_gens)
+            with rerun.first_pass():
                 logits = self.model(x)
         else:
             logits = self.model(x)
@@ -145,69 +147,70 @@ class EnsembleTrainer:
         terms[:, 0] = data_loss.detach()
         total = data_loss
         draws = {s: self._draws(s, b, m) for s in active}  # each member's draws in its list order
-        if fd and len(active) == 1 and self.kinds[fd[0]].name == "DataGrad":
-            return self._fused_datagrad_step(fd[0], fwd, data_loss, terms, replay, kinks, yb, lr), active
+        dtype = rerun.compute_dtype(logits) if rerun is not None else self.dtype
+        if len(active) == 1 and FD.fuses(
+            [self.kinds[active[0]]], [regs[active[0]].effective_weight for regs in self.regs]
+        ):
+            assert rerun is not None
+            s = active[0]
+            scale = 1.0 if self.c0.loss == "half_sse" else float(b)  # data = F / scale
+            fused = FD.fused_step(self.kinds[s], fwd, rerun, self.weights[:, s], dtype, scale)
+            if fused is not None:
+                total, terms[:, 1 + s] = fused
+                if self.any_wd:
+                    total = total + (self.wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in self.decayed)).sum()
+                self._apply(total, lr)
+                return terms, active
         for s in active:
+            reg = self.kinds[s]
             if s in fd:
-                pen, surr = self._fd(self.kinds[s], fwd, draws[s], replay, kinks, yb)
-                terms[:, 1 + s] = pen
-                total = total + self.weights[:, s] * (surr - surr.detach() + pen)
-                continue
-            pen = self.kinds[s].checked(fwd, draws[s]).mean(-1)  # (K,)
+                assert rerun is not None
+                weights = [regs[s].effective_weight for regs in self.regs]
+                pen, term = FD.penalty_term(
+                    reg, fwd, draws[s], rerun, self.weights[:, s], dtype, shift=FD.trains(weights)
+                )
+                if term is not None:
+                    total = total + term
+            else:
+                pen = reg.checked(fwd, draws[s]).mean(-1)  # (K,)
+                total = total + self.weights[:, s] * pen
+            warn_if_projection_vanishes(reg, fwd, pen)
             terms[:, 1 + s] = pen.detach()
-            total = total + self.weights[:, s] * pen
         if self.any_wd:
             total = total + self.wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in self.decayed)
-        for p in self.model.parameters():
-            p.grad = None
-        total.sum().backward()
-        self.opt.step(lr)
+        self._apply(total.sum(), lr)
         return terms, active
 
-    def _compute_dtype(self, fwd: Forward) -> torch.dtype:
-        return FD.compute_dtype(fwd.logits.dtype, torch.device(self.device).type, self.model.parameters())
+    def _apply(self, objective: Tensor, lr: Tensor) -> None:
+        """Backpropagate ``objective`` and take the optimizer step.
 
-    def _fused_datagrad_step(self, s: int, fwd: Forward, data_loss: Tensor, terms: Tensor, replay, kinks, yb, lr):
-        """Finite-difference DataGrad alone, fused (as :func:`gradreg.regularized_loss` does it):
-        one backward at x gives every member's v and its data gradient G; one forward/backward
-        at x + h v gives the rest; G is carried into the loss with each member's coefficient."""
-        reg, x = self.kinds[s], fwd.x
-        assert isinstance(x, Tensor) and isinstance(reg, ProjectedGradient)
-        b = fwd.logits.shape[1]
-        params = list(self.model.parameters())
-        f_base = fwd.per_example_loss.sum(-1)  # (K,): F of each member
-        gx, *g_params = torch.autograd.grad(f_base.sum(), [x, *params], allow_unused=True)
-        v = gx.detach()
-        pen = reg.gradient_norm(v, 2).mean(-1)
-        d, kappa = FD.direction(v, getattr(reg, "norm", "l2"))
-        h = FD.step_size(x, d, reg.relative_step(self._compute_dtype(fwd)), 2)  # (K,)
-        w = self.weights[:, s]
-        scale = 1.0 if self.c0.loss == "half_sse" else float(b)  # data = F / scale
-
-        def f_at(sign: float) -> Tensor:
-            xs = FD.shifted(x, h, d, sign)
-            with replay(), kinks.replay():
-                logits = self.model(xs)
-            return per_example_loss(logits, yb, self.c0.loss).sum(-1)
-
-        if reg.fd_scheme == "central":
-            surr = FD.surrogate(f_at(1.0), f_at(-1.0), h, kappa, b, "central")
-            coef = torch.full_like(h, 1.0 / scale)
-        else:
-            surr = FD.surrogate(f_at(1.0), f_base.detach(), h, kappa, b, "one_sided")
-            safe = torch.where(h > 0, h, torch.ones_like(h))
-            coef = torch.where(h > 0, 1.0 / scale - w * kappa / (b * safe), torch.full_like(h, 1.0 / scale))
-        have = [(p, g) for p, g in zip(params, g_params) if g is not None]
-        carried = carry_gradients([p for p, _ in have], [FD.broadcast_runs(coef.to(p.dtype), g) * g for p, g in have])
-        total = carried + (w * surr).sum()
-        if self.any_wd:
-            total = total + (self.wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in self.decayed)).sum()
-        terms[:, 1 + s] = pen
-        for p in params:
+        Args:
+            objective: A scalar whose gradient is the step's.
+            lr: Each member's learning rate at this step.
+        """
+        for p in self.model.parameters():
             p.grad = None
-        total.backward()
+        objective.backward()
         self.opt.step(lr)
-        return terms
+
+    def _resolve_auto(self, active: list[int], xb: Tensor, yb: Tensor) -> None:
+        """Resolve each active ``method="auto"`` slot once, for every member at once
+        (:func:`gradreg.core.resolve_method` on the ensemble model; it warns where it falls back).
+
+        Args:
+            active: The slots applied at this step.
+            xb: The batch, ``(K, B, *in)``.
+            yb: Its targets.
+        """
+        for s in active:
+            if not self.kinds[s].auto_method:
+                continue
+            resolved = resolve_method(
+                self.kinds[s], self.model, xb, yb, self.c0.loss, generators=self.dropout_gens, ensemble=True
+            )
+            method = cast(Any, resolved).method
+            self.regs = [[*regs[:s], cast(Any, regs[s]).with_method(method), *regs[s + 1 :]] for regs in self.regs]
+            self.kinds = self.regs[0]
 
     def _forward_capturing(self, x: Tensor, name: str) -> tuple[Tensor, Tensor]:
         """The logits, and submodule ``name``'s output laid out ``(K, B, ...)`` such that the
@@ -233,33 +236,6 @@ class EnsembleTrainer:
         if len(seen) != 1:
             raise ValueError(f"wrt={name!r}: the submodule ran {len(seen)} times in one forward pass, not once")
         return logits, seen[0]
-
-    def _fd(self, reg, fwd: Forward, draw, replay, kinks, yb) -> tuple[Tensor, Tensor]:
-        """A finite-difference regularizer for all members: the exact penalty (K,), detached,
-        and the surrogate (K,) (:mod:`gradreg.finite_difference`), one h per member."""
-        x = fwd.x
-        assert isinstance(x, Tensor)  # the engine differentiates by its one input tensor
-        b = fwd.logits.shape[1]
-        f_base = reg.objective(fwd, draw).sum(-1)  # (K,)
-        (gx,) = torch.autograd.grad(f_base.sum(), x, retain_graph=True)
-        v = gx.detach()
-        norm = getattr(reg, "norm", "l2")
-        pen = reg.gradient_norm(v, 2).mean(-1)
-        d, kappa = FD.direction(v, norm)
-        h = FD.step_size(x, d, reg.relative_step(self._compute_dtype(fwd)), 2)
-
-        def f_at(sign: float) -> Tensor:
-            xs = FD.shifted(x, h, d, sign)
-            with replay(), kinks.replay():
-                logits = self.model(xs)
-            pel = per_example_loss(logits, yb, self.c0.loss)
-            return reg.objective(Forward(xs, logits, yb, pel), draw).sum(-1)
-
-        if reg.fd_scheme == "central":
-            surr = FD.surrogate(f_at(1.0), f_at(-1.0), h, kappa, b, "central")
-        else:
-            surr = FD.surrogate(f_at(1.0), f_base, h, kappa, b, "one_sided")
-        return pen, surr
 
     # ------------------------------------------------------------------ checkpoints
 

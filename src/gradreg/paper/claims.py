@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..sweep import stats
+from .. import stats
 from .numbers import CLAIMS, FACTS, TABLES
 
 VERDICTS = ("holds", "partly", "does not hold", "not checked")

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from .. import regularizers as R
 from ..config import TrainConfig, paper_config
+from ..identity import run_key
 from .numbers import LAMBDA_GRIDS, TABLES
 
 # The specs' names for the regularizers, resolved through the one registry.
@@ -127,8 +128,6 @@ class Experiment:
 
     def plan(self) -> dict:
         """What the report needs, as data: cells, candidates and the run keys per seed."""
-        from ..sweep.store import run_key
-
         return {
             "name": self.name,
             "title": self.title,

@@ -63,7 +63,7 @@ def _batchnorm_row_offset(summaries: list, scale: float) -> str:
     """What the numbers do establish about Table 1's BatchNorm row: at the published λ the
     DataGrad cell is indistinguishable from our own NoGR, and every cell of the row sits above
     the paper's, so the disagreement is the row's, not the penalty's."""
-    from ..sweep import stats
+    from .. import stats
     from .numbers import TABLES
 
     cells = {s.col: s for s in summaries if s.row == "LeNet Batchnorm" and len(s.test) > 1}

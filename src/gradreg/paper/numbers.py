@@ -13,7 +13,7 @@ Conventions:
   (a fraction in [0, 1], or the MSE itself), the units of ``gradreg.train.RunResult.test``.
 - ``Cell.std`` is the printed std over ``n_runs`` runs, or ``None`` where the table prints
   none (Tables 5 and 7). The paper does not say whether it is ddof=0 or 1 (see
-  :mod:`gradreg.sweep.stats`).
+  :mod:`gradreg.stats`).
 - ``weights[(row, col)]`` maps regularizer name to the λ the paper states for that cell
   (``{}`` for an unregularized cell). Cells missing from ``weights`` have no stated λ.
   Regularizer names are the library's (``DataGrad``, ``SpectReg``, ``JacReg``,

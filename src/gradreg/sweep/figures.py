@@ -16,7 +16,7 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..paper.numbers import FACTS, TABLES
-from .report import metric_scale
+from .units import metric_scale
 
 
 def _plt():
@@ -179,7 +179,43 @@ def sin_fits_plot(plan, summaries, out_dir: Path, stem: str, xlim=None) -> Path:
     return _write_png(plt, fig, out_dir, stem)
 
 
+def robust_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
+    """Robust accuracy against the budget, one line per cell and a panel per norm (eps 0: clean
+    accuracy on the probed images); and clean against robust accuracy at L-infinity 0.1."""
+    from .robust import robust_cell
+
+    plt = _plt()
+    cells = [c for c in (robust_cell(s) for s in summaries) if c is not None]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, norm, label in ((axes[0], "linf", "L∞"), (axes[1], "l2", "L2")):
+        for c in cells:
+            pts = sorted(k for k in c.pgd if k[0] == norm)
+            xs = [0.0] + [e for _, e in pts]
+            ys = [100 * np.mean(c.clean)] + [100 * np.mean(c.pgd[k]) for k in pts]
+            ax.plot(xs, ys, marker="o", label=f"{c.row} / {c.col}" if norm == "linf" else None)
+        ax.set_xlabel(f"{label} budget (pixel units)")
+        ax.set_ylabel("PGD accuracy (%)")
+        ax.set_ylim(0, 100)
+    axes[0].legend(fontsize=7)
+    ax = axes[2]
+    for c in cells:
+        key = ("linf", 0.1)
+        if key in c.pgd:
+            ax.scatter(100 * np.mean(c.clean), 100 * np.mean(c.pgd[key]))
+            ax.annotate(
+                f"{c.col}" if c.lam is None else f"{c.row} {c.lam:g}",
+                (100 * np.mean(c.clean), 100 * np.mean(c.pgd[key])),
+                fontsize=7,
+            )
+    ax.set_xlabel("clean accuracy on the probed images (%)")
+    ax.set_ylabel("PGD accuracy at L∞ 0.1 (%)")
+    fig.suptitle(plan["title"], fontsize=10)
+    return _write_png(plt, fig, out_dir, stem)
+
+
 _FIGURES: dict[str, Callable[[dict, list, Path, str], Path]] = {
+    "robust": robust_plot,
+    "robust_tradeoff": robust_plot,
     "table5": sweep_plot,
     "table7": sweep_plot,
     "fig2": fig2_plot,

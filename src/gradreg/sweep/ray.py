@@ -33,9 +33,14 @@ from ..config import TrainConfig
 from ..ensemble.loop import plan_chunks, train_many
 from ..train import RunResult
 
-__all__ = ["RayExecutor", "RAY_MISSING"]
+__all__ = ["RayExecutor", "RAY_MISSING", "ClusterTooSmall"]
 
 RAY_MISSING = "the ray executor needs Ray: pip install 'gradreg[ray]'"
+
+
+class ClusterTooSmall(ValueError):
+    """A task asks for more CPUs or GPUs than the whole Ray cluster has (it would wait forever)."""
+
 
 # The object store of a local cluster that this executor starts. Tasks pass only config
 # dicts and result dicts (kilobytes each), and Ray's default (30% of RAM) would pin memory
@@ -171,7 +176,7 @@ class RayExecutor:
         have = ray.cluster_resources()
         for name, need in (("CPU", self.num_cpus_per_task), ("GPU", gpus)):
             if need > have.get(name, 0):
-                raise ValueError(
+                raise ClusterTooSmall(
                     f"each task asks for {need:g} {name}(s), but the Ray cluster has {have.get(name, 0):g} in all; "
                     f"lower num_{name.lower()}s_per_task" + (" or train on device 'cpu'" if name == "GPU" else "")
                 )

@@ -25,8 +25,10 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..paper.numbers import TABLES
-from . import stats
+from . import robust, stats
+from .figures import draw_figures, has_figure
 from .store import Store
+from .units import metric_scale
 
 ALPHA = 0.05
 
@@ -148,15 +150,6 @@ def significance(summaries: list, plan: dict) -> list:
 # --------------------------------------------------------------------------- rendering
 
 
-def metric_scale(plan: dict) -> tuple[float, str]:
-    """Multiplier from our metric to the unit shown, and the unit's label: accuracy in %,
-    MSE in the paper's Table 7 unit (x 1e-5) everywhere, also where no paper table exists."""
-    if plan["metric"] == "accuracy":
-        return 100.0, "%"
-    table = TABLES.get(plan.get("paper_table") or "") or TABLES["table7"]
-    return 1.0 / table.scale, f"×{table.unit}"
-
-
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
     if mean is None or math.isnan(mean):
         return "–"
@@ -240,6 +233,7 @@ def render_markdown(plan: dict, summaries: list, tests: list, rows: list) -> str
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += agreement_section(plan, summaries, table, scale)
+    lines += robust.section(summaries, plan.get("baseline_col"))
     if tests:
         lines += [
             "## Significance (Welch's t-test, Bonferroni)",
@@ -454,8 +448,6 @@ def report_stem(name: str, profile: str | None) -> str:
 def report_paths(name: str, profile: str | None, out_dir) -> list[Path]:
     """The files :func:`write_report` writes for ``name`` and ``profile``: ``.md``, ``.csv``
     and, for experiments with a figure, ``.png``."""
-    from .figures import has_figure
-
     stem = Path(out_dir) / report_stem(name, profile)
     suffixes = (".md", ".csv") + ((".png",) if has_figure(name) else ())
     return [stem.with_name(stem.name + s) for s in suffixes]
@@ -491,8 +483,6 @@ def build_report(store_path, name: str, profile: str | None = None) -> dict:
 def write_report(store_path, name: str, out_dir, profile: str | None = None) -> list[Path]:
     """Write ``NAME.PROFILE.md``, ``.csv`` and the figure (``.png``) into ``out_dir`` (see
     :func:`report_stem`); ``profile`` as in :func:`build_report`."""
-    from .figures import draw_figures
-
     out_dir = Path(out_dir)
     rep = build_report(store_path, name, profile)
     stem = report_stem(name, rep["plan"].get("profile"))

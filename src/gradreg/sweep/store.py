@@ -24,14 +24,15 @@ Failure runs: a record with an ``error`` is stored too, and a later *successful*
 same config replaces it (a success never gets replaced). ``has(config)`` counts failures as
 present, so a re-run skips them; pass ``include_errors=False`` to retry them.
 
-Importing this module has no side effects; it needs only the standard library.
+:func:`run_key` is :func:`gradreg.identity.run_key`, re-exported: the experiment specs name runs by
+it too, and they sit below the sweeps. Importing this module has no side effects; it needs only
+the standard library.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import functools
-import hashlib
 import json
 import os
 import random
@@ -41,7 +42,9 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
+
+from ..identity import canonical_json, json_default, run_key
 
 __all__ = ["Store", "StoreError", "run_key", "code_version", "SCHEMA_VERSION"]
 
@@ -114,19 +117,6 @@ class StoreError(RuntimeError):
 # --------------------------------------------------------------------------- pure helpers
 
 
-def run_key(config: dict) -> str:
-    """A stable id for a run: the first 32 hex digits of the SHA-256 of the config's canonical
-    JSON (keys sorted at every level, separators ``","`` and ``":"``, ASCII-only).
-
-    Independent of dict key order; tuples hash like lists, NumPy/torch scalars like the Python
-    number they hold. ``1`` and ``1.0`` are different configs. Raises ``TypeError`` for a
-    value JSON cannot represent.
-    """
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    return hashlib.sha256(_canonical_json(config).encode("ascii")).hexdigest()[:32]
-
-
 @functools.cache
 def code_version() -> str:
     """The package version, plus ``+g<short commit>`` when the source is a git checkout
@@ -163,19 +153,6 @@ def _git_commit(directory: Path) -> str | None:
         return None
     commit = out.stdout.strip()
     return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{4,40}", commit) else None
-
-
-def _json_default(obj: Any) -> Any:
-    # NumPy / torch scalars and arrays, without importing either.
-    if hasattr(obj, "tolist") and callable(obj.tolist):
-        return obj.tolist()
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-
-def _canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_json_default)
 
 
 def _utc_now() -> str:
@@ -220,10 +197,10 @@ def encode_record(experiment: str, record: dict, version: str, created_at: str) 
     return (
         run_key(config),
         experiment,
-        _canonical_json(config),
+        canonical_json(config),
         seed,
-        json.dumps(metrics, sort_keys=True, default=_json_default),
-        json.dumps(curve, default=_json_default),
+        json.dumps(metrics, sort_keys=True, default=json_default),
+        json.dumps(curve, default=json_default),
         None if numbers["wall_time_s"] is None else float(numbers["wall_time_s"]),
         None if numbers["steps_per_s"] is None else float(numbers["steps_per_s"]),
         texts["code_version"] or version,
@@ -439,7 +416,7 @@ class Store:
         pairs = [(exp, run_key(c)) for exp, c in links]
         plan_rows = []
         for exp, plan in plans:
-            text = _canonical_json(plan)
+            text = canonical_json(plan)
             plan_rows += [(f"plan:{exp}", text)] + (
                 [(f"plan:{exp}@{plan['profile']}", text)] if plan.get("profile") else []
             )
@@ -508,14 +485,14 @@ class Store:
                         conn.execute("DELETE FROM runs WHERE run_key = ?", (new,))
                         conn.execute(
                             "UPDATE runs SET run_key = ?, config_json = ? WHERE run_key = ?",
-                            (new, _canonical_json(config), key),
+                            (new, canonical_json(config), key),
                         )
                     else:
                         conn.execute("DELETE FROM runs WHERE run_key = ?", (key,))
                 else:
                     conn.execute(
                         "UPDATE runs SET run_key = ?, config_json = ? WHERE run_key = ?",
-                        (new, _canonical_json(config), key),
+                        (new, canonical_json(config), key),
                     )
                 conn.execute("UPDATE OR IGNORE memberships SET run_key = ? WHERE run_key = ?", (new, key))
                 conn.execute("DELETE FROM memberships WHERE run_key = ?", (key,))
