@@ -20,7 +20,7 @@ for r in rows:
         continue
     out.append(f"| {r['regularizer']} | {r['rel_time']:.2f} | {r['peak_mem_rel']:.2f} |")
 out.append("")
-out.append("**Fast regularization** (targets from the issue in brackets):")
+out.append("**Fast regularization** (targets in brackets):")
 out.append("")
 out.append(
     "| where | penalty | exact | finite difference, one-sided [≤ 2.1] | its floor | central | lazy k=4 exact [≤ 1.5] | FD + lazy k=4 [≤ 1.3] |"
@@ -41,7 +41,7 @@ for k in keys:
     )
 out.append("")
 out.append(
-    "*Its floor* is a hand-written step that does only what any finite-difference step must: a plain step that also takes the input gradient (the direction), plus a second forward and backward at the shifted input (`gradreg.bench.two_pass_floor_step`). It is the issue's limit of 2.0 measured rather than assumed: it includes the input gradient and the summing of the two passes' parameter gradients, which that limit leaves out. The fused one-sided DataGrad step should sit at its floor; SpectReg's one-sided step cannot be fused (its F is not the data loss), so it pays a third, input-only backward pass."
+    "*Its floor* is a hand-written step that does only what any finite-difference step must: a plain step that also takes the input gradient (the direction), plus a second forward and backward at the shifted input (`gradreg.bench.two_pass_floor_step`). It is the naive limit of 2.0 measured rather than assumed: it includes the input gradient and the summing of the two passes' parameter gradients, which that limit leaves out. The fused one-sided DataGrad step should sit at its floor; SpectReg's one-sided step cannot be fused (its F is not the data loss), so it pays a third, input-only backward pass."
 )
 out.append("")
 out.append(
@@ -62,7 +62,7 @@ if ceiling:
     loops = [r["loop_ms_per_model_step"] for r in b["ensemble"]]
     out.append("")
     out.append(
-        f"One run on one thread took {c['loop_one_thread_ms_per_model_step']:.2f} ms per step, on two {c['loop_ms_per_model_step']:.2f} ms (K={c['K']} row): running unpacked runs side by side on the two cores gains about {c['split_ceiling_vs_loop']:.2f}× over the one-run loop, and packing adds little to that on a CPU (the ÷ split loop column). The one-run loop's own time per step should not depend on K, yet it ranged {min(loops):.1f}–{max(loops):.1f} ms across the rows: that is the noise in these ratios. The 2× over the one-run loop at K=16 that the engine issue asked for is out of reach on this machine."
+        f"One run on one thread took {c['loop_one_thread_ms_per_model_step']:.2f} ms per step, on two {c['loop_ms_per_model_step']:.2f} ms (K={c['K']} row): running unpacked runs side by side on the two cores gains about {c['split_ceiling_vs_loop']:.2f}× over the one-run loop, and packing adds little to that on a CPU (the ÷ split loop column). The one-run loop's own time per step should not depend on K, yet it ranged {min(loops):.1f}–{max(loops):.1f} ms across the rows: that is the noise in these ratios. A 2× gain over the one-run loop at K=16 is out of reach on this machine."
     )
 out.append("")
 if "mixed_sweep" in b:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..paper.numbers import TABLES
-from . import robust, stats
+from .. import stats
+from . import robust
 from .figures import draw_figures, has_figure
 from .store import Store
 from .units import metric_scale
