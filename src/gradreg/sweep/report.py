@@ -23,9 +23,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import stats
 from ..atomic import write_text_atomic
 from ..paper.numbers import TABLES
-from .. import stats
 from . import robust
 from .figures import draw_figures, has_figure
 from .store import Store
