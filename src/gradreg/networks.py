@@ -2,7 +2,7 @@
 
 They are general models, so they live in the library: the model registry (:mod:`gradreg.models`),
 the engine and the benchmarks build them without importing :mod:`gradreg.paper`, which sits above
-them (:mod:`gradreg.paper.models` re-exports this module). Defaults are the settings behind the
+them. Defaults are the settings behind the
 published numbers, read from the authors' TensorFlow code
 (`danielvarga/improved_wgan_training`: `networks.py`, `tflib/ops/conv2d.py`,
 `tflib/ops/batchnorm.py`), summarised in `docs/settings.md`.
