@@ -91,12 +91,13 @@ KILL_AT_STEP = 40
 def ray_worker_setup() -> None:
     """Runs once in each Ray worker process (``runtime_env={"worker_process_setup_hook": ...}``).
 
-    Wraps ``PackedTrainer.step`` so that, in the directory named by ``$GRADREG_TEST_KILL_DIR``:
+    Wraps the engine (``iter_train_many``, called once per Ray task, i.e. per chunk, and
+    ``train_model``, one run) so that, in the directory named by ``$GRADREG_TEST_KILL_DIR``:
 
-    - every chunk that starts training appends ``"<pid> <its members' run keys>"`` to
+    - every chunk that reaches its first training step appends ``"<pid> <its members' run keys>"`` to
       ``attempts.log``;
-    - once ``arm`` exists, the first chunk to reach step ``KILL_AT_STEP`` creates ``fired``
-      (atomically: exactly one chunk wins) with its pid, and SIGKILLs its own worker process.
+    - once ``arm`` exists, the first run to reach step ``KILL_AT_STEP`` creates ``fired``
+      (atomically: exactly one wins) with its pid, and SIGKILLs its own worker process.
       Later attempts see ``fired`` and train normally.
     """
     folder = os.environ.get(KILL_DIR_ENV)
@@ -105,26 +106,49 @@ def ray_worker_setup() -> None:
     folder = Path(folder)
     from gradreg.ensemble import loop as engine
     from gradreg.sweep.store import run_key
+    from gradreg.train import RunOptions
 
-    original = engine.PackedTrainer.step
+    original_iter, original_train = engine.iter_train_many, engine.train_model
+    pending: list[str] = []  # the chunk's line, written by its first run's first step
 
-    def step(self, xb, yb, step):
-        if step == 0:
-            with open(folder / "attempts.log", "a") as f:
-                f.write(f"{os.getpid()} {','.join(run_key(c.to_dict())[:8] for c in self.cfgs)}\n")
-        if step == KILL_AT_STEP and (folder / "arm").exists():
+    def iter_train_many(configs, **kwargs):
+        pending[:] = [f"{os.getpid()} {','.join(run_key(c.to_dict())[:8] for c in configs)}\n"]
+        return original_iter(configs, **kwargs)
+
+    def log_attempt() -> None:
+        try:
+            line = pending.pop()
+        except IndexError:
+            return
+        with open(folder / "attempts.log", "a") as f:
+            f.write(line)
+
+    def maybe_kill(done: int) -> None:
+        if done == KILL_AT_STEP and (folder / "arm").exists():
             try:
                 fd = os.open(folder / "fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                pass
-            else:
-                os.write(fd, f"{os.getpid()}\n".encode())
-                os.fsync(fd)
-                os.close(fd)
-                os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, xb, yb, step)
+                return
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.fsync(fd)
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    engine.PackedTrainer.step = step
+    def train_model(cfg, *, run=None, **kwargs):
+        run = run if run is not None else RunOptions()
+        inner = run.on_step
+
+        def on_step(done: int) -> None:
+            if done == 1:
+                log_attempt()
+            maybe_kill(done)
+            if inner is not None:
+                inner(done)
+
+        run.on_step = on_step
+        return original_train(cfg, run=run, **kwargs)
+
+    engine.iter_train_many, engine.train_model = iter_train_many, train_model
 
 
 # --------------------------------------------------------------------------- the command line
