@@ -20,6 +20,17 @@ for r in rows:
         continue
     out.append(f"| {r['regularizer']} | {r['rel_time']:.2f} | {r['peak_mem_rel']:.2f} |")
 out.append("")
+if "frobreg_methods" in b:
+    out.append(
+        "**Exact FrobReg, each way to compute it** (LeNet, B=50): the floor is a hand-written step with only the m = 10 input VJPs and one backward through them (`gradreg.bench._frob_floor_step`). *rows* (one backward over the batch repeated once per class) and *torch.func* recompute the forward, so under dropout each class sees its own mask: they are candidates only for deterministic models."
+    )
+    out.append("")
+    out.append("| method | × plain | × floor |")
+    out.append("|---|---|---|")
+    for r in b["frobreg_methods"]:
+        if r["method"] != "plain":
+            out.append(f"| {r['method']} | {r['rel_time']:.2f} | {r['over_floor']:.2f} |")
+    out.append("")
 out.append("**Fast regularization** (targets in brackets):")
 out.append("")
 out.append(

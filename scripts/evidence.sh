@@ -5,6 +5,8 @@
 # chunks are checkpointed in results/checkpoints/, so rerunning this script, on this machine
 # or a fresh one, trains only what is missing.
 #   usage: scripts/evidence.sh [experiment ...]     (default: all of them, cheapest first)
+#   GRADREG_RUN_ARGS: more `gradreg run` options, e.g. "--executor ray --max-members 1" to train
+#   one run per core (a run's result is the same either way).
 # Committing records mid-experiment? Run `gradreg index --out results --readme README.md` first:
 # tests/test_index.py checks that README's headline table is what the committed records give.
 set -euo pipefail
@@ -20,7 +22,7 @@ if [ ${#names[@]} -eq 0 ]; then
 fi
 for name in "${names[@]}"; do
   echo "== $name $(date -u +%FT%TZ)"
-  "$GRADREG" run "$name" --profile published --out results --quiet
+  "$GRADREG" run "$name" --profile published --out results --quiet ${GRADREG_RUN_ARGS:-}
   "$GRADREG" index --out results --readme README.md  # the index and README's headline table
 done
 echo "== done $(date -u +%FT%TZ)"

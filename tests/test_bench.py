@@ -38,6 +38,7 @@ def test_bench_json_has_the_documented_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(B, "ensemble_sizes", lambda device, quick: (2,))
     monkeypatch.setattr(B, "_mnist_available", lambda: False)
     monkeypatch.setattr(B, "fast_regularization_cost", lambda device, quick, log: [{"config": "exact"}])
+    monkeypatch.setattr(B, "frobreg_methods", lambda device, quick, log: [{"method": "plain"}])
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
@@ -47,6 +48,7 @@ def test_bench_json_has_the_documented_keys(tmp_path, monkeypatch, capsys):
     assert rows["plain"]["rel_time"] == 1.0 and "batched_over_loop" in rows["FrobReg[loop]"]
     assert {"regularized_loss([])", "DataGrad", "SpectReg"} <= set(rows)
     assert rep["fast_regularization"] == [{"config": "exact"}]
+    assert rep["frobreg_methods"] == [{"method": "plain"}]
     (ens,) = rep["ensemble"]
     assert ens["K"] == 2
     for baseline in ("loop", "loop_split", "torch_func"):  # one key per baseline, measured side by side
@@ -111,3 +113,33 @@ def test_docs_benchmarks_are_the_committed_bench_json():
     page = (root / "docs" / "benchmarks.md").read_text()
     block = page.split("<!-- bench: python scripts/bench_md.py results/bench_cpu_quick.json -->", 1)[1]
     assert block.split("<!-- /bench -->", 1)[0].strip() == rendered
+
+
+def test_every_exact_frobreg_candidate_takes_the_library_s_step():
+    """The floor, the B·m-rows step and the torch.func step compute exact FrobReg their own
+    way; on a model without randomness one SGD step of each moves every parameter as
+    `FrobReg(1.0)`'s loop and batched methods do (float64)."""
+    torch.manual_seed(0)
+    base = B.N.lenet5(dropout=None).double().eval()
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    y = torch.randint(0, 10, (6,))
+    gen = torch.Generator().manual_seed(0)
+
+    def after(make):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        make(model, opt)()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    start = torch.cat([p.detach().flatten() for p in base.parameters()])
+    ref = after(lambda m, o: B.eager_step(m, o, x, y, [B.R.FrobReg(1.0, method="loop")], "cross_entropy", gen))
+    plain = after(lambda m, o: B.plain_step(m, o, x, y, "cross_entropy"))
+    assert (ref - plain).abs().max() > 1e-6  # the penalty moves the step: the comparison can fail
+    for make in (
+        lambda m, o: B.eager_step(m, o, x, y, [B.R.FrobReg(1.0, method="batched")], "cross_entropy", gen),
+        lambda m, o: B._frob_floor_step(m, o, x, y),
+        lambda m, o: B._frob_rows_step(m, o, x, y),
+        lambda m, o: B._frob_func_step(m, o, x, y),
+    ):
+        got = after(make)
+        torch.testing.assert_close(got - start, ref - start, rtol=1e-9, atol=1e-12)

@@ -236,3 +236,49 @@ def test_every_claim_has_a_check_on_its_figure(key):
 
     checked = {c(fig2_cells() if CLAIMS[key].figure == "fig2" else [], 100).claim for c in CHECKS[CLAIMS[key].figure]}
     assert key in checked
+
+
+# --------------------------------------------------------------------------- Table 6
+
+
+def table6_cells(spect, jac, frob, n=10, spread=0.001):
+    """Table 6's three cells, n seeds each, evenly spread at mean ± spread."""
+    out = []
+    for col, mean in (("SpectReg", spect), ("JacReg", jac), ("FrobReg", frob)):
+        test = [mean + spread * (2 * i / (n - 1) - 1) for i in range(n)]
+        out.append(dataclasses.replace(cell("LeNet", 0, mean), col=col, x=None, n=n, test=test))
+    return out
+
+
+def _adjusted(a, b):
+    return min(1.0, sps.ttest_ind(a.test, b.test, equal_var=False).pvalue * 3)
+
+
+def test_table6_claims_hold_where_only_spectreg_beats_jacreg():
+    cells = table6_cells(0.9780, 0.9760, 0.9770, spread=0.0015)
+    spect, jac, frob = cells
+    # scipy, independently: only SpectReg - JacReg survives Bonferroni over the three pairs
+    assert _adjusted(spect, jac) < 0.05 <= min(_adjusted(spect, frob), _adjusted(frob, jac))
+    found = checks("table6", cells, 100)
+    assert [c.verdict for c in found] == ["holds", "holds", "holds"]
+    assert f"SpectReg − JacReg +0.20 (Bonferroni-adjusted p {_adjusted(spect, jac):.2g})" in found[0].evidence
+    assert "FrobReg − SpectReg -0.10" in found[1].evidence
+    assert found[2].evidence == "SpectReg − JacReg +0.20; FrobReg − JacReg +0.10."
+
+
+def test_table6_claims_fail_where_the_full_jacobian_wins_and_no_pair_differs():
+    # FrobReg clearly above SpectReg (the projection loses), JacReg on top (probabilities win)
+    cells = table6_cells(0.9700, 0.9800, 0.9760, spread=0.002)
+    found = checks("table6", cells, 100)
+    assert [c.verdict for c in found] == ["partly", "does not hold", "does not hold"]
+    # no pair differs at all: the two quiet pairs agree with the caption, SpectReg - JacReg does not
+    quiet = checks("table6", table6_cells(0.978, 0.978, 0.978, spread=0.01), 100)
+    assert quiet[0].verdict == "partly" and quiet[1].verdict == "holds"
+
+
+def test_table6_claims_wait_for_every_cell():
+    spect, jac, frob = table6_cells(0.978, 0.976, 0.977)
+    empty = dataclasses.replace(frob, n=0, test=[], runs=[])
+    found = checks("table6", [spect, jac, empty], 100)
+    assert {c.verdict for c in found} == {"not checked"}
+    assert "LeNet / FrobReg" in found[0].evidence

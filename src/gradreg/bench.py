@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +123,7 @@ def two_pass_floor_step(model: nn.Module, opt, x, y, loss: str) -> Callable[[], 
         gx, *g = torch.autograd.grad(hand_written_data_loss(model(xg), y, loss), [xg, *params])
         opt.zero_grad(set_to_none=True)
         hand_written_data_loss(model(x + 1e-3 * gx), y, loss).backward()
-        torch._foreach_add_([p.grad for p in params], g)
+        torch._foreach_add_([cast(torch.Tensor, p.grad) for p in params], list(g))
         opt.step()
 
     return step
@@ -236,6 +236,104 @@ def regularizer_cost(device: torch.device, quick: bool, log=print) -> list:
     return rows
 
 
+def _frob_floor_step(model: nn.Module, opt, x, y) -> Callable[[], None]:
+    """The floor of an exact FrobReg step, hand-written: the plain step's forward, m input VJPs
+    (one per class, keeping their graphs) and one backward through them all -- the work every
+    exact method must do, with no library code around it."""
+
+    def step():
+        xg = x.detach().requires_grad_(True)
+        z = model(xg)
+        pen = sum(torch.autograd.grad(z[:, k].sum(), xg, create_graph=True)[0].pow(2).sum() for k in range(z.shape[1]))
+        opt.zero_grad(set_to_none=True)
+        (F.cross_entropy(z, y) + pen / len(x)).backward()
+        opt.step()
+
+    return step
+
+
+def _frob_rows_step(model: nn.Module, opt, x, y) -> Callable[[], None]:
+    """Exact FrobReg as one backward over B·m rows: the batch repeated once per class, row
+    block k differentiated through logit k. A fresh forward: under dropout each block draws
+    its own mask, so it matches the other methods only for deterministic models."""
+
+    def step():
+        z = model(x)
+        m = z.shape[1]
+        xr = x.detach().repeat(m, *([1] * (x.dim() - 1))).requires_grad_(True)
+        zr = model(xr).view(m, len(x), m)
+        picked = torch.diagonal(zr, dim1=0, dim2=2).sum()  # sum over k of block k's logit k
+        (g,) = torch.autograd.grad(picked, xr, create_graph=True)
+        opt.zero_grad(set_to_none=True)
+        (F.cross_entropy(z, y) + g.pow(2).sum() / len(x)).backward()
+        opt.step()
+
+    return step
+
+
+def _frob_func_step(model: nn.Module, opt, x, y) -> Callable[[], None]:
+    """Exact FrobReg with torch.func: the per-example Jacobian by `vmap(jacrev(...))` over a
+    functional call of the model (a fresh forward, dropout drawn per example)."""
+    from torch.func import functional_call, jacrev, vmap
+
+    names = [n for n, _ in model.named_parameters()]
+
+    def one(params, xi):
+        return functional_call(model, dict(zip(names, params)), (xi.unsqueeze(0),)).squeeze(0)
+
+    def step():
+        params = tuple(model.parameters())
+        jac = vmap(jacrev(one, argnums=1), in_dims=(None, 0), randomness="different")(params, x)
+        opt.zero_grad(set_to_none=True)
+        (F.cross_entropy(model(x), y) + jac.pow(2).sum() / len(x)).backward()
+        opt.step()
+
+    return step
+
+
+def frobreg_methods(device: torch.device, quick: bool, log=print) -> list:
+    """Exact FrobReg on LeNet, B=50: each way to compute it, against the floor and a plain step.
+
+    The library's methods (`loop`, `batched`) differentiate the training forward itself; `rows`
+    and `torch.func` recompute it (see their steps), so they are candidates only for models
+    without dropout. Each row: step time and its ratio to the plain step and to the floor.
+    """
+    bm = next(m for m in BENCH_MODELS if m.name == "lenet5")
+    torch.manual_seed(0)
+    model = bm.make().to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(bm.batch, *bm.input_shape, device=device)
+    y = torch.randint(0, bm.classes, (bm.batch,), device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    fns = {
+        "plain": plain_step(model, opt, x, y, bm.loss),
+        "floor (m VJPs + backward)": _frob_floor_step(model, opt, x, y),
+        "FrobReg[loop]": eager_step(model, opt, x, y, [R.FrobReg(1.0, method="loop")], bm.loss, gen),
+        "FrobReg[batched]": eager_step(model, opt, x, y, [R.FrobReg(1.0, method="batched")], bm.loss, gen),
+        "rows (one backward, B·m rows)": _frob_rows_step(model, opt, x, y),
+        "torch.func vmap(jacrev)": _frob_func_step(model, opt, x, y),
+    }
+    times = interleaved_median_times(fns, *((5, 2) if quick else (9, 5)), device)
+    floor = times["floor (m VJPs + backward)"]
+    rows = []
+    for k, t in times.items():
+        rows.append(
+            {
+                "model": bm.name,
+                "batch": bm.batch,
+                "method": k,
+                "step_ms": 1e3 * t,
+                "rel_time": t / times["plain"],
+                "over_floor": t / floor,
+            }
+        )
+        log(
+            f"  {bm.name:13s} B={bm.batch:<4d} {k:30s} {1e3 * t:9.2f} ms  x{t / times['plain']:6.2f} plain"
+            f"  x{t / floor:5.2f} floor"
+        )
+    return rows
+
+
 FAST_CONFIGS = {  # issue "fast regularization": (method, scheme, every) and the target cost x plain
     "exact": ("double_backprop", "one_sided", 1),
     "finite-difference one-sided": ("finite_difference", "one_sided", 1),
@@ -246,74 +344,79 @@ FAST_CONFIGS = {  # issue "fast regularization": (method, scheme, every) and the
 FAST_TARGETS = {"finite-difference one-sided": 2.1, "lazy k=4 exact": 1.5, "finite-difference + lazy k=4": 1.3}
 
 
+def _fast_regularizers() -> dict[str | tuple[str, str], tuple[R.Regularizer, ...]]:
+    """DataGrad and SpectReg at weight 1 in each of `FAST_CONFIGS`, keyed (regularizer, config)."""
+    out: dict[str | tuple[str, str], tuple[R.Regularizer, ...]] = {}
+    for reg_name, cls in (("DataGrad", R.DataGrad), ("SpectReg", R.SpectReg)):
+        for label, (method, scheme, every) in FAST_CONFIGS.items():
+            out[(reg_name, label)] = (cls(1.0, method=method, fd_scheme=scheme, every=every),)
+    return out
+
+
 def fast_regularization_cost(device: torch.device, quick: bool, log=print) -> list:
     """DataGrad and SpectReg by method (exact, finite differences, lazy), as multiples of a
     hand-written plain step, in single runs (LeNet B=50, the paper's ResNet at B=16) and in
     the ensemble engine (8 LeNets, against the engine's own NoGR step). Lazy rows time a
-    cycle of ``every`` steps and divide by it."""
-    rows = []
+    cycle of `every` steps and divide by it."""
     models = [
         BenchModel("lenet5", lambda: N.lenet5(), (1, 28, 28), 50, 10, "cross_entropy"),
         BenchModel("resnet_cifar", lambda: N.resnet_cifar(), (3, 32, 32), 16, 10, "cross_entropy"),
     ]
-    key: str | tuple[str, str]  # the timed functions' keys: "plain" or (regularizer, config)
-    for bm in models:
-        torch.manual_seed(0)
-        model = bm.make().to(device).train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        x = torch.randn(bm.batch, *bm.input_shape, device=device)
-        y = torch.randint(0, bm.classes, (bm.batch,), device=device)
-        gen = torch.Generator(device=device).manual_seed(0)
-        fns: dict[str | tuple[str, str], Callable[[], None]] = {
-            "plain": plain_step(model, opt, x, y, bm.loss),
-            "floor": two_pass_floor_step(model, opt, x, y, bm.loss),
+    rows = [row for bm in models for row in _fast_single_run_rows(bm, device, quick, log)]
+    return rows + _fast_engine_rows(device, quick, log)
+
+
+def _fast_single_run_rows(bm: BenchModel, device: torch.device, quick: bool, log) -> list:
+    """`fast_regularization_cost`'s rows for one model trained alone, with the two-pass floor."""
+    torch.manual_seed(0)
+    model = bm.make().to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(bm.batch, *bm.input_shape, device=device)
+    y = torch.randint(0, bm.classes, (bm.batch,), device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    regs = _fast_regularizers()
+    fns: dict[str | tuple[str, str], Callable[[], None]] = {
+        "plain": plain_step(model, opt, x, y, bm.loss),
+        "floor": two_pass_floor_step(model, opt, x, y, bm.loss),
+    }
+    for key, r in regs.items():
+        fns[key] = (_lazy_cycle if r[0].every > 1 else eager_step)(model, opt, x, y, r, bm.loss, gen)
+    heavy = bm.name == "resnet_cifar" and device.type == "cpu"
+    rounds, inner = ((3, 1) if quick else (5, 2)) if heavy else ((9, 6) if quick else (9, 10))
+    times = interleaved_median_times(fns, rounds, inner, device)
+    log(
+        f"  {bm.name:13s} B={bm.batch:<3d} two passes + the input gradient (the floor, hand-written) "
+        f"x{times['floor'] / times['plain']:5.2f} plain"
+    )
+    rows = []
+    for key, r in regs.items():
+        t = times[key] / r[0].every
+        row = {
+            "where": "single run",
+            "model": bm.name,
+            "batch": bm.batch,
+            "regularizer": key[0],
+            "config": key[1],
+            "rel_time": t / times["plain"],
+            "target": FAST_TARGETS.get(key[1]),
+            "floor_rel_time": times["floor"] / times["plain"],
         }
-        regs: dict[tuple[str, str], Sequence[R.Regularizer]] = {}
-        for reg_name, make in (
-            ("DataGrad", lambda **k: R.DataGrad(1.0, **k)),
-            ("SpectReg", lambda **k: R.SpectReg(1.0, **k)),
-        ):
-            for label, (method, scheme, every) in FAST_CONFIGS.items():
-                r: Sequence[R.Regularizer] = [make(method=method, fd_scheme=scheme, every=every)]
-                regs[(reg_name, label)] = r
-                fns[(reg_name, label)] = (_lazy_cycle if every > 1 else eager_step)(model, opt, x, y, r, bm.loss, gen)
-        heavy = bm.name == "resnet_cifar" and device.type == "cpu"
-        rounds, inner = ((3, 1) if quick else (5, 2)) if heavy else ((9, 6) if quick else (9, 10))
-        times = interleaved_median_times(fns, rounds, inner, device)
+        rows.append(row)
         log(
-            f"  {bm.name:13s} B={bm.batch:<3d} two passes + the input gradient (the floor, hand-written) "
-            f"x{times['floor'] / times['plain']:5.2f} plain"
+            f"  {bm.name:13s} B={bm.batch:<3d} {key[0]:9s} {key[1]:30s} x{row['rel_time']:5.2f} plain"
+            + (f"  (target <= {row['target']})" if row["target"] else "")
         )
-        for key, r in regs.items():
-            t = times[key] / r[0].every
-            row = {
-                "where": "single run",
-                "model": bm.name,
-                "batch": bm.batch,
-                "regularizer": key[0],
-                "config": key[1],
-                "rel_time": t / times["plain"],
-                "target": FAST_TARGETS.get(key[1]),
-                "floor_rel_time": times["floor"] / times["plain"],
-            }
-            rows.append(row)
-            log(
-                f"  {bm.name:13s} B={bm.batch:<3d} {key[0]:9s} {key[1]:30s} x{row['rel_time']:5.2f} plain"
-                + (f"  (target <= {row['target']})" if row["target"] else "")
-            )
-    # the engine: 8 LeNets split over the workers, against the engine's NoGR step
+    return rows
+
+
+def _fast_engine_rows(device: torch.device, quick: bool, log) -> list:
+    """`fast_regularization_cost`'s rows for 8 LeNets in the engine, split over the workers,
+    against the engine's own NoGR step."""
     workers = cpu_workers(device)
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    k = 8
-    parts = split_evenly(list(range(1, k + 1)), workers if pool else 1)
+    parts = split_evenly(list(range(1, 9)), workers if pool else 1)
+    configs: dict[str | tuple[str, str], tuple[R.Regularizer, ...]] = {"plain": (), **_fast_regularizers()}
     fns = {}
-    configs: dict[str | tuple[str, str], tuple[R.Regularizer, ...]] = {"plain": ()}
-    for reg_name, make in (
-        ("DataGrad", lambda **kw: R.DataGrad(1.0, **kw)),
-        ("SpectReg", lambda **kw: R.SpectReg(1.0, **kw)),
-    ):
-        for label, (method, scheme, every) in FAST_CONFIGS.items():
-            configs[(reg_name, label)] = (make(method=method, fd_scheme=scheme, every=every),)
     for key, regs_ in configs.items():
         steps = []
         for part in parts:
@@ -327,17 +430,17 @@ def fast_regularization_cost(device: torch.device, quick: bool, log=print) -> li
     times = interleaved_median_times(fns, 3 if quick else 5, 1 if quick else 3, device)
     if pool is not None:
         pool.shutdown()
+    rows = []
     for key, regs_ in configs.items():
         if key == "plain":
             continue
-        t = times[key] / regs_[0].every
         row = {
             "where": "engine (8 LeNets)",
             "model": "lenet5",
             "batch": 50,
             "regularizer": key[0],
             "config": key[1],
-            "rel_time": t / times["plain"],
+            "rel_time": times[key] / regs_[0].every / times["plain"],
             "target": FAST_TARGETS.get(key[1]),
         }
         rows.append(row)
@@ -538,6 +641,8 @@ def run_bench(device: str = "cpu", quick: bool = False, command: str | None = No
     log(f"gradreg bench on {device_name(dev)}, torch {torch.__version__}{' (quick)' if quick else ''}")
     log("regularizer cost (one training step, relative to a hand-written plain step):")
     cost = regularizer_cost(dev, quick, log)
+    log("exact FrobReg, each method against the floor (LeNet, B=50):")
+    frob = frobreg_methods(dev, quick, log)
     log("fast regularization (exact, finite differences, lazy), relative to a plain step:")
     fast = fast_regularization_cost(dev, quick, log)
     log("ensemble engine, LeNet DataGrad, B=50, against the best alternatives in the same thread layout:")
@@ -556,6 +661,7 @@ def run_bench(device: str = "cpu", quick: bool = False, command: str | None = No
         "command": command or " ".join(["gradreg", "bench", "--device", device] + (["--quick"] if quick else [])),
         "quick": quick,
         "regularizer_cost": cost,
+        "frobreg_methods": frob,
         "fast_regularization": fast,
         "ensemble": ens,
         "table1_projected_s": projected,

@@ -1,9 +1,10 @@
-"""The paper's claims about Figures 2 and 4, checked against our cells.
+"""The paper's claims about Figures 2 and 4 and Table 6, checked against our cells.
 
 The figures print no numbers, so a figure is reproduced when what the paper *says* about it
-holds for our runs. Each claim (:data:`gradreg.paper.numbers.CLAIMS`, quoted verbatim) gets one
-pure check here: it reads the cell means (``CellSummary``: row, x, mean over seeds, mean
-Σ‖w‖²) and returns a :class:`Check` -- a verdict and the numbers behind it.
+holds for our runs; Table 6's caption draws conclusions that its numbers alone do not check.
+Each claim (`gradreg.paper.numbers.CLAIMS`, quoted verbatim) gets one pure check here: it reads
+the cell means (`CellSummary`: row, x, mean over seeds, mean Σ‖w‖²) and returns a `Check` -- a
+verdict and the numbers behind it.
 
 The rules, stated once because a verdict is only as good as its rule:
 
@@ -21,6 +22,10 @@ The rules, stated once because a verdict is only as good as its rule:
   per-seed Σ‖w‖²); steps the other way within the spread are named in the evidence.
 - "Its advantage evaporates" (Figure 2): SpectReg's lead over CP, positive at the smallest
   training set, is gone (≤ 0) at the largest one run.
+- Table 6 (10 seeds per cell): "the only significant difference" is Welch's test on each of
+  the three pairs, Bonferroni-adjusted over the three, at alpha 0.05; "we do not lose accuracy"
+  by the projection holds unless FrobReg's mean is above SpectReg's with Welch p < 0.05
+  (unadjusted, the stricter side for the claim); "better on the logits" compares means.
 """
 
 from __future__ import annotations
@@ -305,7 +310,7 @@ def no_wd_datagrad_shrinks_weights(summaries: list, scale: float) -> Check:
 def with_wd_counteracts_then_reinforces(summaries: list, scale: float) -> Check:
     """With weight decay: Σ‖w‖² rises with λ below the phase transition and falls above it.
     The transition is taken where the panel's accuracy collapses in these runs
-    (:func:`collapse_lambda`), else at the paper's λ ≈ 20."""
+    (`collapse_lambda`), else at the paper's λ ≈ 20."""
     claim = "fig4_with_wd_counteracts_then_reinforces"
     if waiting(summaries):
         return _not_checked_yet(claim, summaries)
@@ -335,7 +340,76 @@ def with_wd_counteracts_then_reinforces(summaries: list, scale: float) -> Check:
 
 FIG4_CHECKS = (accuracy_rises_then_collapses, no_wd_datagrad_shrinks_weights, with_wd_counteracts_then_reinforces)
 
-CHECKS = {"fig2": FIG2_CHECKS, "fig4": FIG4_CHECKS}
+
+# --------------------------------------------------------------------------- Table 6
+
+TABLE6_PAIRS = (("SpectReg", "JacReg"), ("SpectReg", "FrobReg"), ("FrobReg", "JacReg"))
+ALPHA = 0.05  # the significance level of the Bonferroni-corrected pairwise tests
+
+
+def _table6_cells(summaries: list) -> dict[str, Any] | None:
+    """Table 6's cells by column, or None while any of the three has no runs."""
+    cells = {s.col: s for s in _run(summaries)}
+    return cells if not waiting(summaries) and all(c in cells for c in ("SpectReg", "JacReg", "FrobReg")) else None
+
+
+def _pairwise(cells: dict, scale: float) -> tuple[dict[tuple[str, str], bool], list[str]]:
+    """Welch's test on every pair of Table 6, Bonferroni over the three: significant or not, and
+    each difference in words."""
+    significant, said = {}, []
+    for a, b in TABLE6_PAIRS:
+        p = _welch_p(cells[a], cells[b])
+        p_adj = min(1.0, p * len(TABLE6_PAIRS))
+        significant[(a, b)] = p_adj < ALPHA
+        said.append(f"{a} − {b} {(cells[a].mean - cells[b].mean) * scale:+.2f} (Bonferroni-adjusted p {p_adj:.2g})")
+    return significant, said
+
+
+def only_spectreg_vs_jacreg_significant(summaries: list, scale: float) -> Check:
+    """Of the three pairs, only SpectReg − JacReg significant after Bonferroni (alpha 0.05):
+    one place per pair, each named."""
+    claim = "table6_only_spectreg_vs_jacreg"
+    cells = _table6_cells(summaries)
+    if cells is None:
+        return _not_checked_yet(claim, summaries)
+    significant, said = _pairwise(cells, scale)
+    ok = [significant[pair] == (pair == ("SpectReg", "JacReg")) for pair in TABLE6_PAIRS]
+    best = max(cells.values(), key=lambda s: s.mean).col
+    return Check(claim, _verdict(ok), "; ".join(said) + f". The highest mean is {best}'s.")
+
+
+def projection_loses_nothing(summaries: list, scale: float) -> Check:
+    """FrobReg (the full Jacobian of the logits) no better than SpectReg (its random
+    projection): holds unless FrobReg's mean is higher with Welch p < 0.05, unadjusted."""
+    claim = "table6_projection_loses_nothing"
+    cells = _table6_cells(summaries)
+    if cells is None:
+        return _not_checked_yet(claim, summaries)
+    spect, frob = cells["SpectReg"], cells["FrobReg"]
+    p = _welch_p(frob, spect)
+    lost = frob.mean > spect.mean and p < ALPHA
+    return Check(
+        claim,
+        "does not hold" if lost else "holds",
+        f"FrobReg − SpectReg {(frob.mean - spect.mean) * scale:+.2f} (Welch p {p:.2g}, unadjusted).",
+    )
+
+
+def logits_over_probabilities(summaries: list, scale: float) -> Check:
+    """Both penalties on the logits (SpectReg, FrobReg) above JacReg (on the probabilities), on the means."""
+    claim = "table6_logits_over_probabilities"
+    cells = _table6_cells(summaries)
+    if cells is None:
+        return _not_checked_yet(claim, summaries)
+    jac = cells["JacReg"]
+    ok = [cells[c].mean > jac.mean for c in ("SpectReg", "FrobReg")]
+    said = [f"{c} − JacReg {(cells[c].mean - jac.mean) * scale:+.2f}" for c in ("SpectReg", "FrobReg")]
+    return Check(claim, _verdict(ok), "; ".join(said) + ".")
+
+
+TABLE6_CHECKS = (only_spectreg_vs_jacreg_significant, projection_loses_nothing, logits_over_probabilities)
+
+CHECKS = {"fig2": FIG2_CHECKS, "fig4": FIG4_CHECKS, "table6": TABLE6_CHECKS}
 
 
 # --------------------------------------------------------------------------- the report's words
