@@ -180,3 +180,28 @@ def test_report_welch_and_bonferroni_match_scipy_and_masking_reads_the_means():
     flagged = robust.robust_cell(_Summary("X", masked))
     assert flagged.flags and "above FGSM" in flagged.flags[0]
     assert not math.isnan(cells[0].clean[0])
+
+
+def test_a_run_summary_prints_each_pgd_point_and_the_masking_flags():
+    from gradreg.result import RunResult
+
+    cfg = {"dataset": "mnist", "model": "lenet5", "train_size": 2000, "seed": 1, "regularizers": []}
+    robust = {
+        "steps": 20,
+        "examples": 1000,
+        "points": [
+            {"norm": "linf", "eps": 0.1, "pgd": 0.769, "fgsm": 0.827, "transfer": 0.968},
+            {"norm": "l2", "eps": 2.0, "pgd": 0.404, "fgsm": 0.661, "transfer": 0.96},
+        ],
+        "flags": [],
+        "seconds": 28.19,
+    }
+    run = RunResult(cfg, "accuracy", 0.98, 0.979, 0.01, {}, 1.0, 104.0, 96.2, robust=robust)
+    first, second = run.summary().split("\n")
+    assert first.startswith("mnist lenet5 n=2000 seed=1 NoGR: dev 98.00%  test 97.90%")
+    assert second == (
+        "robust accuracy (PGD-20, 1000 test images): Linf 0.1 76.9%, L2 2 40.4%; masking flags: none (probes 28.2 s)"
+    )
+    flagged = RunResult(cfg, "accuracy", 0.98, 0.979, 0.01, {}, 1.0, 104.0, 96.2, robust=robust | {"flags": ["a", "b"]})
+    assert flagged.summary().endswith("masking flags: a; b (probes 28.2 s)")
+    assert "\n" not in RunResult(cfg, "accuracy", 0.98, 0.979, 0.01, {}, 1.0, 104.0, 96.2).summary()

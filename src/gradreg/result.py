@@ -1,4 +1,4 @@
-"""What one run produced: :class:`RunResult`, and :class:`TrainingDiverged`."""
+"""What one run produced: `RunResult`, and `TrainingDiverged`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ import torch
 
 
 def hardware(device) -> str:
-    """The device a run trained on, in words: the GPU's name, or the CPU's model and the
-    torch threads in use."""
+    """The device a run trained on, in words: the GPU's name, or the CPU's model and the torch threads in use.
+
+    Args:
+        device (torch.device | str): The device.
+
+    Returns:
+        E.g. `"cuda:0 (NVIDIA H100)"` or `"cpu (<model name>, 16 cores)"`.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
@@ -36,8 +42,11 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class RunResult:
-    """What one run produced. ``dev``/``test`` are accuracies in [0, 1] for classification
-    and mean squared errors for SIN (``metric`` says which)."""
+    """What one run produced.
+
+    `dev`/`test` are accuracies in [0, 1] for classification and mean squared errors for SIN
+    (`metric` says which). The comment on each field gives its meaning.
+    """
 
     config: dict
     metric: str
@@ -59,17 +68,49 @@ class RunResult:
     robust: dict | None = None  # robustness probes (gradreg.probes), when the config asks for them
 
     def to_dict(self) -> dict:
+        """The result as a JSON-ready dict (`dataclasses.asdict`).
+
+        Returns:
+            Every field, recursively converted.
+        """
         return dataclasses.asdict(self)
 
     def summary(self) -> str:
+        """The result in one line (two with robustness probes), for a log.
+
+        Returns:
+            Dataset, model, size, seed, regularizers, dev/test score (accuracy or MSE), training
+            loss, steps, time and device; then `robust_summary` of the probes, if any.
+        """
         cfg = self.config
         regs = " ".join(f"{r['name']}={r['weight']:g}" for r in cfg["regularizers"]) or "NoGR"
         if self.metric == "accuracy":
             score = f"dev {100 * self.dev:.2f}%  test {100 * self.test:.2f}%"
         else:
             score = f"dev MSE {self.dev:.5f}  test MSE {self.test:.5f}"
-        return (
+        line = (
             f"{cfg['dataset']} {cfg['model']} n={cfg['train_size']} seed={cfg['seed']} {regs}: {score}  "
             f"train loss {self.train_loss:.4f}  {self.steps_done} steps in {self.wall_time_s:.1f}s "
             f"({self.steps_per_s:.1f} steps/s, {self.device})"
         )
+        return line if self.robust is None else line + "\n" + robust_summary(self.robust)
+
+
+def robust_summary(robust: dict) -> str:
+    """The robustness probes of a run in one line: PGD accuracy per budget and the masking flags.
+
+    Args:
+        robust: A run's `robust` record (`gradreg.probes.robust_probes`).
+
+    Returns:
+        For example `robust accuracy (PGD-20, 1000 test images): Linf 0.1 76.9%, L2 2 40.4%;
+        masking flags: none (probes 28.2 s)`.
+    """
+    points = ", ".join(
+        f"{'Linf' if p['norm'] == 'linf' else 'L2'} {p['eps']:g} {100 * p['pgd']:.1f}%" for p in robust["points"]
+    )
+    flags = "; ".join(robust["flags"]) or "none"
+    return (
+        f"robust accuracy (PGD-{robust['steps']}, {robust['examples']} test images): {points}; "
+        f"masking flags: {flags} (probes {robust['seconds']:.1f} s)"
+    )
