@@ -143,3 +143,32 @@ def test_every_exact_frobreg_candidate_takes_the_library_s_step():
     ):
         got = after(make)
         torch.testing.assert_close(got - start, ref - start, rtol=1e-9, atol=1e-12)
+
+
+def test_the_adversarial_training_step_is_the_one_gradreg_train_takes():
+    """The bench's FGSM and PGD-7 steps move every parameter as a plain step on the batch that
+    training crafts (`gradreg.train._adversarial_batch`, same generator seed) does."""
+    from types import SimpleNamespace
+
+    from gradreg.config import paper_config
+    from gradreg.train import _adversarial_batch
+
+    torch.manual_seed(0)
+    base = B.N.lenet5()
+    x = torch.randn(8, 1, 28, 28).clamp(-0.42, 2.8)  # inside MNIST's pixel range, as data is
+    y = torch.randint(0, 10, (8,))
+    data = SimpleNamespace(mean=B.MNIST_MEAN_STD[0], std=B.MNIST_MEAN_STD[1])
+    for kind, steps in (("fgsm", 1), ("pgd", 7)):
+        bench_model, ref_model = copy.deepcopy(base), copy.deepcopy(base)
+        torch.manual_seed(1)  # the same dropout masks in both training forwards
+        B.adversarial_step(bench_model, torch.optim.SGD(bench_model.parameters(), lr=0.1), x, y, steps)()
+        cfg = paper_config("mnist", adversarial=kind, adversarial_eps=0.3, adversarial_steps=steps)
+        x_adv = _adversarial_batch(ref_model, x, y, cfg, data, torch.Generator().manual_seed(0))
+        opt = torch.optim.SGD(ref_model.parameters(), lr=0.1)
+        torch.manual_seed(1)
+        torch.nn.functional.cross_entropy(ref_model(x_adv), y).backward()
+        opt.step()
+        moved = [(p - q).abs().max() for p, q in zip(ref_model.parameters(), base.parameters())]
+        assert max(moved) > 1e-4  # the step moved the weights
+        for p, q in zip(bench_model.parameters(), ref_model.parameters()):
+            assert torch.equal(p, q), kind

@@ -332,17 +332,19 @@ def test_every_differing_cell_gets_words_and_unexplained_ones_say_so():
     """The report's "Where we differ" text: Table 1's BatchNorm cells name the setting that
     differs from the original (and say it is not established); any other cell says plainly
     that no cause is known."""
+    from types import SimpleNamespace
+
     from gradreg.paper.explanations import explain
 
-    bn = {"row": "LeNet Batchnorm", "col": "DataGrad", "ours": 97.25, "paper": 96.89}
-    other = {"row": "LeNet Dropout", "col": "NoGR", "ours": 97.0, "paper": 97.29}
-    text = explain({"name": "table1"}, [], [bn, other], 100.0)
+    bn = SimpleNamespace(row="LeNet Batchnorm", col="DataGrad", ours=97.25, paper=96.89)
+    other = SimpleNamespace(row="LeNet Dropout", col="NoGR", ours=97.0, paper=97.29)
+    text = explain("table1", [], [bn, other], 100.0)
     assert "LeNet Batchnorm / DataGrad (97.25 against 96.89): not established" in text
     assert "bn_batch_stats_at_eval" in text and "scripts/bn_eval_check.py" in text
     assert "scripts/bn_stale_stats_check.py" in text  # the second candidate, ruled out by a script that exists
     assert (Path(__file__).parents[1] / "scripts" / "bn_stale_stats_check.py").is_file()
     assert "Not yet explained: LeNet Dropout / NoGR." in text
-    assert explain({"name": "table2"}, [], [other], 100.0).startswith("Not yet explained: LeNet Dropout / NoGR.")
+    assert explain("table2", [], [other], 100.0).startswith("Not yet explained: LeNet Dropout / NoGR.")
 
 
 def test_table1_batchnorm_words_quote_the_rows_offset_and_the_within_ours_welch_test():
@@ -371,8 +373,8 @@ def test_table1_batchnorm_words_quote_the_rows_offset_and_the_within_ours_welch_
 
     nogr = cell("NoGR", [0.970, 0.972, 0.975, 0.969], None, 7.65)
     dg = cell("DataGrad", [0.9725, 0.9724, 0.9726, 0.9722], 0.001, 7.44)
-    bn = {"row": "LeNet Batchnorm", "col": "DataGrad", "ours": 97.24, "paper": 96.89}
-    text = explain({"name": "table1"}, [nogr, dg], [bn], 100.0)
+    bn = SimpleNamespace(row="LeNet Batchnorm", col="DataGrad", ours=97.24, paper=96.89)
+    text = explain("table1", [nogr, dg], [bn], 100.0)
     p = sps.ttest_ind([v * 100 for v in dg.test], [v * 100 for v in nogr.test], equal_var=False).pvalue
     assert f"Welch p = {p:.2g} (unadjusted)" in text
     paper = TABLES["table1"].cells
@@ -380,4 +382,5 @@ def test_table1_batchnorm_words_quote_the_rows_offset_and_the_within_ours_welch_
     assert f"DataGrad {97.2425 - paper[('LeNet Batchnorm', 'DataGrad')].mean:+.2f}" in text
     assert "λ = 0.001" in text and "7.44 against 7.65" in text
     # without both cells the extra paragraph is left out rather than guessed
-    assert "What the runs do establish" not in explain({"name": "table1"}, [dg], [bn], 100.0)
+    assert "What the runs do establish" in text
+    assert "What the runs do establish" not in explain("table1", [dg], [bn], 100.0)

@@ -167,5 +167,5 @@ def test_index_counts_every_candidates_runs_of_a_tuned_cell_once(tmp_path):
         import_records(store, runs.parent)
         store.put_plan("fig5", plan)
     line = experiment_line(store_path, "fig5", "quick")
-    assert not line["status"].startswith("running"), line["status"]
-    assert line["status"] == "done (no table in the paper to compare with)"
+    assert not line.status.startswith("running"), line.status
+    assert line.status == "done (no table in the paper to compare with)"

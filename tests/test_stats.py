@@ -199,12 +199,12 @@ def test_paper_agreement_corrects_over_every_paper_cell_of_the_plan_and_tests_ze
     summaries = [
         cell(row="r", col="a", test=a),
         cell(row="r", col="b", test=[0.955, 0.955, 0.955]),
-        cell(row="r", col="c", test=[0.95]),  # one run: not tested yet, but counted
+        cell(row="r", col="c", test=[0.95]),  # one run: counted, and no verdict
     ]
-    rows = {r["col"]: r for r in paper_agreement(summaries, table, 100.0)}
-    assert set(rows) == {"a", "b"} and rows["a"]["m"] == 3
+    rows = {r.col: r for r in paper_agreement(summaries, table, 100.0)}
+    assert set(rows) == {"a", "b", "c"} and rows["a"].m == 3 and rows["c"].verdict == "too few seeds to judge"
     ours = [100 * v for v in a]
     mean, std = sum(ours) / 4, (sum((v - sum(ours) / 4) ** 2 for v in ours) / 3) ** 0.5
     p = sps.ttest_ind_from_stats(mean, std, 4, 97.0, 0.2, 10, equal_var=False).pvalue
-    assert rows["a"]["p_adj"] == pytest.approx(min(1.0, 3 * p), rel=1e-9)
-    assert rows["b"]["p"] == 0.0 and rows["b"]["verdict"] == "differs"
+    assert rows["a"].p_adj == pytest.approx(min(1.0, 3 * p), rel=1e-9)
+    assert rows["b"].p == 0.0 and rows["b"].verdict == "differs"

@@ -1,21 +1,25 @@
 """gradreg: input-gradient (Jacobian) regularization for PyTorch.
 
-The drop-in API::
+The drop-in API:
 
-    import gradreg as gr
-    loss, terms = gr.regularized_loss(model, x, y, [gr.DataGrad(50.0), gr.ConfidencePenalty(0.5)])
-    loss.backward()
+```python
+import gradreg as gr
+loss, terms = gr.regularized_loss(model, x, y, [gr.DataGrad(50.0), gr.ConfidencePenalty(0.5)])
+loss.backward()
+```
 
-or, for a forward pass you already ran (several inputs, embeddings, autocast, DDP, compile)::
+or, for a forward pass you already ran (several inputs, embeddings, autocast, DDP, compile):
 
-    x.requires_grad_()
-    logits = model(x)
-    loss, terms = gr.regularize(logits, y, x, [gr.SpectReg(0.03)])
+```python
+x.requires_grad_()
+logits = model(x)
+loss, terms = gr.regularize(logits, y, x, [gr.SpectReg(0.03)])
+```
 
 Importing this package has no side effects: no data loading, no printing.
 """
 
-from . import penalties
+from . import attacks, penalties
 from .core import penalty, per_example_loss, regularize, regularized_loss
 from .hooks import Capture, capture
 from .penalties import NoInputGradient
@@ -40,6 +44,7 @@ __all__ = [
     "capture",
     "Capture",
     "penalties",
+    "attacks",
     "regularize",
     "regularized_loss",
     "penalty",

@@ -2,32 +2,33 @@
 
 Conventions, for every function here:
 
-- ``x`` is a floating tensor ``(B, ...)``, ``y`` integer labels ``(B,)``, and ``model(x)`` returns logits ``(B, m)``.
-- ``eps`` is in the units of the **model's input space**. The datasets standardize pixels in ``[0, 1]`` with one
-  scalar mean and std (``(p - mean) / std``), so a budget of ``eps`` pixels is ``eps / std`` in input space, for
-  both norms (a scalar affine map scales every norm by ``1 / std``), and the valid pixel range ``[0, 1]`` is
-  ``[(0 - mean) / std, (1 - mean) / std]``: see :func:`pixel_to_input` and :func:`pixel_bounds`.
-- ``norm="linf"`` measures a perturbation by its largest absolute coordinate, ``norm="l2"`` by its Euclidean norm;
+- `x` is a floating tensor `(B, ...)`, `y` integer labels `(B,)`, and `model(x)` returns logits `(B, m)`.
+- `eps` is in the units of the **model's input space**. The datasets standardize pixels in `[0, 1]` with one
+  scalar mean and std (`(p - mean) / std`), so a budget of `eps` pixels is `eps / std` in input space, for
+  both norms (a scalar affine map scales every norm by `1 / std`), and the valid pixel range `[0, 1]` is
+  `[(0 - mean) / std, (1 - mean) / std]`: see [`pixel_to_input`][gradreg.attacks.pixel_to_input] and
+  [`pixel_bounds`][gradreg.attacks.pixel_bounds].
+- `norm="linf"` measures a perturbation by its largest absolute coordinate, `norm="l2"` by its Euclidean norm;
   both are **per example over all non-batch dims** (pixels x channels).
-- ``bounds=(lo, hi)`` is the valid input box (floats, or tensors broadcastable to ``x``), in input space; ``None``
-  means unbounded. ``x`` itself must lie inside it.
+- `bounds=(lo, hi)` is the valid input box (floats, or tensors broadcastable to `x`), in input space; `None`
+  means unbounded. `x` itself must lie inside it.
 
-Guarantee, with no tolerance: every returned ``x_adv`` has ``lo <= x_adv <= hi`` and ``distance(x_adv - x) <= eps``
-per example, where ``distance`` is the max-abs (linf) or ``torch.linalg.vector_norm`` (l2) of the flattened
-difference computed in ``x``'s dtype and compared with ``eps`` cast to that dtype; for dtypes below float64 it also
+Guarantee, with no tolerance: every returned `x_adv` has `lo <= x_adv <= hi` and `distance(x_adv - x) <= eps`
+per example, where `distance` is the max-abs (linf) or `torch.linalg.vector_norm` (l2) of the flattened
+difference computed in `x`'s dtype and compared with `eps` cast to that dtype; for dtypes below float64 it also
 holds for the difference of the stored values computed in float64 (free of the dtype's rounding; not on MPS).
 Projection is onto the eps ball first, then a clamp to the box. For linf that is the exact projection onto the
-intersection. For l2 it is a feasible point, not always the Euclidean projection onto the intersection: since ``x``
-is inside the box, the clamp moves each coordinate toward ``x``, so ``|x_adv - x|`` only shrinks coordinatewise and
-the l2 distance cannot grow. Rounding ``x + delta`` can still leave a point just outside the ball; a final loop then
-pulls it in (linf: one ulp toward ``x``; l2: rescaled to ``eps`` minus ``2^k`` times the norm of ``x_adv``'s ulps)
-and re-clamps. An example still outside after 8 rounds is returned as ``x`` (not seen in the tests, which go down
-to ``eps`` of about 16 ulps of ``x``).
+intersection. For l2 it is a feasible point, not always the Euclidean projection onto the intersection: since `x`
+is inside the box, the clamp moves each coordinate toward `x`, so `|x_adv - x|` only shrinks coordinatewise and
+the l2 distance cannot grow. Rounding `x + delta` can still leave a point just outside the ball; a final loop then
+pulls it in (linf: one ulp toward `x`; l2: rescaled to `eps` minus `2^k` times the norm of `x_adv`'s ulps)
+and re-clamps. An example still outside after 8 rounds is returned as `x` (not seen in the tests, which go down
+to `eps` of about 16 ulps of `x`).
 
 Model handling: attacks run the model in eval mode (no dropout, BatchNorm uses its running statistics and never
-updates them) and restore every submodule's ``training`` flag afterwards, also on an exception. Gradients are taken
-with ``torch.autograd.grad`` w.r.t. the input only, so no parameter's ``.grad`` is created or changed, and they work
-inside ``torch.no_grad()``. Randomness comes only from the ``generator`` passed in.
+updates them) and restore every submodule's `training` flag afterwards, also on an exception. Gradients are taken
+with `torch.autograd.grad` w.r.t. the input only, so no parameter's `.grad` is created or changed, and they work
+inside `torch.no_grad()`. Randomness comes only from the `generator` passed in.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _check_labels(logits: Tensor, y: Tensor) -> None:
 
 
 def _as_bounds(x: Tensor, bounds: Bounds | None) -> tuple[Tensor, Tensor] | None:
-    """``bounds`` as two tensors in ``x``'s dtype and device; raises if they are invalid or exclude ``x``."""
+    """`bounds` as two tensors in `x`'s dtype and device; raises if they are invalid or exclude `x`."""
     if bounds is None:
         return None
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
@@ -150,7 +151,7 @@ def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
 
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode; restore every submodule's ``training`` flag on exit, even on an exception."""
+    """Put `model` in eval mode; restore every submodule's `training` flag on exit, even on an exception."""
     flags = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -161,7 +162,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _per_example_loss(logits: Tensor, y: Tensor, loss: Loss) -> Tensor:
-    """Cross-entropy, or the Carlini-Wagner margin ``max_{k != y} z_k - z_y``; shape ``(B,)``, to be maximized."""
+    """Cross-entropy, or the Carlini-Wagner margin `max_{k != y} z_k - z_y`; shape `(B,)`, to be maximized."""
     if loss == "ce":
         return F.cross_entropy(logits, y, reduction="none")
     z_y = logits.gather(1, y[:, None]).squeeze(1)
@@ -176,7 +177,7 @@ def _logits(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def _input_grad(model: nn.Module, x: Tensor, y: Tensor, loss: Loss) -> tuple[Tensor, Tensor]:
-    """Gradient of the summed per-example loss w.r.t. ``x`` only, and the logits (detached)."""
+    """Gradient of the summed per-example loss w.r.t. `x` only, and the logits (detached)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = _logits(model, x, y)
@@ -188,7 +189,7 @@ def _input_grad(model: nn.Module, x: Tensor, y: Tensor, loss: Loss) -> tuple[Ten
 
 
 def _distance(delta: Tensor, norm: Norm) -> Tensor:
-    """Per-example size of ``delta`` over all non-batch dims, in its dtype; shape ``(B,)``."""
+    """Per-example size of `delta` over all non-batch dims, in its dtype; shape `(B,)`."""
     flat = delta.flatten(1) if delta.dim() > 1 else delta[:, None]
     return flat.abs().amax(1) if norm == "linf" else torch.linalg.vector_norm(flat, dim=1)
 
@@ -198,7 +199,7 @@ def _per_example(v: Tensor, like: Tensor) -> Tensor:
 
 
 def _direction(grad: Tensor, norm: Norm) -> Tensor:
-    """The steepest-ascent unit step: ``sign(grad)`` (linf) or ``grad / ||grad||_2`` per example (l2; 0 if 0)."""
+    """The steepest-ascent unit step: `sign(grad)` (linf) or `grad / ||grad||_2` per example (l2; 0 if 0)."""
     grad = torch.nan_to_num(grad, nan=0.0)
     if norm == "linf":
         return grad.sign()
@@ -211,7 +212,7 @@ def _clamp(x_adv: Tensor, box: tuple[Tensor, Tensor] | None) -> Tensor:
 
 
 def _project(x_adv: Tensor, x: Tensor, eps: float, norm: Norm, box: tuple[Tensor, Tensor] | None) -> Tensor:
-    """Project onto the eps ball around ``x``, clamp to ``box``, then enforce both exactly (module docstring)."""
+    """Project onto the eps ball around `x`, clamp to `box`, then enforce both exactly (module docstring)."""
     eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
     if norm == "linf":
         x_adv = torch.max(torch.min(x_adv, x + eps_t), x - eps_t)
@@ -234,13 +235,13 @@ def _project(x_adv: Tensor, x: Tensor, eps: float, norm: Norm, box: tuple[Tensor
 
 
 def _l2_scale(delta: Tensor, radius: Tensor) -> Tensor:
-    """Per example ``min(1, radius / ||delta||_2)``; 1 where ``delta`` is 0."""
+    """Per example `min(1, radius / ||delta||_2)`; 1 where `delta` is 0."""
     size = _distance(delta, "l2")
     return torch.where(size > radius, radius / size, torch.ones_like(size))
 
 
 def _outside(x_adv: Tensor, x: Tensor, eps_t: Tensor, norm: Norm) -> Tensor:
-    """Examples whose distance exceeds eps (or is NaN), computed in ``x``'s dtype and, below float64, also in
+    """Examples whose distance exceeds eps (or is NaN), computed in `x`'s dtype and, below float64, also in
     float64 from the stored values (the perturbation as it really is, free of the dtype's rounding)."""
     sizes = [_distance(x_adv - x, norm)]
     if x.dtype != torch.float64 and x.device.type != "mps":  # MPS has no float64
@@ -249,9 +250,9 @@ def _outside(x_adv: Tensor, x: Tensor, eps_t: Tensor, norm: Norm) -> Tensor:
 
 
 def _random_start(x: Tensor, eps: float, norm: Norm, generator: torch.Generator | None) -> Tensor:
-    """A point uniform in the eps ball (linf: uniform cube; l2: gaussian direction, radius ``eps * U^(1/d)``).
+    """A point uniform in the eps ball (linf: uniform cube; l2: gaussian direction, radius `eps * U^(1/d)`).
 
-    Drawn from ``generator`` on the generator's device in ``x``'s dtype, then moved to ``x``'s device.
+    Drawn from `generator` on the generator's device in `x`'s dtype, then moved to `x`'s device.
     """
     device = generator.device if generator is not None else x.device
     uniform = lambda *shape: torch.rand(shape, generator=generator, device=device, dtype=x.dtype)
@@ -271,25 +272,25 @@ def _random_start(x: Tensor, eps: float, norm: Norm, generator: torch.Generator 
 def fgsm(
     model: nn.Module, x: Tensor, y: Tensor, eps: float, *, norm: Norm = "linf", bounds: Bounds | None = None
 ) -> Tensor:
-    """Fast gradient (sign) method: one step of size ``eps`` up the cross-entropy loss (Goodfellow et al. 2015).
+    """Fast gradient (sign) method: one step of size `eps` up the cross-entropy loss (Goodfellow et al. 2015).
 
-    ``x_adv = x + eps * sign(grad)`` (linf) or ``x + eps * grad / ||grad||_2`` per example (l2), then projected
-    and clamped to ``bounds`` exactly (module docstring).
+    `x_adv = x + eps * sign(grad)` (linf) or `x + eps * grad / ||grad||_2` per example (l2), then projected
+    and clamped to `bounds` exactly (see the guarantee in the [module docstring][gradreg.attacks]).
 
     Args:
-        model: Maps ``x`` to logits ``(B, m)``; run in eval mode, its state restored afterwards.
-        x: Inputs ``(B, ...)``, floating point; not modified.
-        y: Labels ``(B,)``, integers in ``[0, m)``.
-        eps: Budget ``>= 0`` in model input units.
-        norm: ``"linf"`` or ``"l2"`` (per example over all non-batch dims).
-        bounds: ``(lo, hi)`` valid input box (floats or tensors broadcastable to ``x``), or ``None``.
+        model: Maps `x` to logits `(B, m)`; run in eval mode, its state restored afterwards.
+        x: Inputs `(B, ...)`, floating point; not modified.
+        y: Labels `(B,)`, integers in `[0, m)`.
+        eps: Budget `>= 0` in model input units.
+        norm: `"linf"` or `"l2"` (per example over all non-batch dims).
+        bounds: `(lo, hi)` valid input box (floats or tensors broadcastable to `x`), or `None`.
 
     Returns:
-        ``x_adv`` with the shape and dtype of ``x``, detached.
+        `x_adv` with the shape and dtype of `x`, detached.
 
     Raises:
         ValueError: Bad eps, norm, bounds, batch sizes or labels (one line naming the problem).
-        TypeError: ``x``, ``y`` or ``eps`` of the wrong type.
+        TypeError: `x`, `y` or `eps` of the wrong type, or `bounds` not a `(lo, hi)` pair.
     """
     eps = _check_options(eps, norm)
     _check_data(x, y)
@@ -318,30 +319,31 @@ def pgd(
 ) -> Tensor:
     """Projected gradient ascent on the loss within the eps ball (Madry et al. 2018), untargeted.
 
-    Each step moves ``step_size`` along :func:`fgsm`'s direction and projects (module docstring). Early stop, per
+    Each step moves `step_size` along [`fgsm`][gradreg.attacks.fgsm]'s direction and projects (see the
+    [module docstring][gradreg.attacks]). Early stop, per
     example: an example whose current iterate is misclassified keeps that iterate (it already is a successful
-    adversarial example) and is no longer attacked, which saves its forward/backward passes. With ``restarts > 1``
+    adversarial example) and is no longer attacked, which saves its forward/backward passes. With `restarts > 1`
     each example keeps its worst case: a misclassified iterate beats a correctly classified one, and among equals
     the higher loss wins.
 
     Args:
-        model: Maps ``x`` to logits ``(B, m)``; run in eval mode, its state restored afterwards.
-        x: Inputs ``(B, ...)``, floating point; not modified.
-        y: Labels ``(B,)``, integers in ``[0, m)``.
-        eps: Budget ``>= 0`` in model input units; 0 returns ``x`` (after one forward pass to check the labels).
-        norm: ``"linf"`` or ``"l2"`` (per example over all non-batch dims).
-        steps: Gradient steps per restart, ``>= 1``.
-        step_size: Step length in input units; default ``2.5 * eps / steps`` (Madry et al.).
-        random_start: Start uniformly at random in the eps ball (linf cube, or l2 ball) instead of at ``x``.
-        restarts: Independent runs, ``>= 1``; each example keeps its worst case.
-        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner ``max_{k != y} z_k - z_y``), maximized.
-        generator: Source of the random starts; drawn on its own device, then moved to ``x``'s.
-        bounds: ``(lo, hi)`` valid input box (floats or tensors broadcastable to ``x``), or ``None``.
+        model: Maps `x` to logits `(B, m)`; run in eval mode, its state restored afterwards.
+        x: Inputs `(B, ...)`, floating point; not modified.
+        y: Labels `(B,)`, integers in `[0, m)`.
+        eps: Budget `>= 0` in model input units; 0 returns `x` (after one forward pass to check the labels).
+        norm: `"linf"` or `"l2"` (per example over all non-batch dims).
+        steps: Gradient steps per restart, `>= 1`.
+        step_size: Step length in input units; default `2.5 * eps / steps` (Madry et al.).
+        random_start: Start uniformly at random in the eps ball (linf cube, or l2 ball) instead of at `x`.
+        restarts: Independent runs, `>= 1`; each example keeps its worst case.
+        loss: `"ce"` (cross-entropy) or `"margin"` (Carlini-Wagner `max_{k != y} z_k - z_y`), maximized.
+        generator: Source of the random starts; drawn on its own device, then moved to `x`'s.
+        bounds: `(lo, hi)` valid input box (floats or tensors broadcastable to `x`), or `None`.
         early_stop: Stop attacking an example once it is misclassified (the default, for evaluation). Adversarial
-            training passes ``False``: every example takes every step, so it trains on high-loss points.
+            training passes `False`: every example takes every step, so it trains on high-loss points.
 
     Returns:
-        ``x_adv`` with the shape and dtype of ``x``, detached.
+        `x_adv` with the shape and dtype of `x`, detached.
 
     Raises:
         ValueError: Bad eps, norm, loss, steps, restarts, step_size, bounds, batch sizes or labels.
@@ -398,7 +400,7 @@ def _pgd_run(
 
 
 def _select(box: tuple[Tensor, Tensor], x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-    """The bounds of the examples ``idx`` (bounds broadcast to ``x`` first, so per-example rows exist)."""
+    """The bounds of the examples `idx` (bounds broadcast to `x` first, so per-example rows exist)."""
     return box[0].expand_as(x)[idx], box[1].expand_as(x)[idx]
 
 
@@ -417,19 +419,19 @@ def robust_accuracy(
 ) -> float:
     """Fraction of examples still classified correctly after the attack.
 
-    Examples misclassified clean count as not robust and are not attacked. ``eps == 0`` gives clean accuracy.
+    Examples misclassified clean count as not robust and are not attacked. `eps == 0` gives clean accuracy.
 
     Args:
-        model: Maps ``x`` to logits ``(B, m)``; evaluated in eval mode, its state restored afterwards.
-        x: Inputs ``(N, ...)``.
-        y: Labels ``(N,)``.
-        eps: Budget ``>= 0`` in model input units.
-        attack: ``"pgd"`` or ``"fgsm"``.
-        batch_size: Examples per attack batch, ``>= 1``.
-        **attack_kwargs: Passed to the attack (``norm``, ``steps``, ``bounds``, ``generator``, ...).
+        model: Maps `x` to logits `(B, m)`; evaluated in eval mode, its state restored afterwards.
+        x: Inputs `(N, ...)`.
+        y: Labels `(N,)`.
+        eps: Budget `>= 0` in model input units.
+        attack: `"pgd"` or `"fgsm"`.
+        batch_size: Examples per attack batch, `>= 1`.
+        **attack_kwargs: Passed to the attack (`norm`, `steps`, `bounds`, `generator`, ...).
 
     Returns:
-        Robust accuracy in ``[0, 1]`` (``nan`` when ``N == 0``).
+        Robust accuracy in `[0, 1]` (`nan` when `N == 0`).
 
     Raises:
         ValueError: Unknown attack, or any bad input the attack would reject (checked before attacking).
@@ -460,7 +462,7 @@ def robust_accuracy(
 
 
 def _check_keywords(attack: str, fn: Callable[..., Tensor], kwargs: dict[str, Any]) -> None:
-    """Reject keywords ``fn`` does not take before any work (with eps == 0 it would never be called)."""
+    """Reject keywords `fn` does not take before any work (with eps == 0 it would never be called)."""
     accepted = {name for name, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
@@ -471,10 +473,23 @@ def _check_keywords(attack: str, fn: Callable[..., Tensor], kwargs: dict[str, An
 
 
 def pixel_to_input(eps: float, *, mean: float, std: float) -> float:
-    """A budget of ``eps`` in pixel units (pixels in ``[0, 1]``) as model input units: ``eps / std``.
+    """A budget of `eps` in pixel units (pixels in `[0, 1]`) as model input units: `eps / std`.
 
-    The datasets feed ``(p - mean) / std`` to the model; ``mean`` cancels in a difference, so this holds for both
-    norms.
+    The datasets feed `(p - mean) / std` to the model; `mean` cancels in a difference, so this
+    holds for both norms.
+
+    Args:
+        eps: The budget in pixel units, `>= 0`.
+        mean: The dataset's pixel mean (taken so that call sites read like `pixel_bounds`;
+            unused).
+        std: The dataset's pixel std, `> 0`.
+
+    Returns:
+        `eps / std`.
+
+    Raises:
+        TypeError: `eps` or `std` is not a real number.
+        ValueError: `eps` is negative or not finite; `std` is not finite or not `> 0`.
     """
     del mean  # the shift cancels in x_adv - x; it is taken so that call sites read like pixel_bounds
     if _check_real("eps", eps) < 0:
@@ -483,7 +498,19 @@ def pixel_to_input(eps: float, *, mean: float, std: float) -> float:
 
 
 def pixel_bounds(*, mean: float, std: float) -> tuple[float, float]:
-    """The pixel range ``[0, 1]`` in model input units: ``((0 - mean) / std, (1 - mean) / std)``."""
+    """The pixel range `[0, 1]` in model input units: `((0 - mean) / std, (1 - mean) / std)`.
+
+    Args:
+        mean: The dataset's pixel mean.
+        std: The dataset's pixel std, `> 0`.
+
+    Returns:
+        `(lo, hi)`, to pass as `bounds` to the attacks.
+
+    Raises:
+        TypeError: `mean` or `std` is not a real number.
+        ValueError: `mean` or `std` is not finite, or `std` is not `> 0`.
+    """
     std = _check_std(std)
     mean = _check_real("mean", mean)
     return (0.0 - mean) / std, (1.0 - mean) / std
@@ -510,18 +537,18 @@ def masking_flags(
 ) -> list[str]:
     """Signs of gradient masking in robust-accuracy curves of one norm (Carlini et al. 2019, section 5).
 
-    Flags: (1) accuracy under PGD or FGSM rising with eps by more than ``tol``; (2) PGD accuracy above FGSM
-    accuracy at some eps by more than ``tol`` (the iterative attack should be at least as strong); (3) accuracy at
-    a very large eps above ``large_eps_max`` (any input is reachable there, so it should be about 0); (4) transfer
-    (black-box) accuracy below white-box PGD accuracy by more than ``tol``.
+    Flags: (1) accuracy under PGD or FGSM rising with eps by more than `tol`; (2) PGD accuracy above FGSM
+    accuracy at some eps by more than `tol` (the iterative attack should be at least as strong); (3) accuracy at
+    a very large eps above `large_eps_max` (any input is reachable there, so it should be about 0); (4) transfer
+    (black-box) accuracy below white-box PGD accuracy by more than `tol`.
 
     Args:
         eps: Budgets, ascending.
-        pgd_acc: PGD robust accuracy in ``[0, 1]`` at each eps.
+        pgd_acc: PGD robust accuracy in `[0, 1]` at each eps.
         fgsm_acc: FGSM robust accuracy at each eps.
-        transfer_acc: Accuracy under a transfer attack at each eps, or ``None``.
-        large_eps_acc: Accuracy at a budget large enough to reach any input, or ``None``.
-        tol: Allowed slack in accuracy units; ``1 / n`` allows one example's worth of noise for ``n`` examples.
+        transfer_acc: Accuracy under a transfer attack at each eps, or `None`.
+        large_eps_acc: Accuracy at a budget large enough to reach any input, or `None`.
+        tol: Allowed slack in accuracy units; `1 / n` allows one example's worth of noise for `n` examples.
         large_eps_max: Largest accuracy accepted at the large budget.
 
     Returns:

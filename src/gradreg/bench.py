@@ -149,6 +149,33 @@ def step_memory(step: Callable[[], None], device: torch.device) -> int:
     return total[0]
 
 
+MNIST_MEAN_STD = (0.1307, 0.3081)  # the full training set's pixel statistics (a run uses its subset's)
+
+
+def adversarial_step(model: nn.Module, opt, x, y, steps: int, eps_px: float = 0.3) -> Callable[[], None]:
+    """One adversarial-training step as `gradreg train --adversarial` takes it (its
+    `_adversarial_batch`): the batch replaced by PGD examples in MNIST's pixel range, `eps_px`
+    in pixel units (`steps` = 1: FGSM from a random start, step 1.25 eps; else steps of
+    2.5 eps / steps), crafted in eval mode, then a plain step on them."""
+    from . import attacks as A
+
+    mean, std = MNIST_MEAN_STD
+    eps = A.pixel_to_input(eps_px, mean=mean, std=std)
+    bounds = A.pixel_bounds(mean=mean, std=std)
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    size = 1.25 * eps if steps == 1 else 2.5 * eps / steps
+    x = x.clamp(*bounds)  # an image: the bench's random batch brought into the pixel range
+
+    def step():
+        x_adv = A.pgd(model, x, y, eps, steps=steps, step_size=size, generator=gen, bounds=bounds, early_stop=False)
+        loss = F.cross_entropy(model(x_adv), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def _regularizer_set(bm: BenchModel, quick_cpu: bool) -> dict:
     regs: dict = {
         "regularized_loss([])": [],
@@ -207,6 +234,10 @@ def regularizer_cost(device: torch.device, quick: bool, log=print) -> list:
             else eager_step(model, opt, x, y, r, bm.loss, gen)
             for k, r in regs.items()
         }
+        if bm.name == "lenet5":  # what users pick for robustness instead, in the same rounds
+            for name, steps in (("FGSM AT", 1), ("PGD-7 AT", 7)):
+                fns[name] = adversarial_step(model, opt, x, y, steps)
+                regs[name] = []
         regs = {"plain": []} | regs
         heavy = bm.name == "resnet_cifar" and device.type == "cpu"
         rounds, inner = ((2, 1) if quick else (3, 1)) if heavy else ((5, 3) if quick else (7, 10))

@@ -1,6 +1,6 @@
 """Run configuration: one frozen dataclass, with the paper's settings as presets.
 
-The presets are the settings behind the published numbers (``docs/settings.md``),
+The presets are the settings behind the published numbers (`docs/settings.md`),
 which differ from the paper's text in places: MNIST used Adam with lr 1e-3 (not 0.1), CIFAR
 SGD with lr 0.01 (not 0.1).
 """
@@ -30,12 +30,24 @@ _FLOAT_FIELDS = ("lr", "lr_gamma", "weight_decay", "dropout")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines one training run. Defaults: the paper's MNIST LeNet run
-    (use :func:`paper_config` for the other datasets).
+    """Everything that defines one training run.
 
-    Identity: equal configs have equal :meth:`to_dict` and so equal run keys -- numbers are
-    normalized (``weight_decay=0`` is ``0.0``), and fields added after the first release
-    appear only when they differ from their defaults.
+    Defaults: the paper's MNIST LeNet run (use `paper_config` for the other datasets). The
+    comment on each field gives its meaning and units.
+
+    Identity: equal configs have equal `to_dict` and so equal run keys -- numbers are normalized
+    (`weight_decay=0` is `0.0`), and fields added after the first release appear only when they
+    differ from their defaults.
+
+    Raises:
+        TypeError: An integer field (`seed`, `steps`, `batch_size`, ...) is not an integer, a
+            float field is not a number, a regularizer is not a gradreg regularizer, or a
+            probe budget list is not a sequence; or as the model registry raises for `model`.
+        ValueError: A choice (`dataset`, `optimizer`, `adversarial`, `device`) is not valid; a
+            count or rate is out of range; an option does not apply to the dataset or model
+            (`augment`, adversarial training or probes off images, a softmax penalty on SIN);
+            `wrt` is empty or combined with finite differences or adversarial training;
+            `lr_milestones` are not fractions in [0, 1].
     """
 
     # --- what is trained
@@ -162,9 +174,29 @@ class TrainConfig:
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in milestones))
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes` applied (validated again).
+
+        Args:
+            **changes: Fields and their new values.
+
+        Returns:
+            The new config.
+
+        Raises:
+            TypeError: As the constructor raises (also for an unknown field).
+            ValueError: As the constructor raises.
+        """
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The config as a JSON-ready dict: what its run key hashes.
+
+        Fields added after the first release are left out while they hold their default; the
+        regularizers become dicts (`regularizer_to_dict`) and tuples lists.
+
+        Returns:
+            The dict.
+        """
         d = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -180,6 +212,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """The config that `to_dict` wrote.
+
+        Args:
+            d: A config dict; missing fields take their defaults.
+
+        Returns:
+            The config, validated.
+
+        Raises:
+            ValueError: `d` has a field this version does not know (written by another gradreg
+                version?), or as the constructor raises.
+            TypeError: As the constructor raises.
+        """
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
@@ -230,7 +275,18 @@ def _check_adversarial(cfg: TrainConfig) -> None:
 
 
 def canonical_config(d: dict) -> dict:
-    """The normalized form of a config dict (what its run key hashes)."""
+    """The normalized form of a config dict (what its run key hashes).
+
+    Args:
+        d: A config dict.
+
+    Returns:
+        `TrainConfig.from_dict(d).to_dict()`.
+
+    Raises:
+        ValueError: As `TrainConfig.from_dict` raises.
+        TypeError: As `TrainConfig.from_dict` raises.
+    """
     return TrainConfig.from_dict(d).to_dict()
 
 
@@ -295,7 +351,7 @@ DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
 def _check_device(device) -> None:
-    """A device gradreg can train on: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ``xpu``."""
+    """A device gradreg can train on: `cpu`, `cuda`, `cuda:1`, `mps`, `xpu`."""
     try:
         kind = torch.device(device).type
     except (RuntimeError, TypeError, ValueError):
@@ -305,7 +361,19 @@ def _check_device(device) -> None:
 
 
 def paper_config(dataset: str, **overrides: Any) -> TrainConfig:
-    """The paper's settings for ``dataset``, with ``overrides`` applied."""
+    """The paper's settings for `dataset`, with `overrides` applied.
+
+    Args:
+        dataset: `"mnist"`, `"cifar10"`, `"sin"` or `"sin2"`.
+        **overrides: Fields to change.
+
+    Returns:
+        The config.
+
+    Raises:
+        ValueError: An unknown dataset, or as `TrainConfig` raises.
+        TypeError: As `TrainConfig` raises.
+    """
     _choice("dataset", dataset, DATASETS)
     return TrainConfig(**{**PAPER[dataset], **overrides})
 
@@ -316,8 +384,17 @@ ALIASES = R.ALIASES  # command-line names, derived from the registry
 
 
 def regularizer_to_dict(r: R.Regularizer) -> dict:
-    """``{"name", "weight", options...}``; options added after the first release (``every``)
-    appear only when they differ from their defaults."""
+    """`{"name", "weight", options...}` of a regularizer.
+
+    Options added after the first release (`every`) appear only when they differ from their
+    defaults.
+
+    Args:
+        r: A regularizer.
+
+    Returns:
+        The dict.
+    """
     d = R.to_dict(r)
     for f in dataclasses.fields(r):
         if f.metadata.get("added") and d[f.name] == f.default:
@@ -326,6 +403,18 @@ def regularizer_to_dict(r: R.Regularizer) -> dict:
 
 
 def regularizer_from_dict(d: dict) -> R.Regularizer:
+    """The regularizer that `regularizer_to_dict` wrote.
+
+    Args:
+        d: The dict.
+
+    Returns:
+        The regularizer.
+
+    Raises:
+        TypeError: The name is not a regularizer class, or an option is not valid for it.
+        ValueError: The name is unknown, or a value is not valid.
+    """
     return R.from_dict(d)
 
 
@@ -342,7 +431,24 @@ def _coerce(text: str):
 
 
 def parse_regularizer(spec: str) -> R.Regularizer:
-    """``"datagrad=50"``, ``"cp=0.5"``, ``"spectreg=0.03,projection=example,n_proj=4"``."""
+    """A regularizer from its command-line spec.
+
+    E.g. `"datagrad=50"`, `"cp=0.5"`, `"spectreg=0.03,projection=example,n_proj=4"`. The name
+    is a registry alias (case-insensitive) or an import path `"module:Class"`; option values
+    `true`/`false`, integers and floats are converted.
+
+    Args:
+        spec: `name=weight[,option=value,...]`.
+
+    Returns:
+        The regularizer.
+
+    Raises:
+        ValueError: An unknown name (with the closest match), a missing or non-numeric weight,
+            an option that is not `key=value` or not an option of the class, a non-boolean
+            value for a boolean option, or as the class raises.
+        TypeError: An import path that is not a regularizer class, or as the class raises.
+    """
     head, *opts = spec.split(",")
     name, sep, weight = head.partition("=")
     key = name.strip().lower()

@@ -1,13 +1,13 @@
-"""The drop-in entry points: :func:`regularize`, :func:`regularized_loss` and :func:`penalty`.
+"""The drop-in entry points: `regularize`, `regularized_loss` and `penalty`.
 
-- :func:`regularize` takes a forward pass the caller already ran: the logits, the targets and
-  ``wrt``, the tensor(s) the penalties differentiate by (the input, several inputs, an
-  embedding output or a hidden activation). It fits any model signature, autocast, DDP and
-  ``torch.compile``.
-- :func:`regularized_loss` runs the forward pass itself on a copy of ``x`` that requires grad,
-  so the caller never sets ``requires_grad`` (and can never forget to). It is a thin layer
-  on :func:`regularize`; when no active regularizer needs an input gradient it does not ask
-  for one, and costs what a plain training step costs.
+- [`regularize`][gradreg.regularize] takes a forward pass the caller already ran: the logits,
+  the targets and `wrt`, the tensor(s) the penalties differentiate by (the input, several
+  inputs, an embedding output or a hidden activation). It fits any model signature, autocast,
+  DDP and `torch.compile`.
+- [`regularized_loss`][gradreg.regularized_loss] runs the forward pass itself on a copy of `x`
+  that requires grad, so the caller never sets `requires_grad` (and can never forget to). It
+  is a thin layer on `regularize`; when no active regularizer needs an input gradient it does
+  not ask for one, and costs what a plain training step costs.
 
 All regularizers share the one forward pass and its graph.
 """
@@ -42,12 +42,28 @@ VALIDATE = ("auto", True, False)
 
 
 def per_example_loss(logits: Tensor, y: Tensor, loss: str | LossFn) -> Tensor:
-    """The data loss of each example, ``logits.shape[:-1]``.
+    """The data loss of each example, of shape `logits.shape[:-1]`.
 
-    - ``"cross_entropy"``: ``-log softmax(z_i)[y_i]``; ``y`` holds integer class labels.
-    - ``"half_sse"``: ``1/2 ||z_i - y_i||^2`` (the paper's SIN loss, summed over the batch).
-    - ``"mse"``: ``mean_k (z_ik - y_ik)^2``.
-    - a callable ``(logits, y) -> (B,)``.
+    The losses (`z_i` are example i's logits):
+
+    - `"cross_entropy"`: `-log softmax(z_i)[y_i]`; `y` holds integer class labels.
+    - `"half_sse"`: `1/2 ||z_i - y_i||^2` (the paper's SIN loss, summed over the batch).
+    - `"mse"`: `mean_k (z_ik - y_ik)^2`.
+    - a callable `(logits, y) -> (B,)`.
+
+    Args:
+        logits: The model's output, `(*batch, m)`.
+        y: The targets: integer class labels `(*batch,)` for `"cross_entropy"`; for
+            `"half_sse"` and `"mse"`, values that reshape to `logits.shape` (cast to the
+            logits' dtype).
+        loss: The name of a loss above, or a callable.
+
+    Returns:
+        The unreduced per-example losses, `logits.shape[:-1]`.
+
+    Raises:
+        ValueError: `loss` is an unknown name, or a callable that does not return a tensor of
+            shape `logits.shape[:-1]`.
     """
     if callable(loss):
         out = loss(logits, y)
@@ -66,8 +82,18 @@ def per_example_loss(logits: Tensor, y: Tensor, loss: str | LossFn) -> Tensor:
 
 
 def batch_data_loss(per_example: Tensor, loss: str | LossFn) -> Tensor:
-    """The data term of the training loss: the mean over the last (batch) axis, except
-    ``"half_sse"``, the batch sum ``1/2 sum_i ||z_i - y_i||^2`` as in the paper's SIN experiment."""
+    """The data term of the training loss: the mean over the last (batch) axis.
+
+    The exception is `"half_sse"`: the batch sum `1/2 sum_i ||z_i - y_i||^2`, as in the paper's
+    SIN experiment.
+
+    Args:
+        per_example: The per-example losses, `(*batch,)` (see `per_example_loss`).
+        loss: The loss they were computed with, a name or a callable.
+
+    Returns:
+        `per_example` reduced over its last axis: `(*batch[:-1],)`, a scalar for one run.
+    """
     return per_example.sum(-1) if loss == "half_sse" else per_example.mean(-1)
 
 
@@ -75,6 +101,14 @@ def batch_data_loss(per_example: Tensor, loss: str | LossFn) -> Tensor:
 
 
 def check_grad_mode(where: str) -> None:
+    """Refuse to run where autograd is off.
+
+    Args:
+        where: The name of the caller, for the message (e.g. `"gradreg.regularize"`).
+
+    Raises:
+        RuntimeError: Under `torch.inference_mode()` or `torch.no_grad()`.
+    """
     if torch.is_inference_mode_enabled():
         raise RuntimeError(f"{where} needs autograd, but it runs under torch.inference_mode()")
     if not torch.is_grad_enabled():
@@ -91,6 +125,18 @@ def _check_input(x) -> None:
 
 
 def check_regularizers(regularizers) -> list[Regularizer]:
+    """The regularizers as a list, each checked to be one.
+
+    Args:
+        regularizers: One `Regularizer`, or an iterable of them.
+
+    Returns:
+        A new list of the regularizers (a single one becomes a list of one).
+
+    Raises:
+        TypeError: `regularizers` is not iterable (or is a string), or an element is not a
+            `Regularizer`.
+    """
     if isinstance(regularizers, Regularizer):
         return [regularizers]
     if not isinstance(regularizers, Iterable) or isinstance(regularizers, (str, bytes)):
@@ -125,8 +171,24 @@ def _labels(y: Tensor, loss) -> Tensor:
 
 
 def check_logits_and_targets(logits, y, loss, *, batch: int | None = None, validate="auto") -> None:
-    """Shapes and dtypes of logits ``(*batch, m)`` and targets; the label range where
-    ``validate`` says so (``"auto"``: on CPU only, where it needs no device synchronization)."""
+    """Check the shapes and dtypes of logits `(*batch, m)` and targets, and the label range.
+
+    Args:
+        logits: The model's output, `(*batch, m)`.
+        y: The targets; for `"cross_entropy"`, integer labels of shape `batch`.
+        loss: The data loss, a name or a callable.
+        batch: The number of examples in the input, checked against the logits' last batch
+            axis; None: not checked.
+        validate: Whether to check the label range, which reads the labels' min and max:
+            `"auto"` on CPU only, where it needs no device synchronization; `True` always;
+            `False` never.
+
+    Raises:
+        TypeError: `logits` or `y` is not a tensor, or `loss` is `"cross_entropy"` and `y` is
+            not of an integer dtype.
+        ValueError: `logits` has fewer than 2 axes; the batch sizes or shapes of `x`, the
+            logits and `y` do not match; labels lie outside `0..m-1` (where checked).
+    """
     if not isinstance(logits, Tensor):
         raise TypeError(f"the model must return a tensor of logits, got {type(logits).__name__}")
     if logits.dim() < 2:
@@ -213,40 +275,67 @@ def regularize(
     step: int | None = None,
     validate="auto",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``data_loss + sum_j weight_j * penalty_j`` for a forward pass the caller already ran.
+    """`data_loss + sum_j weight_j * penalty_j` for a forward pass the caller already ran.
 
-    ``logits`` ``(B, m)`` and targets ``y``; ``wrt`` is the tensor, or a tuple of tensors,
-    that the penalties differentiate by: the input (made to require grad *before* the
-    forward pass), several inputs, an embedding output, or a hidden activation (see
-    :func:`gradreg.capture`). Each must have the batch as its leading axis. With several,
-    a penalty's per-example value is the **sum** over them of the per-example squared
-    norms (``norm="l1"``: of the L1 norms), i.e. the norm of the concatenated gradient.
-    ``wrt`` may be ``None`` only when no active regularizer needs an input gradient.
+    Each input in `wrt` must have the batch as its leading axis. With several, a penalty's
+    per-example value is the **sum** over them of the per-example squared norms
+    (`norm="l1"`: of the L1 norms), i.e. the norm of the concatenated gradient.
 
-    Returns ``(loss, terms)``: the scalar total, and a dict of detached scalars -- the data
-    loss under ``"loss"`` and each *applied* regularizer's unweighted penalty under its class
-    name (a second regularizer of the same class gets ``"Name#2"``, and so on).
+    - The data loss is the batch mean (`"half_sse"`: the batch sum). Every penalty is the batch
+      mean of a per-example value (see each regularizer's docstring).
+    - A regularizer with weight 0 is evaluated for `terms` but not added to the loss.
+    - BatchNorm in training mode couples the examples; the penalties then use gradients of batch
+      sums, as the paper's published numbers did.
+    - `method="auto"` is the exact penalty here: falling back to finite differences needs
+      [`regularized_loss`][gradreg.regularized_loss], which runs the model itself.
+    - A penalty whose projection the batch shares (SpectReg's `projection="batch"`, FrobReg),
+      found 0 because BatchNorm in training mode makes the logits' batch sum constant, warns
+      once per regularizer (`gradreg.core.warn_if_projection_vanishes`).
 
-    - The data loss is the batch mean (``"half_sse"``: the batch sum). Every penalty is the
-      batch mean of a per-example value (see each regularizer's docstring).
-    - A regularizer with weight 0 is evaluated for ``terms`` but not added to the loss.
-    - ``step``: the training step, needed by lazy regularizers (``every > 1``); on steps they
-      skip they cost nothing and are absent from ``terms``.
-    - BatchNorm in training mode couples the examples; the penalties then use gradients of
-      batch sums, as the paper's published numbers did.
-    - Random projections are drawn, in list order, from ``generator`` (else the global RNG)
-      on the logits' device and dtype.
-    - ``validate``: the label-range check reads the labels' min and max, a host
-      synchronization on an accelerator; ``"auto"`` runs it on CPU only, ``True`` always,
-      ``False`` never.
-    - ``method="auto"`` is the exact penalty here: falling back to finite differences needs
-      :func:`regularized_loss`, which runs the model itself.
-    - A penalty whose projection the batch shares (SpectReg's ``projection="batch"``,
-      FrobReg), found 0 because BatchNorm in training mode makes the logits' batch sum
-      constant, warns once per regularizer (:func:`warn_if_projection_vanishes`).
+    Every failure is a one-line error -- `wrt` does not require grad, the logits do not depend
+    on it, it runs under `no_grad`/`inference_mode`, or shapes do not match: never a silent 0.
 
-    Raises a one-line error when ``wrt`` does not require grad, the logits do not depend on
-    it, it runs under ``no_grad``/``inference_mode``, or shapes do not match: never a silent 0.
+    Args:
+        logits: The model's output, `(B, m)`.
+        y: The targets: integer class labels `(B,)` for `"cross_entropy"` (any integer dtype;
+            converted to int64), else values of the logits' shape.
+        wrt (Tensor | tuple[Tensor, ...] | None): The tensor, or a tuple of tensors, that the
+            penalties differentiate by: the input (made to require grad *before* the forward
+            pass), several inputs, an embedding output, or a hidden activation (see
+            [`capture`][gradreg.capture]). May be `None` only when no active regularizer needs
+            an input gradient.
+        regularizers: The regularizers, a list (or a single one).
+        loss: The data loss: `"cross_entropy"` (default), `"half_sse"`, `"mse"` or a callable
+            `(logits, y) -> (B,)` (see [`per_example_loss`][gradreg.per_example_loss]).
+        generator: The source of the random projections, drawn in list order on the logits'
+            device and dtype; None: the global RNG.
+        step: The training step, needed by lazy regularizers (`every > 1`); on steps they skip
+            they cost nothing and are absent from `terms`. None: no step (every regularizer must
+            have `every=1`).
+        validate (str | bool): The label-range check reads the labels' min and max, a host synchronization
+            on an accelerator: `"auto"` runs it on CPU only, `True` always, `False` never.
+
+    Returns:
+        `(loss, terms)`: the scalar total, and a dict of detached scalars -- the data loss under
+        `"loss"` and each *applied* regularizer's unweighted penalty under its class name (a
+        second regularizer of the same class gets `"Name#2"`, and so on).
+
+    Raises:
+        RuntimeError: It runs under `torch.no_grad()` or `torch.inference_mode()`; or an
+            operation of the model has no double backward (a `once_differentiable` custom
+            Function, a fused kernel, a `torch.compile`'d graph): the message names the fix.
+        NoInputGradient: An input in `wrt` does not require grad, or the logits do not depend
+            on it (a `ValueError`).
+        TypeError: `regularizers` holds something that is not a regularizer; `generator` is not
+            a `torch.Generator`; `logits` or `y` is not a tensor; cross-entropy labels are not
+            integers; an element of `wrt` is not a floating-point tensor.
+        ValueError: `loss` or `validate` is not valid; the logits are not 2-D; the shapes of the
+            logits, `y` and `wrt` do not match; labels are out of range (where checked); a
+            regularizer needs class labels (OneHot) but `loss` is not `"cross_entropy"`; a
+            function of the softmax (JacReg, ConfidencePenalty) meets a model with one output;
+            an active regularizer has `method="finite_difference"`; `wrt` is None or empty
+            where an active regularizer needs an input gradient; a lazy regularizer gets no
+            `step`.
     """
     check_grad_mode("gradreg.regularize")
     regs = check_regularizers(regularizers)
@@ -309,10 +398,21 @@ def regularize(
 
 
 def check_double_differentiable(value: Tensor, name: str) -> None:
-    """Raise now, with advice, where a penalty's graph holds an operation without a double
-    backward (a custom ``autograd.Function`` marked ``once_differentiable``, a
-    ``torch.compile``'d graph): autograd would only fail later, inside the caller's
-    ``loss.backward()``. A walk over the penalty's autograd graph (tens of microseconds for LeNet)."""
+    """Raise now, with advice, where a penalty's graph holds an operation without a double backward.
+
+    Such an operation is a custom `autograd.Function` marked `once_differentiable`, a fused
+    kernel, or a `torch.compile`'d graph: autograd would only fail later, inside the caller's
+    `loss.backward()`. The check is a walk over the penalty's autograd graph (tens of
+    microseconds for LeNet).
+
+    Args:
+        value: The penalty, built with `create_graph=True`.
+        name: The regularizer's name, for the message.
+
+    Raises:
+        RuntimeError: The graph holds such an operation; the message names the fix
+            (`method='finite_difference'`, the math attention kernel, or the eager model).
+    """
     gap = _double_backward_gap(value)
     if gap is None:
         return
@@ -338,12 +438,12 @@ def _double_backward_gap(value: Tensor) -> tuple[str, object] | None:
     """The first node of a penalty's graph that cannot be differentiated.
 
     Args:
-        value: A penalty built with ``create_graph=True``.
+        value: A penalty built with `create_graph=True`.
 
     Returns:
-        ``(kind, node)`` -- ``"once"`` (an ``Error`` node: a backward marked
-        ``once_differentiable``), ``"missing"`` (``NotImplemented``: no derivative formula) or
-        ``"compiled"`` (a ``torch.compile``'d graph) -- or None when every node has a backward.
+        `(kind, node)` -- `"once"` (an `Error` node: a backward marked
+        `once_differentiable`), `"missing"` (`NotImplemented`: no derivative formula) or
+        `"compiled"` (a `torch.compile`'d graph) -- or None when every node has a backward.
     """
     for fn in graph_nodes(value):
         kind = type(fn).__name__
@@ -357,9 +457,17 @@ def _double_backward_gap(value: Tensor) -> tuple[str, object] | None:
 
 
 def check_no_reentrant_checkpoint(t: Tensor) -> None:
-    """Refuse a finite-difference pass whose graph holds a reentrant ``torch.utils.checkpoint``
-    segment (it runs its forward under ``no_grad`` and again in ``backward()``, past the frozen
-    kinks; the non-reentrant form is caught inside the pass by the kink mode)."""
+    """Refuse a finite-difference pass whose graph holds a reentrant `torch.utils.checkpoint` segment.
+
+    Such a segment runs its forward under `no_grad` and again in `backward()`, past the frozen
+    kinks; the non-reentrant form is caught inside the pass by the kink mode.
+
+    Args:
+        t: The output of the first pass (the logits), with its graph.
+
+    Raises:
+        RuntimeError: The graph holds a reentrant checkpoint segment.
+    """
     if any(type(node).__name__ == "CheckpointFunctionBackward" for node in graph_nodes(t)):
         raise RuntimeError(FD.CHECKPOINT_ERROR)
 
@@ -375,18 +483,45 @@ def regularized_loss(
     step: int | None = None,
     validate="auto",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``data_loss + sum_j weight_j * penalty_j`` from one forward pass of ``model`` on ``x``.
+    """`data_loss + sum_j weight_j * penalty_j` from one forward pass of `model` on `x`.
 
-    Runs ``model`` on a detached copy of ``x`` that requires grad -- only when an active
+    Runs `model` on a detached copy of `x` that requires grad -- only when an active
     regularizer differentiates by the input, so a step with none (or only the confidence
-    penalty, or lazy regularizers on a skipped step) costs a plain step -- and hands the
-    logits to :func:`regularize`; see there for ``terms``, ``step``, ``generator`` and
-    ``validate``.
+    penalty, or lazy regularizers on a skipped step) costs a plain step -- and hands the logits
+    to [`regularize`][gradreg.regularize]; see there for `terms`, `step`, `generator` and
+    `validate`.
 
-    Regularizers with ``method="finite_difference"`` re-run ``model`` on a shifted input
-    (:mod:`gradreg.finite_difference`); the returned loss then has the true value and the
-    surrogate's gradient. ``method="auto"`` is decided once per model and regularizer
-    (:func:`resolve_method`).
+    Regularizers with `method="finite_difference"` re-run `model` on a shifted input
+    (`gradreg.finite_difference`); the returned loss then has the true value and the
+    surrogate's gradient. `method="auto"` is decided once per model and regularizer
+    (`gradreg.core.resolve_method`).
+
+    Args:
+        model: The network, `x -> logits` of shape `(B, m)`.
+        x: A batch of inputs, `(B, ...)`, of a floating-point dtype; it need not require grad.
+        y: The targets, as in `regularize`.
+        regularizers: The regularizers, a list (or a single one).
+        loss: The data loss: `"cross_entropy"` (default), `"half_sse"`, `"mse"` or a callable
+            `(logits, y) -> (B,)` (see [`per_example_loss`][gradreg.per_example_loss]).
+        generator: The source of the random projections; None: the global RNG.
+        step: The training step, needed by lazy regularizers (`every > 1`).
+        validate (str | bool): The label-range check: `"auto"` (CPU only), `True` or `False`.
+
+    Returns:
+        `(loss, terms)`: the scalar total and a dict of detached scalars, as `regularize`
+        returns them.
+
+    Raises:
+        RuntimeError: It runs under `torch.no_grad()` or `torch.inference_mode()`; an operation
+            of the model has no double backward (for an exact penalty); a finite-difference
+            pass meets a reentrant `torch.utils.checkpoint` segment.
+        NoInputGradient: The logits do not depend on `x` (a `ValueError`).
+        TypeError: `x` is not a floating-point tensor; `regularizers` holds something that is
+            not a regularizer; `generator` is not a `torch.Generator`; the logits or `y` are
+            not tensors, or cross-entropy labels are not integers.
+        ValueError: `x` has no non-empty leading batch axis; `loss` or `validate` is not valid;
+            the model's logits are not 2-D or their batch size is not `x`'s; any other check of
+            `regularize` fails.
     """
     check_grad_mode("gradreg.regularized_loss")
     regs = check_regularizers(regularizers)
@@ -442,7 +577,7 @@ def _double_backward_error(text: str) -> str | None:
         text: The error's message.
 
     Returns:
-        ``"compiled"`` (a ``torch.compile``'d graph) or ``"missing"`` where it says a double
+        `"compiled"` (a `torch.compile`'d graph) or `"missing"` where it says a double
         backward is not available, else None (another error).
     """
     if any(m in text for m in ("aot_autograd", "was compiled", "donated buffer", "CompiledFunction")):
@@ -453,7 +588,7 @@ def _double_backward_error(text: str) -> str | None:
 
 
 def _fd_regularized_loss(model, x, y, regs, loss, generator, step, validate):
-    """regularized_loss with finite-difference regularizers (see :mod:`gradreg.finite_difference`)."""
+    """regularized_loss with finite-difference regularizers (see `gradreg.finite_difference`)."""
     y = _labels(y, loss)
     rerun = FD.Rerun(model, lambda z, t: per_example_loss(z, t, loss), x.device)
     xg = x.detach().requires_grad_(True)
@@ -516,31 +651,31 @@ def resolve_method(
     validate="auto",
     ensemble: bool = False,
 ) -> Regularizer:
-    """What ``method="auto"`` means for ``reg`` on ``model``: exact where it can be, else finite differences.
+    """What `method="auto"` means for `reg` on `model`: exact where it can be, else finite differences.
 
-    The first call for a model and a regularizer runs the model once on ``x`` and builds the
-    exact penalty (its double-backward graph) inside :class:`gradreg.finite_difference.Replay`,
+    The first call for a model and a regularizer runs the model once on `x` and builds the
+    exact penalty (its double-backward graph) inside `gradreg.finite_difference.Replay`,
     with a throwaway projection generator: the random state (the global one and
-    ``generators``) and the buffers (BatchNorm's running statistics) are left as they were, so
+    `generators`) and the buffers (BatchNorm's running statistics) are left as they were, so
     the step that follows trains exactly as it would with the method resolved to. Where an
-    operation has no double backward (a ``once_differentiable`` custom Function, a fused
-    kernel such as CPU attention, a ``torch.compile``'d graph) it warns once, naming it, and
+    operation has no double backward (a `once_differentiable` custom Function, a fused
+    kernel such as CPU attention, a `torch.compile`'d graph) it warns once, naming it, and
     resolves to finite differences. The decision is cached per model (held weakly) and
     regularizer.
 
     Args:
-        reg: A regularizer; one whose ``method`` is not ``"auto"`` is returned as it is.
-        model: The network, ``x -> logits``.
-        x: A batch of inputs: ``(B, ...)``, or ``(K, B, ...)`` for an ensemble model.
+        reg: A regularizer; one whose `method` is not `"auto"` is returned as it is.
+        model: The network, `x -> logits`.
+        x: A batch of inputs: `(B, ...)`, or `(K, B, ...)` for an ensemble model.
         y: Its targets (integer labels already int64 for cross-entropy).
-        loss: The data loss, as in :func:`regularized_loss`.
+        loss: The data loss, as in [`regularized_loss`][gradreg.regularized_loss].
         generators: Further generators the model draws from (the engine's dropout streams).
-        validate: The label-range check, as in :func:`regularize`.
-        ensemble: Whether ``model`` is an ensemble (logits ``(K, B, m)``); else its logits
-            must be ``(B, m)``, as :func:`regularized_loss` requires.
+        validate (str | bool): The label-range check, as in [`regularize`][gradreg.regularize].
+        ensemble: Whether `model` is an ensemble (logits `(K, B, m)`); else its logits
+            must be `(B, m)`, as `regularized_loss` requires.
 
     Returns:
-        ``reg`` with ``method="double_backprop"`` or ``"finite_difference"``: the same object
+        `reg` with `method="double_backprop"` or `"finite_difference"`: the same object
         for the same model and regularizer every time.
 
     Raises:
@@ -570,13 +705,13 @@ def resolve_method(
 
 
 def _cache_key(reg: Regularizer) -> object:
-    """The key of ``reg`` in :func:`resolve_method`'s cache.
+    """The key of `reg` in `resolve_method`'s cache.
 
     Args:
         reg: A regularizer.
 
     Returns:
-        ``reg`` itself (a frozen dataclass: equal options, one key), or its identity where a
+        `reg` itself (a frozen dataclass: equal options, one key), or its identity where a
         field is unhashable.
     """
     try:
@@ -587,13 +722,13 @@ def _cache_key(reg: Regularizer) -> object:
 
 
 def _exact_unavailable(reg, model, x, y, loss, generators, validate, ensemble) -> str | None:
-    """Why ``reg``'s exact penalty cannot train ``model``: one replayed forward pass on ``x`` and
-    the exact penalty on it, of which nothing lasts (see :func:`resolve_method`, whose
+    """Why `reg`'s exact penalty cannot train `model`: one replayed forward pass on `x` and
+    the exact penalty on it, of which nothing lasts (see `resolve_method`, whose
     arguments these are).
 
     Returns:
-        The operation without a double backward and why (``"SquareOnce (its backward is
-        marked once_differentiable)"``), or None where every operation has one.
+        The operation without a double backward and why (`"SquareOnce (its backward is
+        marked once_differentiable)"`), or None where every operation has one.
 
     Raises:
         RuntimeError: A trial error that is not a missing double backward.
@@ -623,8 +758,8 @@ def _model_kind(logits: Tensor) -> str:
         logits: Its output, with the forward pass's graph.
 
     Returns:
-        ``"a torch.compile'd model"`` where the graph holds a compiled function, else
-        ``"an operation of the model"``.
+        `"a torch.compile'd model"` where the graph holds a compiled function, else
+        `"an operation of the model"`.
     """
     compiled = any(type(n).__name__ == "CompiledFunctionBackward" for n in graph_nodes(logits))
     return "a torch.compile'd model" if compiled else "an operation of the model"
@@ -634,15 +769,15 @@ def _describe_gap(kind: str, node, logits: Tensor) -> str:
     """The operation without a double backward, and why.
 
     Args:
-        kind: What :func:`_double_backward_gap` found.
+        kind: What `_double_backward_gap` found.
         node: The node it found.
-        logits: The forward pass's output (a ``once_differentiable`` Function is named from
+        logits: The forward pass's output (a `once_differentiable` Function is named from
             its graph).
 
     Returns:
-        E.g. ``"SquareOnce (its backward is marked once_differentiable)"`` or
-        ``"aten::_scaled_dot_product_flash_attention_for_cpu_backward (its derivative is not
-        implemented)"``.
+        E.g. `"SquareOnce (its backward is marked once_differentiable)"` or
+        `"aten::_scaled_dot_product_flash_attention_for_cpu_backward (its derivative is not
+        implemented)"`.
     """
     if kind == "compiled":
         return "a torch.compile'd model (compiled graphs have no double backward)"
@@ -659,14 +794,14 @@ def _describe_gap(kind: str, node, logits: Tensor) -> str:
 
 
 def _node_error(node) -> str:
-    """The message an ``Error``/``NotImplemented`` autograd node raises when run: it names the
+    """The message an `Error`/`NotImplemented` autograd node raises when run: it names the
     operation. Run on zeros, such a node only raises.
 
     Args:
         node: The autograd node.
 
     Returns:
-        Its error message, or ``""`` where it raises none.
+        Its error message, or `""` where it raises none.
     """
     try:
         node(*[torch.zeros(())] * len(getattr(node, "_input_metadata", ())))
@@ -684,22 +819,23 @@ def warn_if_projection_vanishes(reg: Regularizer, fwd: Forward, penalty: Tensor)
     """Warn once per regularizer instance where a batch-shared projection is 0 by construction.
 
     With BatchNorm in training mode feeding affine layers to the logits (the paper's
-    LeNet-BN), the batch sum ``sum_i z_i`` does not depend on the input, so every projection
-    shared by the batch -- SpectReg and RandomOneHot with ``projection="batch"``, FrobReg's
+    LeNet-BN), the batch sum `sum_i z_i` does not depend on the input, so every projection
+    shared by the batch -- SpectReg and RandomOneHot with `projection="batch"`, FrobReg's
     basis vectors -- has input gradient 0: the penalty is 0 up to rounding and regularizes
     nothing. The warning names the fix; no number changes.
 
     Cost: nothing for other regularizers or once decided; else a walk over the logits' graph
     for a BatchNorm node in training mode (no hooks), and where there is one, once, two
-    vector-Jacobian products without ``create_graph``: the batch sum projected on a fixed
-    ``u``, and the same with alternating signs per example (which BatchNorm does not cancel).
-    It warns when the penalty and the first are both below ``eps`` (of the compute dtype;
-    ``sqrt(eps)`` for ``norm="l1"``) times the second -- measured, float32: 1e-13 (l1: 1e-6) on
+    vector-Jacobian products without `create_graph`: the batch sum projected on a fixed
+    `u`, and the same with alternating signs per example (which BatchNorm does not cancel).
+    It warns when the penalty and the first are both below `eps` (of the compute dtype;
+    `sqrt(eps)` for `norm="l1"`) times the second -- measured, float32: 1e-13 (l1: 1e-6) on
     the LeNet-BN and an MLP ending BatchNorm -> Linear; 0.05 to 1.6 with the BatchNorm before a
     nonlinearity. A model in eval mode is decided at its first step in training mode.
 
     Args:
-        reg: The regularizer (see :attr:`Regularizer.batch_shared_projection`).
+        reg: The regularizer (see
+            [`Regularizer.batch_shared_projection`][gradreg.Regularizer.batch_shared_projection]).
         fwd: The forward pass it was evaluated on, its graph still there.
         penalty: Its penalty (the batch mean), per run.
     """
@@ -725,15 +861,15 @@ def warn_if_projection_vanishes(reg: Regularizer, fwd: Forward, penalty: Tensor)
 
 
 def _batch_sum_is_constant(reg: Regularizer, fwd: Forward, penalty: Tensor) -> bool:
-    """The test of :func:`warn_if_projection_vanishes` (see there).
+    """The test of `warn_if_projection_vanishes` (see there).
 
     Args:
-        reg: The regularizer (its ``norm``, if it has one, is used).
+        reg: The regularizer (its `norm`, if it has one, is used).
         fwd: The forward pass, its graph still there.
         penalty: Its penalty per run.
 
     Returns:
-        Whether, for some run, the penalty and the batch-shared projection on ``u`` are
+        Whether, for some run, the penalty and the batch-shared projection on `u` are
         rounding next to the sign-alternating one.
     """
     logits, bd = fwd.logits, fwd.batch_dims
@@ -758,10 +894,10 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _user_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first caller outside gradreg.
+    """The `stacklevel` that points a warning at the first caller outside gradreg.
 
     Returns:
-        For a ``warnings.warn`` in the calling function: 2 is that function's caller, and so on.
+        For a `warnings.warn` in the calling function: 2 is that function's caller, and so on.
     """
     frame: FrameType | None = sys._getframe(1)
     level = 1
@@ -771,13 +907,13 @@ def _user_stacklevel() -> int:
 
 
 def _decided(reg: Regularizer) -> bool:
-    """Whether :func:`warn_if_projection_vanishes` has decided about this very instance.
+    """Whether `warn_if_projection_vanishes` has decided about this very instance.
 
     Args:
         reg: A regularizer.
 
     Returns:
-        True once :func:`_decide` was called on it (and it is still alive).
+        True once `_decide` was called on it (and it is still alive).
     """
     ref = _CHECKED_ZERO.get(id(reg))
     return ref is not None and ref() is reg
@@ -797,8 +933,24 @@ def _decide(reg: Regularizer) -> None:
 
 
 def forward(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss: str | LossFn = "cross_entropy") -> Forward:
-    """Run ``model`` once on a detached copy of ``x`` that requires grad, validate
-    everything, and return the shared :class:`Forward` record."""
+    """Run `model` once on a detached copy of `x` that requires grad, validate everything, and return the record.
+
+    Args:
+        model: The network, `x -> logits` of shape `(B, m)`.
+        x: A batch of inputs, `(B, ...)`, of a floating-point dtype.
+        y: The targets (integer labels of any integer dtype become int64 for cross-entropy).
+        loss: The data loss, as in [`per_example_loss`][gradreg.per_example_loss].
+
+    Returns:
+        The shared [`Forward`][gradreg.Forward] record: the input copy, the logits, the targets
+        and the per-example data loss.
+
+    Raises:
+        RuntimeError: Under `torch.no_grad()` or `torch.inference_mode()`.
+        TypeError: `x`, the logits or `y` is not a tensor of a valid dtype.
+        ValueError: `x` has no non-empty batch axis; `loss` is unknown; the logits are not 2-D;
+            the shapes or labels do not match (see `check_logits_and_targets`).
+    """
     check_grad_mode("gradreg forward")
     _check_input(x)
     _check_loss(loss)
@@ -822,9 +974,28 @@ def penalty(
 ) -> Tensor:
     """One regularizer's *unweighted* penalty, as the mean over the batch's examples.
 
-    The result carries a graph (it can be backpropagated to the parameters). ``generator``
-    supplies the random projections of SpectReg and RandomOneHot. Lazy settings
-    (``every``) are ignored: this is the value itself.
+    The result carries a graph (it can be backpropagated to the parameters). Lazy settings
+    (`every`) are ignored: this is the value itself.
+
+    Args:
+        model: The network, `x -> logits` of shape `(B, m)`.
+        x: A batch of inputs, `(B, ...)`, of a floating-point dtype.
+        y: The targets, as in [`regularize`][gradreg.regularize].
+        reg: One regularizer.
+        loss: The data loss, as in [`per_example_loss`][gradreg.per_example_loss].
+        generator: The source of the random projections of SpectReg and RandomOneHot; None:
+            the global RNG.
+
+    Returns:
+        A scalar tensor with a graph to the parameters.
+
+    Raises:
+        RuntimeError: Under `torch.no_grad()` or `torch.inference_mode()`.
+        TypeError: `reg` is not a regularizer; `generator` is not a `torch.Generator`; `x`,
+            the logits or `y` is not a tensor of a valid dtype.
+        ValueError: The checks of `gradreg.core.forward` fail; the regularizer needs class
+            labels but `loss` is not `"cross_entropy"`, or is a function of the softmax and the
+            model has one output.
     """
     check_grad_mode("gradreg.penalty")
     (reg,) = check_regularizers([reg])

@@ -1,52 +1,54 @@
 """Finite-difference penalties: input-gradient regularization without double backprop.
 
-Every projected-gradient penalty has the form ``P = mean_i ||v_i||^2`` with
-``v_i = d F / d x_i`` for a scalar ``F(x; theta) = sum_i f_i`` -- DataGrad: ``f_i = l_i``;
-SpectReg, OneHot, RandomOneHot: ``f_i = <z_i, r_i>``. Its parameter gradient is a
-Hessian-vector product in input space::
+Every projected-gradient penalty has the form `P = mean_i ||v_i||^2` with
+`v_i = d F / d x_i` for a scalar `F(x; theta) = sum_i f_i` -- DataGrad: `f_i = l_i`;
+SpectReg, OneHot, RandomOneHot: `f_i = <z_i, r_i>`. Its parameter gradient is a
+Hessian-vector product in input space:
 
-    grad_theta P = (2/B) grad_theta [ d/dh F(x + h v_bar) ]_{h=0},   v_bar = v held constant,
+```text
+grad_theta P = (2/B) grad_theta [ d/dh F(x + h v_bar) ]_{h=0},   v_bar = v held constant,
+```
 
-so the surrogate ``S = (2/B) (F(x + h v_bar) - F(x)) / h`` (one-sided) or
-``(2/B) (F(x + h v_bar) - F(x - h v_bar)) / (2h)`` (central) has ``grad_theta S ~ grad_theta P``,
+so the surrogate `S = (2/B) (F(x + h v_bar) - F(x)) / h` (one-sided) or
+`(2/B) (F(x + h v_bar) - F(x - h v_bar)) / (2h)` (central) has `grad_theta S ~ grad_theta P`,
 and every pass is first-order: it trains models that have no double backward (custom
-``autograd.Function`` with ``once_differentiable``, fused kernels, ``torch.compile``). For
-``norm="l1"`` (``P = mean_i ||v_i||_1``) the direction is ``sign(v_bar)`` and the factor 1.
+`autograd.Function` with `once_differentiable`, fused kernels, `torch.compile`). For
+`norm="l1"` (`P = mean_i ||v_i||_1`) the direction is `sign(v_bar)` and the factor 1.
 
-Step size. ``h = rel * rms(x) / rms(d)`` over each run's batch (``d`` the direction), so the
-perturbation ``h d`` is ``rel`` times the input in RMS, whatever the scales of ``x`` and ``v``.
+Step size. `h = rel * rms(x) / rms(d)` over each run's batch (`d` the direction), so the
+perturbation `h d` is `rel` times the input in RMS, whatever the scales of `x` and `v`.
 The error of the surrogate's gradient is O(rel) one-sided and O(rel^2) central (truncation),
-plus ~ eps/rel (float cancellation in ``F(x + h d) - F(x)``, eps = 1.2e-7 in float32): the
+plus ~ eps/rel (float cancellation in `F(x + h d) - F(x)`, eps = 1.2e-7 in float32): the
 optimum is near sqrt(eps) = 3e-4 one-sided and eps^(1/3) = 5e-3 central. Measured on LeNet in
-float32 (``tests/test_finite_difference.py``, see the defaults' note there): the defaults
-``rel = 1e-3`` (one-sided) and ``1e-2`` (central) give a parameter-gradient cosine similarity
+float32 (`tests/test_finite_difference.py`, see the defaults' note there): the defaults
+`rel = 1e-3` (one-sided) and `1e-2` (central) give a parameter-gradient cosine similarity
 to exact double backprop >= 0.999. In float64 (eps = 2.2e-16) the same trade-off puts the
 optimum near 1e-8 one-sided and 1e-5 central; measured on a tanh MLP and LeNet with dropout
 (DataGrad, SpectReg), the relative error at 1e-3 / 1e-2 was up to 2.8e-3 / 9.2e-4, at the
-float64 defaults ``1e-7`` / ``1e-5`` at most 2.8e-7 / 9.2e-10 (1e-8 one-sided: 3.3e-8, but
+float64 defaults `1e-7` / `1e-5` at most 2.8e-7 / 9.2e-10 (1e-8 one-sided: 3.3e-8, but
 1e-9 already rounds: 1.9e-7, so the default keeps a decade of margin).
 
 Low precision. When the network computes in float16 or bfloat16 (autocast, or a half model;
-:func:`compute_dtype`: the coarsest of the logits', autocast's and the parameters' dtypes),
+`compute_dtype`: the coarsest of the logits', autocast's and the parameters' dtypes),
 eps is 9.8e-4 or 7.8e-3 and those steps drown in rounding:
-measured on LeNet (B=50, DataGrad) against exact float32, bfloat16 autocast at ``rel = 1e-3``
+measured on LeNet (B=50, DataGrad) against exact float32, bfloat16 autocast at `rel = 1e-3`
 one-sided gave a relative gradient error of 2.4 (cosine 0.37). The defaults there are the
-measured best (``tests/test_finite_difference.py::test_fd_default_step_under_low_precision_autocast``):
-float16 ``1e-2`` one-sided (error 0.03) and ``3e-2`` central (0.02; exact double backprop
-under the same autocast: 0.02); bfloat16 ``3e-2`` and ``6e-2`` (0.12 both; exact: 0.12).
+measured best (`tests/test_finite_difference.py::test_fd_default_step_under_low_precision_autocast`):
+float16 `1e-2` one-sided (error 0.03) and `3e-2` central (0.02; exact double backprop
+under the same autocast: 0.02); bfloat16 `3e-2` and `6e-2` (0.12 both; exact: 0.12).
 
 The surrogate is only what the loss carries: the value reported (and added to the loss's
-*value*) is the true penalty ``mean_i ||v_bar_i||^2``.
+*value*) is the true penalty `mean_i ||v_bar_i||^2`.
 
 Replays. The shifted forward pass must see the same function as the first one: the same
 dropout masks (the RNG is replayed), the same BatchNorm mode (batch statistics of the shifted
 batch, the batch-sum convention of the exact path), and it must leave no trace (running
 statistics are restored afterwards).
 
-The step. :class:`Rerun`, :func:`penalty_term` and :func:`fused_step` are the one
-implementation that :func:`gradreg.regularized_loss` (batch axes ``(B,)``) and the ensemble
-engine (``(K, B)``) both call, with one zero-weight rule (:func:`trains`, :func:`fuses`) and
-one way to find the tensors a step trains (:func:`step_leaves`).
+The step. `Rerun`, `penalty_term` and `fused_step` are the one implementation that
+[`gradreg.regularized_loss`][gradreg.regularized_loss] (batch axes `(B,)`) and the ensemble
+engine (`(K, B)`) both call, with one zero-weight rule (`trains`, `fuses`) and one way to
+find the tensors a step trains (`step_leaves`).
 """
 
 from __future__ import annotations
@@ -72,12 +74,28 @@ STEP_BY_DTYPE = {  # the network's compute dtype -> scheme -> relative step (mea
 
 
 def default_step(scheme: str, dtype: torch.dtype) -> float:
-    """The default relative step for a network that computes in ``dtype`` (see :func:`compute_dtype`)."""
+    """The default relative step for a network that computes in `dtype` (see `compute_dtype`).
+
+    Args:
+        scheme: `"one_sided"` or `"central"`.
+        dtype: The network's compute dtype; float16, bfloat16 and float64 have their own
+            defaults, any other dtype float32's.
+
+    Returns:
+        The relative step `rel` (see the module docstring for the measurements behind it).
+    """
     return STEP_BY_DTYPE.get(dtype, DEFAULT_STEP)[scheme]
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast computes in on ``device_type`` when it is on there, else None."""
+    """The dtype autocast computes in on `device_type` when it is on there, else None.
+
+    Args:
+        device_type: A device type, e.g. `"cpu"` or `"cuda"`.
+
+    Returns:
+        Autocast's dtype on that device type, or None where autocast is off (or unknown there).
+    """
     try:
         on = torch.is_autocast_enabled(device_type)
     except (TypeError, RuntimeError):  # torch < 2.4, or a device type autocast does not know
@@ -91,9 +109,21 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def compute_dtype(logits_dtype: torch.dtype, device_type: str, params=()) -> torch.dtype:
-    """The lowest floating precision the network computes in: the logits' dtype, autocast's
-    when it is on, and the parameters'. The logits alone can hide it: a half-precision body
-    may end in ``.float()``, and autocast runs softmax and the losses in float32."""
+    """The lowest floating precision the network computes in.
+
+    That is the coarsest of the logits' dtype, autocast's when it is on, and the parameters'.
+    The logits alone can hide it: a half-precision body may end in `.float()`, and autocast
+    runs softmax and the losses in float32.
+
+    Args:
+        logits_dtype: The dtype of the logits.
+        device_type: The device type the network runs on (for autocast).
+        params (Iterable[Tensor]): The network's parameters (default none); non-floating ones
+            are ignored.
+
+    Returns:
+        The floating dtype with the largest machine epsilon among them.
+    """
     found = {logits_dtype}
     amp = autocast_dtype(device_type)
     if amp is not None:
@@ -103,20 +133,46 @@ def compute_dtype(logits_dtype: torch.dtype, device_type: str, params=()) -> tor
 
 
 def direction(v: Tensor, norm: str) -> tuple[Tensor, float]:
-    """The finite-difference direction and the penalty's factor: ``(v, 2)`` for squared L2,
-    ``(sign v, 1)`` for L1."""
+    """The finite-difference direction and the penalty's factor.
+
+    Args:
+        v: The input gradient `dF/dx`.
+        norm: `"l2"` (squared) or `"l1"`.
+
+    Returns:
+        `(v, 2)` for squared L2, `(sign v, 1)` for L1.
+    """
     return (v, 2.0) if norm == "l2" else (torch.sign(v), 1.0)
 
 
 def rms(t: Tensor, batch_dims: int) -> Tensor:
-    """Root mean square over everything but the leading ``batch_dims - 1`` (run) axes:
-    one value per run, shape ``t.shape[: batch_dims - 1]``."""
+    """Root mean square over everything but the leading `batch_dims - 1` (run) axes.
+
+    Args:
+        t: A tensor `(*runs, B, ...)`.
+        batch_dims: The number of batch axes (runs and examples).
+
+    Returns:
+        One value per run, shape `t.shape[: batch_dims - 1]`.
+    """
     return t.reshape(*t.shape[: batch_dims - 1], -1).pow(2).mean(-1).sqrt()
 
 
 def step_size(x: Tensor, d: Tensor, rel: float, batch_dims: int) -> Tensor:
-    """``h = rel * rms(x) / rms(d)`` per run (0 where the direction is 0), computed in float32
-    at least: in half precision the squares of a small gradient underflow to 0."""
+    """`h = rel * rms(x) / rms(d)` per run (0 where the direction is 0).
+
+    Computed in float32 at least: in half precision the squares of a small gradient underflow
+    to 0.
+
+    Args:
+        x: The input.
+        d: The direction, shaped like `x`.
+        rel: The relative step.
+        batch_dims: The number of batch axes (runs and examples).
+
+    Returns:
+        `h`, one value per run, in float32 or wider (detached).
+    """
     dt = torch.promote_types(x.dtype, torch.float32)
     rx, rd = rms(x.detach().to(dt), batch_dims), rms(d.detach().to(dt), batch_dims)
     tiny = torch.finfo(dt).tiny
@@ -124,26 +180,66 @@ def step_size(x: Tensor, d: Tensor, rel: float, batch_dims: int) -> Tensor:
 
 
 def shifted(x: Tensor, h: Tensor, d: Tensor, sign: float) -> Tensor:
-    """``x + sign * h * d`` (``h`` one value per run), detached, in ``x``'s dtype; the sum is
-    formed in ``h``'s precision."""
+    """`x + sign * h * d`, detached, in `x`'s dtype; the sum is formed in `h`'s precision.
+
+    Args:
+        x: The input.
+        h: The step, one value per run.
+        d: The direction, shaped like `x`.
+        sign: `1.0` or `-1.0`.
+
+    Returns:
+        The shifted input, shaped like `x`.
+    """
     return (x.detach().to(h.dtype) + sign * broadcast_runs(h, d) * d.to(h.dtype)).to(x.dtype).detach()
 
 
 def surrogate(f_plus: Tensor, f_minus: Tensor, h: Tensor, kappa: float, batch: int, scheme: str) -> Tensor:
-    """``(kappa / B) (F(x + h d) - F(x [- h d])) / (h or 2h)`` per run; 0 where h is 0."""
+    """`(kappa / B) (F(x + h d) - F(x [- h d])) / (h or 2h)` per run; 0 where h is 0.
+
+    Args:
+        f_plus: `F(x + h d)` per run.
+        f_minus: `F(x)` (one-sided) or `F(x - h d)` (central) per run.
+        h: The step per run.
+        kappa: The penalty's factor (2 for squared L2, 1 for L1; see `direction`).
+        batch: The number of examples `B`.
+        scheme: `"one_sided"` or `"central"`.
+
+    Returns:
+        The surrogate per run.
+    """
     span = h if scheme == "one_sided" else 2 * h
     safe = torch.where(span > 0, span, torch.ones_like(span))
     return torch.where(span > 0, (kappa / batch) * (f_plus - f_minus) / safe, torch.zeros_like(span))
 
 
 def broadcast_runs(h: Tensor, like: Tensor) -> Tensor:
-    """``h`` (one value per run) shaped to multiply ``like`` (runs, batch, ...)."""
+    """`h` (one value per run) shaped to multiply `like` (runs, batch, ...).
+
+    Args:
+        h: One value per run.
+        like: The tensor to multiply.
+
+    Returns:
+        A view of `h` with trailing singleton axes up to `like.dim()`.
+    """
     return h.reshape(tuple(h.shape) + (1,) * (like.dim() - h.dim()))
 
 
 def device_rng(device: torch.device):
-    """The module that holds ``device``'s default random generator (``torch.cuda``,
-    ``torch.mps``, ``torch.xpu``, ...), or None for the CPU's (and the meta device's)."""
+    """The module that holds `device`'s default random generator.
+
+    Args:
+        device (torch.device): The device the model runs on.
+
+    Returns:
+        (ModuleType | None): The module (`torch.cuda`, `torch.mps`, `torch.xpu`, ...), or None
+        for the CPU's (and the meta device's).
+
+    Raises:
+        ValueError: Torch has no `get_rng_state`/`set_rng_state` for the device type, so its
+            random draws (dropout) cannot be replayed.
+    """
     if device.type in ("cpu", "meta"):
         return None
     getter = getattr(torch, "get_device_module", None)
@@ -160,12 +256,25 @@ def device_rng(device: torch.device):
 
 
 class Replay:
-    """Run a forward pass again as the first one ran: the same random draws, and no lasting
-    change to buffers. ``capture()`` before the first pass; ``with replay(): model(x2)``.
+    """Run a forward pass again as the first one ran: the same random draws, and no lasting change to buffers.
 
-    Buffers (BatchNorm's running statistics) are swapped for copies during the replay, so
-    its in-place updates touch neither the values nor the versions that the first pass's
-    graph saved."""
+    `capture()` before the first pass; `with replay(): model(x2)`.
+
+    Buffers (BatchNorm's running statistics) are swapped for copies during the replay, so its
+    in-place updates touch neither the values nor the versions that the first pass's graph
+    saved.
+
+    Args:
+        device: The device the model runs on (its random generator is replayed, with the
+            CPU's).
+        generators: Further generators the model draws from (default none).
+        model (nn.Module | None): The model whose buffers are protected; None (or a plain
+            callable): no buffers.
+
+    Raises:
+        ValueError: On entering the replay (and in `capture`), where the device's random state
+            cannot be saved and restored (see `device_rng`).
+    """
 
     def __init__(self, device: torch.device, generators: Sequence[torch.Generator] = (), model=None):
         self.device = torch.device(device)
@@ -174,6 +283,14 @@ class Replay:
         self.states: tuple | None = None
 
     def capture(self) -> Replay:
+        """Save the random state (the CPU's, the device's and each generator's) before the first pass.
+
+        Returns:
+            This object.
+
+        Raises:
+            ValueError: The device's random state cannot be saved (see `device_rng`).
+        """
         rng = device_rng(self.device)
         dev = rng.get_rng_state(self.device) if rng is not None else None
         self.states = (torch.get_rng_state(), dev, [g.get_state() for g in self.generators])
@@ -207,7 +324,7 @@ class Replay:
 
 
 def _relu_kind(func) -> str | None:
-    """``"relu"`` or ``"relu_"`` (in place) for every spelling of ReLU, else None."""
+    """`"relu"` or `"relu_"` (in place) for every spelling of ReLU, else None."""
     if func in (F.relu, torch.relu, Tensor.relu):
         return "relu"
     if func in (F.relu_, torch.relu_, Tensor.relu_):
@@ -226,19 +343,37 @@ _MAX_POOLS = {  # functional max-pooling -> (its with-indices kernel, spatial di
 
 
 def frozen_relu(inp: Tensor, mask: Tensor, inplace: bool) -> Tensor:
-    """ReLU through a recorded pattern: ``inp * mask``, a linear map of ``inp``."""
+    """ReLU through a recorded pattern: `inp * mask`, a linear map of `inp`.
+
+    Args:
+        inp: The pre-activation.
+        mask: The first pass's `out > 0`, shaped like `inp`.
+        inplace: Multiply `inp` in place (for `relu_` and `inplace=True`).
+
+    Returns:
+        `inp * mask`, in `inp`'s dtype.
+    """
     m = mask.to(inp.dtype)
     return inp.mul_(m) if inplace else inp * m
 
 
 def frozen_max_pool(inp: Tensor, argmax: Tensor, dims: int) -> Tensor:
-    """Max-pooling through recorded argmaxes (flat indices into each plane's ``dims`` spatial
-    axes, as the with-indices kernels return them): a gather, linear in ``inp``."""
+    """Max-pooling through recorded argmaxes: a gather, linear in `inp`.
+
+    Args:
+        inp: The input of the pooling.
+        argmax: Flat indices into each plane's `dims` spatial axes, as the with-indices kernels
+            return them.
+        dims: The number of spatial axes (1, 2 or 3).
+
+    Returns:
+        The pooled tensor, shaped like `argmax`.
+    """
     return inp.flatten(-dims).gather(-1, argmax.flatten(-dims)).view(argmax.shape)
 
 
 def _under_checkpoint() -> bool:
-    """Whether a non-reentrant ``torch.utils.checkpoint`` segment is packing saved tensors now."""
+    """Whether a non-reentrant `torch.utils.checkpoint` segment is packing saved tensors now."""
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
     hooks = top(False) if top is not None else None
     return hooks is not None and "_checkpoint_hook" in getattr(hooks[0], "__qualname__", "")
@@ -256,7 +391,7 @@ class _KinkMode(TorchFunctionMode):
     each max-pooling's argmax, in call order; replaying, the n-th kinked call applies the
     n-th pattern, and a call that does not match it (another kind or shape, or one too many:
     the model's control flow depends on its input) is an error, as is one too few
-    (:meth:`check_complete`)."""
+    (`check_complete`)."""
 
     def __init__(self, patterns: list, replaying: bool):
         super().__init__()
@@ -317,29 +452,38 @@ class FrozenKinks:
     or changes a pooling window's argmax, changes the parameter gradient by O(1), and the
     finite difference divides that by h. Summed over the units that cross (a number
     proportional to h, with random signs), the error grows like h^(-1/2) -- measured on LeNet:
-    10x the gradient itself; on a small ``nn.TransformerEncoder`` (ReLU inside its
+    10x the gradient itself; on a small `nn.TransformerEncoder` (ReLU inside its
     feed-forward, a functional call) a parameter-gradient cosine of 0.89 to exact. Double
     backprop differentiates with the activation pattern held fixed; so does this:
-    :meth:`record` watches the first pass through a ``TorchFunctionMode`` and saves, in call
-    order, every ReLU's mask (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu`` and
-    their in-place forms) and every max-pooling's argmax (``nn.MaxPool1d/2d/3d`` and the
-    functional forms); inside :meth:`replay` each of those calls applies its recorded pattern
+    `record` watches the first pass through a `TorchFunctionMode` and saves, in call
+    order, every ReLU's mask (`nn.ReLU`, `F.relu`, `torch.relu`, `Tensor.relu` and
+    their in-place forms) and every max-pooling's argmax (`nn.MaxPool1d/2d/3d` and the
+    functional forms); inside `replay` each of those calls applies its recorded pattern
     instead of recomputing it. Along the direction the function is then smooth, and the
-    surrogate's error is O(h) (O(h^2) central) again. Other kinked functions (``relu6``,
-    ``hardtanh``, ``leaky_relu``, ``clamp``, ``abs``) are computed as usual: their kinks add
+    surrogate's error is O(h) (O(h^2) central) again. Other kinked functions (`relu6`,
+    `hardtanh`, `leaky_relu`, `clamp`, `abs`) are computed as usual: their kinks add
     the error above (smooth activations such as GELU, SiLU and tanh need nothing).
 
-    A model that runs under ``vmap`` (the engine's ``torch.func`` ensembles, marked by
-    ``records_kinks_inside = True``) cannot keep patterns recorded inside the transform:
-    batched tensors must not outlive it. Such a model calls :meth:`vmap` instead of
-    ``torch.func.vmap`` while a pass is in progress, and each member's patterns leave the
+    A model that runs under `vmap` (the engine's `torch.func` ensembles, marked by
+    `records_kinks_inside = True`) cannot keep patterns recorded inside the transform:
+    batched tensors must not outlive it. Such a model calls `vmap` instead of
+    `torch.func.vmap` while a pass is in progress, and each member's patterns leave the
     transform as extra outputs (stacked on the member axis) and re-enter it as extra inputs.
-    ``FrozenKinks(None)`` does nothing.
+    `FrozenKinks(None)` does nothing.
 
     The shifted pass must make the same kinked calls, in the same order, as the first: a model
     whose control flow depends on its input is refused with a clear error, and so is gradient
-    checkpointing (``torch.utils.checkpoint`` recomputes the forward inside ``backward()``,
-    where no pattern applies; the reentrant form is caught by ``core.check_no_reentrant_checkpoint``).
+    checkpointing (`torch.utils.checkpoint` recomputes the forward inside `backward()`,
+    where no pattern applies; the reentrant form is caught by `core.check_no_reentrant_checkpoint`).
+
+    Args:
+        model: The model; None: do nothing. A model with `records_kinks_inside = True` is
+            handed this object as its `frozen_kinks` during a pass, and calls `vmap`.
+
+    Raises:
+        RuntimeError: In the shifted pass, where a kinked call does not match the first
+            pass's (another kind or shape, one too many or one too few), or under gradient
+            checkpointing.
     """
 
     def __init__(self, model) -> None:
@@ -350,14 +494,26 @@ class FrozenKinks:
 
     @contextlib.contextmanager
     def record(self):
-        """The first pass: every kinked call as usual, its pattern saved."""
+        """The first pass: every kinked call as usual, its pattern saved.
+
+        Yields:
+            This object.
+        """
         self.patterns = []
         with self._pass(replaying=False):
             yield self
 
     @contextlib.contextmanager
     def replay(self):
-        """The shifted pass: the n-th kinked call applies the n-th recorded pattern."""
+        """The shifted pass: the n-th kinked call applies the n-th recorded pattern.
+
+        Yields:
+            This object.
+
+        Raises:
+            RuntimeError: A kinked call does not match the recorded one, the pass makes fewer
+                kinked calls than the first, or it runs under gradient checkpointing.
+        """
         with self._pass(replaying=True):
             yield self
 
@@ -377,8 +533,20 @@ class FrozenKinks:
             mode.check_complete()
 
     def vmap(self, fn, in_dims: tuple, randomness: str, *args):
-        """``torch.func.vmap(fn, in_dims, randomness=randomness)(*args)`` with the kinks of each
-        member recorded or replayed inside the transform."""
+        """`torch.func.vmap(fn, in_dims, randomness=randomness)(*args)`, recording or replaying each member's kinks.
+
+        Args:
+            fn: The per-member function.
+            in_dims: `vmap`'s `in_dims` for `args`.
+            randomness: `vmap`'s `randomness` (e.g. `"different"`).
+            *args: The arguments to map over.
+
+        Returns:
+            (Any): What the vmapped `fn` returns.
+
+        Raises:
+            RuntimeError: Replaying, a member's kinked calls do not match its recorded ones.
+        """
         if not self.replaying:
             keys: list = []
 
@@ -409,25 +577,25 @@ class FrozenKinks:
 # --------------------------------------------------------------------------- the step
 #
 # The one finite-difference step, for a single run and for the ensemble engine alike: every
-# tensor has the runs' axes first, so "per run" means shape ``fwd.batch_shape[:-1]`` -- ``()``
-# for one run (batch ``(B,)``), ``(K,)`` for K members (batch ``(K, B)``), as in
-# :mod:`gradreg.penalties`. ``reg`` is a :class:`gradreg.regularizers.ProjectedGradient` and
-# ``fwd`` a :class:`gradreg.Forward` whose ``x`` is the input leaf that requires grad (typed
-# ``Any`` here: this module imports nothing from gradreg but the penalties, so that the
+# tensor has the runs' axes first, so "per run" means shape `fwd.batch_shape[:-1]` -- `()`
+# for one run (batch `(B,)`), `(K,)` for K members (batch `(K, B)`), as in
+# `gradreg.penalties`. `reg` is a `gradreg.regularizers.ProjectedGradient` and
+# `fwd` a `gradreg.Forward` whose `x` is the input leaf that requires grad (typed
+# `Any` here: this module imports nothing from gradreg but the penalties, so that the
 # regularizers and the entry points can both import it without a cycle).
 
 
 class Rerun:
     """The first forward pass, and the same function again at a shifted input.
 
-    ``with rerun.first_pass(): logits = model(x)`` captures the random state
-    (:class:`Replay`) and records the ReLU and max-pooling patterns (:class:`FrozenKinks`);
-    ``rerun(fwd, xs)`` then runs ``model(xs)`` with the same dropout masks and the same
+    `with rerun.first_pass(): logits = model(x)` captures the random state
+    (`Replay`) and records the ReLU and max-pooling patterns (`FrozenKinks`);
+    `rerun(fwd, xs)` then runs `model(xs)` with the same dropout masks and the same
     pieces, leaving no trace in the buffers.
 
     Args:
-        model: The network, ``x -> logits``.
-        per_example_loss: ``(logits, y) -> (*batch,)``, the data loss of each example.
+        model: The network, `x -> logits`.
+        per_example_loss: `(logits, y) -> (*batch,)`, the data loss of each example.
         device: The device the model runs on (its random generator is replayed).
         generators: Further generators the model draws from (the engine's dropout streams).
     """
@@ -455,21 +623,21 @@ class Rerun:
             yield self
 
     def __call__(self, fwd: Any, xs: Tensor) -> Any:
-        """The forward pass at ``xs``, as the first one ran.
+        """The forward pass at `xs`, as the first one ran.
 
         Args:
-            fwd: The first pass's :class:`gradreg.Forward` (its targets are reused).
-            xs: The shifted input, shaped like ``fwd.x``.
+            fwd: The first pass's [`gradreg.Forward`][gradreg.Forward] (its targets are reused).
+            xs: The shifted input, shaped like `fwd.x`.
 
         Returns:
-            ``fwd`` with the shifted input, its logits and its per-example loss.
+            `fwd` with the shifted input, its logits and its per-example loss.
         """
         with self.replay(), self.kinks.replay():
             logits = self.model(xs)
         return fwd._replace(x=xs, logits=logits, per_example_loss=self.per_example_loss(logits, fwd.y))
 
     def compute_dtype(self, logits: Tensor) -> torch.dtype:
-        """:func:`compute_dtype` of the first pass: its logits, autocast and the model's parameters.
+        """`compute_dtype` of the first pass: its logits, autocast and the model's parameters.
 
         Args:
             logits: The first pass's logits.
@@ -484,9 +652,9 @@ class Rerun:
 def trains(weights: Iterable[float]) -> bool:
     """The zero-weight rule: a run whose weight is 0 trains as it would without the regularizer.
 
-    Its penalty is still measured (one backward pass gives ``v``), but nothing is added to its
+    Its penalty is still measured (one backward pass gives `v`), but nothing is added to its
     loss; the shifted pass runs only when some run trains, and the fused step, which forms
-    the data gradient its own way, only when every run does (:func:`fuses`).
+    the data gradient its own way, only when every run does (`fuses`).
 
     Args:
         weights: The effective weight of each run (one for a single run).
@@ -498,15 +666,15 @@ def trains(weights: Iterable[float]) -> bool:
 
 
 def fuses(active: Sequence[Any], weights: Iterable[float]) -> bool:
-    """Whether a step takes the fused path (:func:`fused_step`).
+    """Whether a step takes the fused path (`fused_step`).
 
     Args:
         active: The regularizers applied at this step (one per kind, for an ensemble).
-        weights: The effective weight of each run for the one in ``active``.
+        weights: The effective weight of each run for the one in `active`.
 
     Returns:
-        True when ``active`` is one finite-difference regularizer whose class fuses
-        (``fuses_fd_step``, inherited by subclasses) and every run's weight is nonzero.
+        True when `active` is one finite-difference regularizer whose class fuses
+        (`fuses_fd_step`, inherited by subclasses) and every run's weight is nonzero.
     """
     if len(active) != 1:
         return False
@@ -516,9 +684,9 @@ def fuses(active: Sequence[Any], weights: Iterable[float]) -> bool:
 
 
 def step_leaves(t: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
-    """The tensors a step trains: every leaf of ``t``'s graph but the inputs.
+    """The tensors a step trains: every leaf of `t`'s graph but the inputs.
 
-    That is the model's parameters that ``t`` uses and any other leaf it reaches (a learnable
+    That is the model's parameters that `t` uses and any other leaf it reaches (a learnable
     loss, a weight from outside the module), so that none loses its gradient.
 
     Args:
@@ -526,7 +694,7 @@ def step_leaves(t: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
         inputs: The input leaves, which are data, not trained.
 
     Returns:
-        The leaves, in :func:`gradreg.penalties.graph_leaves` order.
+        The leaves, in [`gradreg.penalties.graph_leaves`][gradreg.penalties.graph_leaves] order.
     """
     return [v for v in P.graph_leaves(t) if not any(v is u for u in inputs)]
 
@@ -534,20 +702,20 @@ def step_leaves(t: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
 def _shifted_surrogate(
     reg: Any, fwd: Any, draw: Tensor | None, rerun: Rerun, v: Tensor, base: Tensor, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The exact penalty, the surrogate and the step for a known ``v = dF/dx`` and ``F(x)``.
+    """The exact penalty, the surrogate and the step for a known `v = dF/dx` and `F(x)`.
 
     Args:
         reg: The regularizer.
         fwd: The first pass.
-        draw: Its projections for this batch (``None`` if it draws none).
+        draw: Its projections for this batch (`None` if it draws none).
         rerun: Replays the first pass at a shifted input.
-        v: The input gradient of ``F``, detached, shaped like ``fwd.x``.
-        base: ``F(x)`` per run: with its graph (the one-sided surrogate then trains through
+        v: The input gradient of `F`, detached, shaped like `fwd.x`.
+        base: `F(x)` per run: with its graph (the one-sided surrogate then trains through
             it), or detached (the fused step carries that gradient itself).
-        dtype: The network's compute dtype (:func:`compute_dtype`), which sets the default step.
+        dtype: The network's compute dtype (`compute_dtype`), which sets the default step.
 
     Returns:
-        ``(penalty, surrogate, h)``, each per run; the penalty ``mean_i ||v_i||`` is detached.
+        `(penalty, surrogate, h)`, each per run; the penalty `mean_i ||v_i||` is detached.
     """
     bd, b = fwd.batch_dims, fwd.logits.shape[-2]
     pen = reg.gradient_norm(v, bd).mean(-1)
@@ -576,21 +744,21 @@ def penalty_term(
 ) -> tuple[Tensor, Tensor | None]:
     """One finite-difference regularizer's penalty and its term of the loss.
 
-    The term is ``weight * (S - S.detach() + P)``: the exact penalty ``P`` as its value and the
-    surrogate ``S``'s gradient (see the module docstring).
+    The term is `weight * (S - S.detach() + P)`: the exact penalty `P` as its value and the
+    surrogate `S`'s gradient (see the module docstring).
 
     Args:
-        reg: The regularizer (``method="finite_difference"``).
-        fwd: The first pass; ``fwd.x`` the input leaf, whose graph is kept for the caller.
-        draw: Its projections for this batch, per run (``None`` if it draws none).
+        reg: The regularizer (`method="finite_difference"`).
+        fwd: The first pass; `fwd.x` the input leaf, whose graph is kept for the caller.
+        draw: Its projections for this batch, per run (`None` if it draws none).
         rerun: Replays the first pass at a shifted input.
         weight: The effective weight: a float for a single run, a tensor per run otherwise.
-        dtype: The network's compute dtype (:meth:`Rerun.compute_dtype`).
-        shift: False where no run trains (:func:`trains`): the shifted pass is skipped.
+        dtype: The network's compute dtype (`Rerun.compute_dtype`).
+        shift: False where no run trains (`trains`): the shifted pass is skipped.
 
     Returns:
-        ``(penalty, term)``: the penalty per run, detached, and the loss term per run, or
-        None without ``shift``.
+        `(penalty, term)`: the penalty per run, detached, and the loss term per run, or
+        None without `shift`.
     """
     f = reg.objective(fwd, draw).sum(-1)
     (gx,) = torch.autograd.grad(f.sum(), fwd.x, retain_graph=True)
@@ -606,23 +774,23 @@ def fused_step(
 ) -> tuple[Tensor, Tensor] | None:
     """The data loss and one finite-difference regularizer whose objective is that loss, fused.
 
-    For a regularizer that fuses (``fuses_fd_step``: its ``F`` is the summed data loss, as
-    DataGrad's is), one backward pass at ``x`` gives both ``v`` and the data gradient ``G``
-    of every leaf; one forward/backward pass at ``x + h d`` (two, central) gives the rest.
-    ``G`` is carried into the returned objective with the coefficient of each run:
-    ``1 / data_scale - weight * kappa / (B h)`` one-sided (``F(x)`` enters the surrogate with
-    that factor), ``1 / data_scale`` central, and ``1 / data_scale`` where ``h`` is 0.
+    For a regularizer that fuses (`fuses_fd_step`: its `F` is the summed data loss, as
+    DataGrad's is), one backward pass at `x` gives both `v` and the data gradient `G`
+    of every leaf; one forward/backward pass at `x + h d` (two, central) gives the rest.
+    `G` is carried into the returned objective with the coefficient of each run:
+    `1 / data_scale - weight * kappa / (B h)` one-sided (`F(x)` enters the surrogate with
+    that factor), `1 / data_scale` central, and `1 / data_scale` where `h` is 0.
 
     Args:
-        reg: The regularizer (see :func:`fuses`).
+        reg: The regularizer (see `fuses`).
         fwd: The first pass; its graph is freed here.
         rerun: Replays the first pass at a shifted input.
         weight: The effective weight: a float for a single run, a tensor per run otherwise.
-        dtype: The network's compute dtype (:meth:`Rerun.compute_dtype`).
-        data_scale: The data loss is ``F / data_scale`` (B for a batch mean, 1 for a sum).
+        dtype: The network's compute dtype (`Rerun.compute_dtype`).
+        data_scale: The data loss is `F / data_scale` (B for a batch mean, 1 for a sum).
 
     Returns:
-        ``(objective, penalty)``: a scalar whose ``backward()`` gives every leaf its gradient
+        `(objective, penalty)`: a scalar whose `backward()` gives every leaf its gradient
         of the data loss plus the weighted penalty (its value is not the loss), and the
         penalty per run, detached; or None where the loss trains no leaf.
     """
@@ -647,9 +815,9 @@ def fused_step(
 
 
 class _CarryGradients(torch.autograd.Function):
-    """A zero scalar whose gradient with respect to each of ``params`` is the given tensor
+    """A zero scalar whose gradient with respect to each of `params` is the given tensor
     (times the incoming gradient, so a scaled loss scales it too): one autograd node that
-    carries gradients already computed into the returned loss's ``backward()``."""
+    carries gradients already computed into the returned loss's `backward()`."""
 
     @staticmethod
     def forward(ctx, grads, *params):
@@ -671,8 +839,8 @@ def carry_gradients(params: list[Tensor], grads: list[Tensor]) -> Tensor:
         grads: One gradient per parameter, already computed.
 
     Returns:
-        ``0``, with ``d/dp = grad`` for each ``p`` (times whatever scales it); a plain zero
-        when ``params`` is empty.
+        `0`, with `d/dp = grad` for each `p` (times whatever scales it); a plain zero
+        when `params` is empty.
     """
     if not params:
         return torch.zeros(())

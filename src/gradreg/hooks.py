@@ -1,30 +1,16 @@
-"""Take a submodule's output as ``wrt``: :func:`capture`.
+"""Take a submodule's output as `wrt`: [`capture`][gradreg.capture].
 
 A penalty w.r.t. a hidden activation or an embedding output needs the very tensor the rest of
-the network consumed. :func:`capture` records it with a forward hook during the caller's own
-forward pass::
+the network consumed. `capture` records it with a forward hook during the caller's own
+forward pass:
 
-    with gr.capture(model, "embed") as act:
-        logits = model(tokens)
-    loss, terms = gr.regularize(logits, y, act.value, [gr.DataGrad(1.0)])
+```python
+with gr.capture(model, "embed") as act:
+    logits = model(tokens)
+loss, terms = gr.regularize(logits, y, act.value, [gr.DataGrad(1.0)])
+```
 
-Conventions:
-
-- The module must run **exactly once** inside the ``with`` block (one forward pass); zero or
-  several calls make ``.value`` raise, naming the module and the count.
-- The output must be a tensor (not a tuple or a dict: capture a submodule that returns one).
-- The gradient is that of the output *as the module returned it*. If a later in-place op
-  (``nn.ReLU(inplace=True)``) overwrites it, the tensor now holds another value with another
-  history, so ``.value`` raises instead of differentiating by the wrong thing.
-- An output that does not require grad (a frozen embedding, a parameter-free layer applied to
-  an input that does not require grad) is recorded as a leaf that requires grad, so its
-  gradient exists, and the rest of the forward pass runs on a copy of that leaf (so an
-  in-place op there, ``nn.ReLU(inplace=True)``, leaves the leaf alone); nothing upstream had
-  a gradient to lose. The library sets ``requires_grad``; the caller
-  cannot forget it.
-- Under ``torch.no_grad()`` nothing is changed, and ``.value`` raises (no graph to differentiate).
-- The hooks are removed when the ``with`` block exits, also on an exception. The recorded
-  values stay readable after the block, so ``gr.regularize`` can run inside or after it.
+The conventions and the errors are in `capture`'s docstring.
 """
 
 from __future__ import annotations
@@ -38,15 +24,33 @@ __all__ = ["capture", "Capture", "UnknownSubmodule"]
 
 
 class UnknownSubmodule(ValueError):
-    """A submodule name that the model does not have; the message lists close matches."""
+    """A submodule name that the model does not have; the message lists close matches.
+
+    A `ValueError`.
+    """
 
 
 class Capture:
-    """The handle :func:`capture` returns; read ``.value`` (or ``[name]``) after the forward pass.
+    """The handle [`capture`][gradreg.capture] returns; read `.value` (or `[name]`) after the forward pass.
 
-    ``.value`` is one tensor for one name and a tuple, in the order of the names, for
-    several (usable as ``wrt`` directly). Use it as a context manager: the hooks exist only
-    inside the ``with`` block, and entering it again starts a fresh recording.
+    `.value` is one tensor for one name and a tuple, in the order of the names, for several
+    (usable as `wrt` directly); `act[name]` is the output of one of them. Use it as a context
+    manager: the hooks exist only inside the `with` block, and entering it again starts a fresh
+    recording.
+
+    Args:
+        model: The model whose submodules are recorded.
+        names: The submodule names, as in `model.named_modules()`.
+
+    Attributes:
+        names (tuple[str, ...]): The captured submodule names, in order.
+
+    Raises:
+        UnknownSubmodule: A name is not a submodule of `model` (a `ValueError`; the message
+            lists close matches).
+        RuntimeError: Entering the `with` block while it is already active (one `with` block
+            at a time).
+        KeyError: `act[name]` for a name that is not captured.
     """
 
     def __init__(self, model: nn.Module, names: tuple[str, ...]):
@@ -112,7 +116,15 @@ class Capture:
 
     @property
     def value(self) -> Tensor | tuple[Tensor, ...]:
-        """The captured output (one name) or the tuple of outputs (several names)."""
+        """The captured output (one name) or the tuple of outputs (several names), in the order of the names.
+
+        Raises:
+            RuntimeError: It is read before the `with` block was entered; a module was not called,
+                or was called more than once, in the block; an output was modified in place after
+                the module returned it; an output has no autograd graph (the forward pass ran under
+                `torch.no_grad()` or `torch.inference_mode()`).
+            TypeError: A module returned something other than a tensor.
+        """
         values = tuple(self._one(n) for n in self.names)
         return values[0] if len(values) == 1 else values
 
@@ -157,18 +169,47 @@ class Capture:
 
 
 def capture(model: nn.Module, *names: str) -> Capture:
-    """A context manager that records the output of the submodule(s) ``names`` of ``model``
-    (the names of ``model.named_modules()``, e.g. ``"features.0"``) during one forward pass.
+    """A context manager that records the output of the submodule(s) `names` of `model` during one forward pass.
 
-    ``with capture(model, "conv1") as act: logits = model(x)`` then ``act.value`` is the
-    ``conv1`` output the rest of the network consumed, ready to pass as ``wrt`` to
-    :func:`gradreg.regularize`; with several names it is a tuple (the penalty is then the
-    per-example sum over them, each gradient being the *total* derivative of the logits
-    w.r.t. that activation). See the module docstring for the conventions and the errors.
+    `with capture(model, "conv1") as act: logits = model(x)` then `act.value` is the `conv1`
+    output the rest of the network consumed, ready to pass as `wrt` to
+    [`gradreg.regularize`][gradreg.regularize]; with several names it is a tuple (the penalty is
+    then the per-example sum over them, each gradient being the *total* derivative of the logits
+    w.r.t. that activation).
 
-    An unknown name raises a ``ValueError`` listing close matches (a model wrapped in
-    ``DistributedDataParallel`` or ``torch.compile`` prefixes its names with ``module.`` or
-    ``_orig_mod.``; capturing on the unwrapped model is the same thing).
+    Conventions:
+
+    - The module must run **exactly once** inside the `with` block (one forward pass); zero or
+      several calls make `.value` raise, naming the module and the count.
+    - The output must be a tensor (not a tuple or a dict: capture a submodule that returns one).
+    - The gradient is that of the output *as the module returned it*. If a later in-place op
+      (`nn.ReLU(inplace=True)`) overwrites it, the tensor now holds another value with another
+      history, so `.value` raises instead of differentiating by the wrong thing.
+    - An output that does not require grad (a frozen embedding, a parameter-free layer applied
+      to an input that does not require grad) is recorded as a leaf that requires grad, so its
+      gradient exists, and the rest of the forward pass runs on a copy of that leaf (so an
+      in-place op there, `nn.ReLU(inplace=True)`, leaves the leaf alone); nothing upstream had a
+      gradient to lose. The library sets `requires_grad`; the caller cannot forget it.
+    - Under `torch.no_grad()` nothing is changed, and `.value` raises (no graph to
+      differentiate).
+    - The hooks are removed when the `with` block exits, also on an exception. The recorded
+      values stay readable after the block, so `gr.regularize` can run inside or after it.
+
+    Args:
+        model: The model, an `nn.Module`.
+        *names: One or more submodule names, as in `model.named_modules()` (e.g.
+            `"features.0"`). A model wrapped in `DistributedDataParallel` or `torch.compile`
+            prefixes its names with `module.` or `_orig_mod.`; capturing on the unwrapped model
+            is the same thing.
+
+    Returns:
+        A [`Capture`][gradreg.Capture], to use as a context manager.
+
+    Raises:
+        TypeError: `model` is not an `nn.Module`, or a name is not a string.
+        ValueError: No name is given, or a name is given twice.
+        UnknownSubmodule: A name is not a submodule of `model` (a `ValueError` listing close
+            matches).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"capture needs an nn.Module, got {type(model).__name__}")

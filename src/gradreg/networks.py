@@ -1,7 +1,7 @@
 """The paper's three networks: LeNet-5 (MNIST), a post-activation ResNet (CIFAR-10), an MLP (SIN).
 
-They are general models, so they live in the library: the model registry (:mod:`gradreg.models`),
-the engine and the benchmarks build them without importing :mod:`gradreg.paper`, which sits above
+They are general models, so they live in the library: the model registry (`gradreg.models`),
+the engine and the benchmarks build them without importing `gradreg.paper`, which sits above
 them. Defaults are the settings behind the
 published numbers, read from the authors' TensorFlow code
 (`danielvarga/improved_wgan_training`: `networks.py`, `tflib/ops/conv2d.py`,
@@ -85,6 +85,12 @@ def decayed_parameters(model: nn.Module) -> list[nn.Parameter]:
     Biases and BatchNorm scale/offset are excluded, as in the original. The paper's decay term is
     added to the loss as `wd * 0.5 * sum(w.pow(2).sum() for w in decayed_parameters(model))`
     (L2 in the loss, not AdamW-style decoupled decay).
+
+    Args:
+        model: The network.
+
+    Returns:
+        The `weight` of every `nn.Conv2d` and `nn.Linear`, in `model.modules()` order.
     """
     return [cast(nn.Parameter, m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
@@ -110,25 +116,35 @@ def lenet5(
     """The authors' LeNet-5 for MNIST: input (B, 1, 28, 28), output logits (B, 10).
 
     Layers, in order (names are the `nn.Sequential` keys):
-      conv1 5x5 1->6 padding 2 ('same'), ReLU, 2x2 max-pool       -> (6, 14, 14)
-      conv2 5x5 6->16 'valid', ReLU, 2x2 max-pool                 -> (16, 5, 5)
-      conv3 5x5 16->120 'valid', ReLU, flatten                    -> (120,)
-      fc1 120->84, ReLU
-      `dropout` (nn.Dropout) or `bn` (BatchNorm1d(84)) or nothing
-      fc2 84->10
+
+    ```text
+    conv1 5x5 1->6 padding 2 ('same'), ReLU, 2x2 max-pool       -> (6, 14, 14)
+    conv2 5x5 6->16 'valid', ReLU, 2x2 max-pool                 -> (16, 5, 5)
+    conv3 5x5 16->120 'valid', ReLU, flatten                    -> (120,)
+    fc1 120->84, ReLU
+    `dropout` (nn.Dropout) or `bn` (BatchNorm1d(84)) or nothing
+    fc2 84->10
+    ```
+
     That is 61,706 parameters; `batchnorm=True` adds 168 (BN scale and offset).
 
     Args:
-      dropout: drop probability in [0, 1) (PyTorch convention; the TF original passed 0.5 as
-        keep_prob, which is the same thing at 0.5), or None for no dropout layer.
-      batchnorm: put BatchNorm1d on the 84 units *instead of* dropout, as the original's
-        BN variant did. Requesting both (batchnorm=True with dropout not None) is a
-        ValueError: pass `dropout=None, batchnorm=True`.
-      bn_batch_stats_at_eval: the original's BN always normalised with the current batch's
-        statistics, also at evaluation; True reproduces that (outputs then depend on the other
-        batch members in eval mode too, and an eval batch of one is an error). False is
-        PyTorch's running-statistics behaviour.
-      generator: optional CPU generator for the init (see the module docstring).
+        dropout: Drop probability in [0, 1) (PyTorch convention; the TF original passed 0.5 as
+            keep_prob, which is the same thing at 0.5), or None for no dropout layer.
+        batchnorm: Put BatchNorm1d on the 84 units *instead of* dropout, as the original's BN
+            variant did.
+        bn_batch_stats_at_eval: The original's BN always normalised with the current batch's
+            statistics, also at evaluation; True reproduces that (outputs then depend on the
+            other batch members in eval mode too, and an eval batch of one is an error). False is
+            PyTorch's running-statistics behaviour.
+        generator: Optional CPU generator for the init (see the module docstring).
+
+    Returns:
+        The initialised model, on the CPU.
+
+    Raises:
+        ValueError: `dropout` is not None and not in [0, 1); or both are requested
+            (`batchnorm=True` with `dropout` not None): pass `dropout=None, batchnorm=True`.
     """
     if dropout is not None and not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be None or in [0, 1), got {dropout!r}")
@@ -177,11 +193,29 @@ class Conv2dTFSame(nn.Conv2d):
         cast("Callable[..., None]", super().__init__)(*args, padding=0, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of `x` padded as TensorFlow's 'SAME' pads it.
+
+        Args:
+            x: `(B, C, H, W)`.
+
+        Returns:
+            `(B, out_channels, ceil(H / stride), ceil(W / stride))`.
+        """
         return super().forward(F.pad(x, tf_same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation)))
 
 
 def tf_same_padding(size_hw, kernel_size, stride, dilation) -> list[int]:
-    """F.pad arguments (last dim first) for TensorFlow's 'SAME' padding of a 2-D conv."""
+    """`F.pad` arguments (last dim first) for TensorFlow's 'SAME' padding of a 2-D conv.
+
+    Args:
+        size_hw (Sequence[int]): The input's `(H, W)`.
+        kernel_size (Sequence[int]): The kernel's `(kh, kw)`.
+        stride (Sequence[int]): The conv's stride.
+        dilation (Sequence[int]): The conv's dilation.
+
+    Returns:
+        `[left, right, top, bottom]`, the odd pixel at the right/bottom.
+    """
     pad: list[int] = []
     for size, k, s, d in reversed(list(zip(size_hw, kernel_size, stride, dilation))):
         total = max((math.ceil(size / s) - 1) * s + d * (k - 1) + 1 - size, 0)
@@ -196,11 +230,22 @@ def _conv3x3(in_ch: int, out_ch: int, stride: int, bias: bool) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """Post-activation basic block: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
+    """Post-activation basic block: `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
 
-    conv1 carries the stride. The shortcut is parameter-free, as in the original:
-    avg-pool with kernel = stride = `stride` (when stride > 1), then `out_ch - in_ch` all-zero
-    channels appended *after* the input channels (not split between both ends).
+    conv1 carries the stride. The shortcut is parameter-free, as in the original: avg-pool with
+    kernel = stride = `stride` (when stride > 1), then `out_ch - in_ch` all-zero channels
+    appended *after* the input channels (not split between both ends).
+
+    Args:
+        in_ch: Input channels.
+        out_ch: Output channels, `>= in_ch`.
+        stride: conv1's stride (default 1).
+        conv_bias: Give the convs biases (default False; see `resnet_cifar`).
+        bn_batch_stats_at_eval: BatchNorm with batch statistics also at evaluation (see
+            `resnet_cifar`).
+
+    Raises:
+        ValueError: `out_ch < in_ch` (the zero-padding shortcut cannot drop channels).
     """
 
     def __init__(
@@ -222,22 +267,50 @@ class BasicBlock(nn.Module):
         self.bn2 = _batchnorm(nn.BatchNorm2d, out_ch, bn_batch_stats_at_eval)
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The parameter-free shortcut: avg-pool by the stride, then zero channels appended.
+
+        Args:
+            x: `(B, in_ch, H, W)`.
+
+        Returns:
+            `(B, out_ch, H / stride, W / stride)`.
+        """
         if self.stride > 1:
             x = F.avg_pool2d(x, self.stride)
         extra = self.out_ch - self.in_ch
         return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output, `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
+
+        Args:
+            x: `(B, in_ch, H, W)`.
+
+        Returns:
+            `(B, out_ch, H / stride, W / stride)`.
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
 
 class ResNetCifar(nn.Module):
-    """stem conv3x3-BN-ReLU, stages of `BasicBlock`s, global average pool, dense to logits.
+    """Stem conv3x3-BN-ReLU, stages of `BasicBlock`s, global average pool, dense to logits.
 
     Stage i has width `widths[i]` and `blocks` blocks; the first block of every stage but the
     first has stride 2. See `resnet_cifar` for the paper's configuration.
+
+    Args:
+        widths: The width of each stage (default 48, 96, 192).
+        blocks: Blocks per stage (default 3).
+        bn_batch_stats_at_eval: BatchNorm with batch statistics also at evaluation (see
+            `resnet_cifar`).
+        num_classes: The number of logits (default 10).
+        conv_bias: Give the convs biases (default False; see `resnet_cifar`).
+
+    Raises:
+        ValueError: `widths` is empty or `blocks < 1`; or a stage is narrower than the one
+            before it (see `BasicBlock`).
     """
 
     def __init__(
@@ -268,6 +341,14 @@ class ResNetCifar(nn.Module):
         self.fc = nn.Linear(in_ch, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch of images.
+
+        Args:
+            x: `(B, 3, H, W)`.
+
+        Returns:
+            `(B, num_classes)`.
+        """
         x = F.relu(self.stem_bn(self.stem_conv(x)))
         x = self.stages(x)
         return self.fc(x.mean(dim=(2, 3)))
@@ -284,22 +365,32 @@ def resnet_cifar(
 ) -> ResNetCifar:
     """The authors' CIFAR-10 ResNet: input (B, 3, H, W) with H, W divisible by 4, logits (B, C).
 
-    Defaults: widths 48/96/192, 3 blocks per stage (spatial 32 -> 16 -> 8 for CIFAR),
-    2,412,730 parameters. Convs are 3x3 with TensorFlow 'SAME' padding (see `Conv2dTFSame`;
-    only the stride-2 convs differ from padding=1).
+    Defaults: widths 48/96/192, 3 blocks per stage (spatial 32 -> 16 -> 8 for CIFAR), 2,412,730
+    parameters. Convs are 3x3 with TensorFlow 'SAME' padding (see `Conv2dTFSame`; only the
+    stride-2 convs differ from padding=1).
 
     Args:
-      widths, blocks, num_classes: architecture (see `ResNetCifar`, `BasicBlock`).
-      bn_batch_stats_at_eval: True reproduces the original, whose BatchNorm always used the
-        current batch's statistics, also at evaluation (no running averages); every example's
-        output then depends on its batch, so evaluate in large batches. False is PyTorch's
-        running-statistics behaviour (momentum 0.1).
-      conv_bias: the original's convs carried (zero-initialised) biases, 2,064 extra parameters
-        (2,414,794 in total). A bias directly followed by BatchNorm cancels out of the output and
-        gets no gradient, so the default leaves them out; True restores the original count.
-      generator: optional CPU generator for the init. The init is the original's tflib one (module
-        docstring): He-like *uniform* convs with the stride-2 fan_out divided by 4, Glorot
-        uniform dense layer, zero biases, BN scale 1 / offset 0 -- not PyTorch's Kaiming.
+        widths: The width of each stage (see `ResNetCifar`, `BasicBlock`).
+        blocks: Blocks per stage.
+        bn_batch_stats_at_eval: True reproduces the original, whose BatchNorm always used the
+            current batch's statistics, also at evaluation (no running averages); every
+            example's output then depends on its batch, so evaluate in large batches. False is
+            PyTorch's running-statistics behaviour (momentum 0.1).
+        num_classes: The number of logits C.
+        conv_bias: The original's convs carried (zero-initialised) biases, 2,064 extra
+            parameters (2,414,794 in total). A bias directly followed by BatchNorm cancels out of
+            the output and gets no gradient, so the default leaves them out; True restores the
+            original count.
+        generator: Optional CPU generator for the init. The init is the original's tflib one
+            (module docstring): He-like *uniform* convs with the stride-2 fan_out divided by 4,
+            Glorot uniform dense layer, zero biases, BN scale 1 / offset 0 -- not PyTorch's
+            Kaiming.
+
+    Returns:
+        The initialised model, on the CPU.
+
+    Raises:
+        ValueError: As `ResNetCifar` raises.
     """
     model = ResNetCifar(widths, blocks, bn_batch_stats_at_eval, num_classes, conv_bias=conv_bias)
     return _init_tflib_(model, generator)
@@ -312,8 +403,14 @@ def resnet_cifar(
 def mlp_sin(*, generator: torch.Generator | None = None) -> nn.Sequential:
     """The SIN regression MLP: input (B, 1), output (B, 1).
 
-    Dense 1->64, four dense 64->64, dense 64->1, ReLU after every layer but the last
-    (16,833 parameters). Glorot uniform weights, zero biases (tflib `Linear` default).
+    Dense 1->64, four dense 64->64, dense 64->1, ReLU after every layer but the last (16,833
+    parameters). Glorot uniform weights, zero biases (tflib `Linear` default).
+
+    Args:
+        generator: Optional CPU generator for the init (see the module docstring).
+
+    Returns:
+        The initialised model, on the CPU.
     """
     sizes = [1, 64, 64, 64, 64, 64, 1]
     layers: list[tuple[str, nn.Module]] = []
@@ -335,7 +432,19 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """`MODELS[name](**kwargs)`; an unknown name is a ValueError listing the valid ones."""
+    """`MODELS[name](**kwargs)`.
+
+    Args:
+        name: `"lenet5"`, `"resnet_cifar"` or `"mlp_sin"`.
+        **kwargs: The builder's arguments.
+
+    Returns:
+        The built model.
+
+    Raises:
+        ValueError: An unknown name (the message lists the valid ones), or as the builder
+            raises.
+    """
     try:
         builder = MODELS[name]
     except KeyError:

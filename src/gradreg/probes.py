@@ -1,24 +1,26 @@
 """Robustness probes at the end of a run: what the trained model withstands, with masking checks.
 
-A config with ``robust_linf`` or ``robust_l2`` (budgets in pixel units) gets, in its record, one row per
-(norm, eps) on the first ``robust_examples`` test images:
+A config with `robust_linf` or `robust_l2` (budgets in pixel units) gets, in its record, one row per
+(norm, eps) on the first `robust_examples` test images:
 
-- ``pgd``: accuracy under PGD with ``robust_steps`` steps of ``2.5 eps / steps``, a random start and the
+- `pgd`: accuracy under PGD with `robust_steps` steps of `2.5 eps / steps`, a random start and the
   Carlini-Wagner margin loss (on a linear model, the margin loss comes within a point of the exact robust
-  accuracy where cross-entropy PGD can miss by several; ``tests/test_attacks.py``);
-- ``fgsm``: accuracy under FGSM (one step);
-- ``transfer``: accuracy on PGD examples crafted on an unregularized *surrogate*: the same config with no
+  accuracy where cross-entropy PGD can miss by several; `tests/test_attacks.py`);
+- `fgsm`: accuracy under FGSM (one step);
+- `transfer`: accuracy on PGD examples crafted on an unregularized *surrogate*: the same config with no
   regularizer, no adversarial training and no probes, trained from the same seed.
 
-and ``large_linf``: PGD accuracy at L-infinity ``LARGE_LINF`` pixels, where almost any image is reachable, so
-it should be about 0. :func:`gradreg.attacks.masking_flags` reads these rows for signs of gradient masking.
+and `large_linf`: PGD accuracy at L-infinity `LARGE_LINF` pixels, where almost any image is reachable, so
+it should be about 0. [`gradreg.attacks.masking_flags`][gradreg.attacks.masking_flags] reads these rows for
+signs of gradient masking.
 
 Budgets in pixel units map to the model's input space through the run's standardization
-(:func:`gradreg.attacks.pixel_to_input`), and the attacks stay inside the valid pixel range.
+([`gradreg.attacks.pixel_to_input`][gradreg.attacks.pixel_to_input]), and the attacks stay inside the valid
+pixel range.
 
-Randomness: each row's attack draws from its own stream (``stream_seed(seed, "robust:linf:0.1")``), so a row
+Randomness: each row's attack draws from its own stream (`stream_seed(seed, "robust:linf:0.1")`), so a row
 does not depend on which other rows a config asks for. The surrogate's adversarial examples are cached in
-``$XDG_CACHE_HOME/gradreg/surrogates`` (keyed by the surrogate's config and the probe settings); the surrogate
+`$XDG_CACHE_HOME/gradreg/surrogates` (keyed by the surrogate's config and the probe settings); the surrogate
 itself, when no cached examples exist, is trained once (its config's run) and the run that *is* a surrogate
 (an unregularized run with probes) fills the cache with its own model.
 """
@@ -48,20 +50,50 @@ TrainSurrogate = Callable[[Any], nn.Module]  # (surrogate config) -> trained mod
 
 
 def wants_probes(cfg) -> bool:
+    """Whether a config asks for robustness probes.
+
+    Args:
+        cfg (TrainConfig): The run's config.
+
+    Returns:
+        True when `cfg.robust_linf` or `cfg.robust_l2` holds a budget.
+    """
     return bool(cfg.robust_linf or cfg.robust_l2)
 
 
 def points(cfg) -> list[tuple[str, float]]:
-    """The (norm, eps) rows a config asks for, in order: L-infinity first."""
+    """The (norm, eps) rows a config asks for, in order: L-infinity first.
+
+    Args:
+        cfg (TrainConfig): The run's config.
+
+    Returns:
+        `[("linf", eps), ..., ("l2", eps), ...]`, budgets in pixel units.
+    """
     return [("linf", e) for e in cfg.robust_linf] + [("l2", e) for e in cfg.robust_l2]
 
 
 def surrogate_config(cfg):
-    """The unregularized run whose adversarial examples are transferred to ``cfg``'s model."""
+    """The unregularized run whose adversarial examples are transferred to `cfg`'s model.
+
+    Args:
+        cfg (TrainConfig): The run's config.
+
+    Returns:
+        (TrainConfig): `cfg` with no regularizer, no adversarial training and no probes.
+    """
     return cfg.replace(regularizers=(), adversarial=None, robust_linf=(), robust_l2=())
 
 
 def is_own_surrogate(cfg) -> bool:
+    """Whether the run is its own surrogate: no regularizer and no adversarial training.
+
+    Args:
+        cfg (TrainConfig): The run's config.
+
+    Returns:
+        True where the trained model itself crafts the transfer examples.
+    """
     return not cfg.regularizers and cfg.adversarial is None
 
 
@@ -108,7 +140,18 @@ def _craft_on(model: nn.Module, cfg, splits: Splits, device: torch.device) -> li
 def transfer_examples(
     model: nn.Module, cfg, splits: Splits, device: torch.device, train_surrogate: TrainSurrogate
 ) -> list[torch.Tensor]:
-    """PGD examples crafted on ``cfg``'s surrogate, one tensor per row of :func:`points` (cached)."""
+    """PGD examples crafted on `cfg`'s surrogate, one tensor per row of `points` (cached).
+
+    Args:
+        model: The trained model (used as the surrogate where the run is its own).
+        cfg (TrainConfig): The run's config.
+        splits: The run's data.
+        device: The device the attacks run on.
+        train_surrogate: Trains the surrogate from its config, where no cached examples exist.
+
+    Returns:
+        One tensor of adversarial test images per row, on the CPU.
+    """
     path = _cache_path(cfg)
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -123,7 +166,20 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def robust_probes(model: nn.Module, cfg, splits: Splits, device: torch.device, train_surrogate: TrainSurrogate) -> dict:
-    """The probes of ``cfg`` on its trained ``model`` (module docstring): a JSON-ready dict."""
+    """The probes of `cfg` on its trained `model` (see the module docstring): a JSON-ready dict.
+
+    Args:
+        model: The trained model.
+        cfg (TrainConfig): The run's config.
+        splits: The run's data.
+        device: The device the attacks run on.
+        train_surrogate: Trains the surrogate from its config, where no cached examples exist.
+
+    Returns:
+        The probe record: `examples`, `steps`, `loss`, `clean` accuracy, one row per point under
+        `points` (`norm`, `eps`, `pgd`, `fgsm`, `transfer`), `large_linf`, the masking `flags`,
+        and the time taken (`seconds`, `surrogate_seconds`).
+    """
     t0 = time.perf_counter()
     x, y = _test_slice(cfg, splits, device)
     transfer = transfer_examples(model, cfg, splits, device, train_surrogate)
@@ -161,8 +217,19 @@ def robust_probes(model: nn.Module, cfg, splits: Splits, device: torch.device, t
 
 
 def masking(rows: list[dict], large: float | None, examples: int) -> list[str]:
-    """:func:`gradreg.attacks.masking_flags` over each norm's rows, with a point of slack: one random
-    start against another moves PGD accuracy by up to that."""
+    """`gradreg.attacks.masking_flags` over each norm's rows, with a point of slack.
+
+    One random start against another moves PGD accuracy by up to that: the tolerance is
+    `max(0.01, 1 / examples)`.
+
+    Args:
+        rows: The probe rows (`norm`, `eps`, `pgd`, `fgsm`, `transfer`).
+        large: PGD accuracy at `LARGE_LINF`, or None.
+        examples: The number of test examples probed.
+
+    Returns:
+        One line per sign of masking, prefixed with its norm.
+    """
     flags = []
     for norm in ("linf", "l2"):
         mine = sorted((r for r in rows if r["norm"] == norm), key=lambda r: r["eps"])

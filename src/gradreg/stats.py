@@ -2,10 +2,10 @@
 
 Conventions, as the paper's tables use them:
 
-- A table cell is ``mean (std)`` over n runs (n = 10 seeds). The paper does not say which
-  standard deviation it prints. The authors' aggregation script (``stat.py`` in
-  ``danielvarga/improved_wgan_training``) printed ``pandas ... .describe()``, which is the
-  *sample* std (ddof=1); a side script (``std.py``) used ``numpy.std`` (ddof=0). Here it is
+- A table cell is `mean (std)` over n runs (n = 10 seeds). The paper does not say which
+  standard deviation it prints. The authors' aggregation script (`stat.py` in
+  `danielvarga/improved_wgan_training`) printed `pandas ... .describe()`, which is the
+  *sample* std (ddof=1); a side script (`std.py`) used `numpy.std` (ddof=0). Here it is
   ddof=1 throughout. At n = 10 the two differ by a factor sqrt(10/9) ~ 1.054.
 - Comparisons are two-sided Welch (unequal-variance) t-tests, and a family of m comparisons
   is corrected with Bonferroni (Table 6: "after Bonferroni correction ...").
@@ -25,10 +25,19 @@ __all__ = ["mean_std", "welch_t_test", "welch_from_summary", "bonferroni", "adju
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """``(mean, std)`` of ``values`` with the *sample* standard deviation (ddof=1).
+    """`(mean, std)` of `values` with the *sample* standard deviation (ddof=1).
 
-    This is how the tables' ``mean (std)`` cells are built here; the paper itself does not
-    state its ddof (see the module docstring). Needs at least two values.
+    This is how the tables' `mean (std)` cells are built here; the paper itself does not state
+    its ddof (see the module docstring).
+
+    Args:
+        values: At least two finite numbers.
+
+    Returns:
+        `(mean, std)` as floats.
+
+    Raises:
+        ValueError: Fewer than two values, or a NaN or inf among them.
     """
     x = _sample(values, "values")
     return float(x.mean()), float(x.std(ddof=1))
@@ -37,16 +46,27 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 def welch_t_test(a: Iterable[float], b: Iterable[float]) -> tuple[float, float, float]:
     """Two-sided Welch (unequal-variance) t-test of mean(a) == mean(b).
 
-    Returns ``(t, df, p)`` with
+    The result is `(t, df, p)` with
 
-    - ``t = (mean_a - mean_b) / sqrt(s_a²/n_a + s_b²/n_b)``, ``s²`` the sample variance (ddof=1);
-    - ``df`` the Welch–Satterthwaite degrees of freedom
-      ``(s_a²/n_a + s_b²/n_b)² / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))``;
-    - ``p = 2 · P(T_df >= |t|)``.
+    - `t = (mean_a - mean_b) / sqrt(s_a²/n_a + s_b²/n_b)`, `s²` the sample variance (ddof=1);
+    - `df` the Welch–Satterthwaite degrees of freedom
+      `(s_a²/n_a + s_b²/n_b)² / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))`;
+    - `p = 2 · P(T_df >= |t|)`.
 
-    Each sample needs at least two values. When both samples are constant the statistic is
-    undefined: ``(nan, nan, nan)`` if the means are equal, else ``(±inf, nan, 0.0)``.
-    Otherwise matches ``scipy.stats.ttest_ind(a, b, equal_var=False)``.
+    When both samples are constant the statistic is undefined: `(nan, nan, nan)` if the means
+    are equal, else `(±inf, nan, 0.0)`. Otherwise matches
+    `scipy.stats.ttest_ind(a, b, equal_var=False)`.
+
+    Args:
+        a: The first sample, at least two finite values.
+        b: The second sample, at least two finite values.
+
+    Returns:
+        `(t, df, p)`.
+
+    Raises:
+        ValueError: A sample has fewer than two values, or a NaN or inf.
+        ImportError: SciPy, needed for the p-value, is not installed.
     """
     x, y = _sample(a, "a"), _sample(b, "b")
     return _welch(float(x.mean()), float(x.var(ddof=1)), x.size, float(y.mean()), float(y.var(ddof=1)), y.size)
@@ -55,11 +75,26 @@ def welch_t_test(a: Iterable[float], b: Iterable[float]) -> tuple[float, float, 
 def welch_from_summary(
     mean1: float, std1: float, n1: int, mean2: float, std2: float, n2: int
 ) -> tuple[float, float, float]:
-    """:func:`welch_t_test` from published summaries: ``(t, df, p)``.
+    """`welch_t_test` from published summaries: `(t, df, p)`.
 
-    ``std1``/``std2`` must be *sample* standard deviations (ddof=1). To test a paper cell
-    ``97.79% (0.12)`` over 10 runs, pass ``97.79, 0.12, 10``. Rounded summaries give rounded
-    answers: a two-decimal std carries up to ±0.005 of error.
+    To test a paper cell `97.79% (0.12)` over 10 runs, pass `97.79, 0.12, 10`. Rounded
+    summaries give rounded answers: a two-decimal std carries up to ±0.005 of error.
+
+    Args:
+        mean1: The first mean.
+        std1: The first *sample* standard deviation (ddof=1).
+        n1: The first sample's size, an integer >= 2.
+        mean2: The second mean.
+        std2: The second sample standard deviation (ddof=1).
+        n2: The second sample's size, an integer >= 2.
+
+    Returns:
+        `(t, df, p)`, as `welch_t_test` returns them.
+
+    Raises:
+        ValueError: A size is not an integer >= 2, a std is negative or not finite, or a mean
+            is not finite.
+        ImportError: SciPy, needed for the p-value, is not installed.
     """
     for name, n in (("n1", n1), ("n2", n2)):
         if isinstance(n, bool) or int(n) != n or n < 2:
@@ -74,7 +109,18 @@ def welch_from_summary(
 
 
 def adjusted(p: float, m: int) -> float:
-    """Bonferroni-adjusted p-value ``min(1, p · m)`` for one of ``m`` comparisons (NaN stays NaN)."""
+    """Bonferroni-adjusted p-value `min(1, p · m)` for one of `m` comparisons (NaN stays NaN).
+
+    Args:
+        p: A p-value in [0, 1], or NaN.
+        m: The number of comparisons, an integer >= 1.
+
+    Returns:
+        The adjusted p-value.
+
+    Raises:
+        ValueError: `m` is not an integer >= 1, or `p` is outside [0, 1].
+    """
     if isinstance(m, bool) or int(m) != m or m < 1:
         raise ValueError(f"m must be an integer >= 1, got {m!r}")
     _check_p(p)
@@ -82,9 +128,20 @@ def adjusted(p: float, m: int) -> float:
 
 
 def bonferroni(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
-    """Which of the ``m = len(p_values)`` comparisons are significant at family-wise level
-    ``alpha``: ``p · m < alpha`` (strict). A NaN p-value (an undefined test) is never
-    significant. An empty family gives ``[]``.
+    """Which of the `m = len(p_values)` comparisons are significant at family-wise level `alpha`.
+
+    Significant means `p · m < alpha` (strict). A NaN p-value (an undefined test) is never
+    significant. An empty family gives `[]`.
+
+    Args:
+        p_values: The family's p-values, each in [0, 1] or NaN.
+        alpha: The family-wise level, in (0, 1) (default 0.05).
+
+    Returns:
+        One bool per p-value.
+
+    Raises:
+        ValueError: `alpha` is not in (0, 1), or a p-value is outside [0, 1].
     """
     if not (0.0 < alpha < 1.0):
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")

@@ -1,4 +1,4 @@
-"""``gradreg bench``: what each regularizer costs and what the ensemble engine buys."""
+"""`gradreg bench`: what each regularizer costs and what the ensemble engine buys."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ DESCRIPTION = "Measure what each regularizer costs and what the ensemble engine 
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``gradreg bench`` to ``subparsers``.
+    """Add `gradreg bench` to `subparsers`.
 
     Args:
-        subparsers: What ``ArgumentParser.add_subparsers`` returned.
+        subparsers: What `ArgumentParser.add_subparsers` returned.
 
     Returns:
         The command's parser.
@@ -41,10 +41,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark, after checking the device and the ``--json`` file.
+    """Run the benchmark, after checking the device and the `--json` file.
 
     Args:
-        args: The parsed options of ``gradreg bench``.
+        args: The parsed options of `gradreg bench`.
 
     Returns:
         The exit status, 0.

@@ -1,5 +1,8 @@
-"""Checks a command makes before any work starts, so a bad path, missing data or an absent
-device never costs a finished run. Each raises a one-line :class:`~.errors.CLIError`."""
+"""Checks a command makes before any work starts.
+
+A bad path, missing data or an absent device then never costs a finished run. Each raises a
+one-line `errors.CLIError`.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +15,23 @@ from .errors import CLIError, UsageError, data_not_found
 
 
 def check_writable_output(path, *, directory: bool = False, label: str = "output", if_dir: str | None = None) -> Path:
-    """Make sure ``path`` can be written, before any work: a real probe, not a permission guess.
+    """Make sure `path` can be written, before any work: a real probe, not a permission guess.
 
     Missing directories are created, a temporary file is created next to the target and
     removed, and the directories made for the probe are removed again (the write itself makes
     them).
 
     Args:
-        path: The file to be (re)placed, or with ``directory`` the directory to write into.
-        directory: Whether ``path`` is a directory.
-        label: How the error names the path, e.g. ``--out``.
+        path: The file to be (re)placed, or with `directory` the directory to write into.
+        directory: Whether `path` is a directory.
+        label: How the error names the path, e.g. `--out`.
         if_dir: The advice when a file's path is a directory (default: give a file name).
 
     Returns:
-        ``path``, as a :class:`~pathlib.Path`.
+        `path`, as a `pathlib.Path`.
 
     Raises:
-        CLIError: One line naming ``label``, the path and the reason.
+        CLIError: One line naming `label`, the path and the reason.
     """
     path = Path(path)
     where = f"{label} {path}"
@@ -60,7 +63,7 @@ def check_writable_output(path, *, directory: bool = False, label: str = "output
 
 
 def _probe(target: Path, name: str, where: str) -> None:
-    """Create ``target`` (a directory) and a temporary file in it, and remove the file."""
+    """Create `target` (a directory) and a temporary file in it, and remove the file."""
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -74,14 +77,14 @@ def _probe(target: Path, name: str, where: str) -> None:
 
 
 def check_data_dir(data_dir: str | None, download: bool) -> None:
-    """``--data-dir``, when given, must be a directory, or be made by ``--download``.
+    """`--data-dir`, when given, must be a directory, or be made by `--download`.
 
     Args:
-        data_dir: ``--data-dir``, or None.
-        download: ``--download``.
+        data_dir: `--data-dir`, or None.
+        download: `--download`.
 
     Raises:
-        CLIError: ``data_dir`` is a file, or is missing and nothing will fetch into it.
+        CLIError: `data_dir` is a file, or is missing and nothing will fetch into it.
     """
     if data_dir is None:
         return
@@ -98,13 +101,15 @@ def check_data_dir(data_dir: str | None, download: bool) -> None:
 
 
 def prepare_data(datasets: Iterable[str], data_dir: str | None, download: bool) -> None:
-    """Find every file of ``datasets`` before training starts, where the library's loaders will
-    look for them (``gradreg.data.paths``), downloading them with ``download``.
+    """Find every file of `datasets` before training starts, downloading them with `download`.
+
+    The files are looked for where the library's loaders will look for them
+    (`gradreg.data.paths`).
 
     Args:
         datasets: Dataset names; only mnist and cifar10 have files.
-        data_dir: ``--data-dir``, or None.
-        download: ``--download``.
+        data_dir: `--data-dir`, or None.
+        download: `--download`.
 
     Raises:
         CLIError: A file is in none of the places searched, or its download failed.
@@ -128,13 +133,13 @@ def prepare_data(datasets: Iterable[str], data_dir: str | None, download: bool) 
 
 
 def check_device(device: str) -> None:
-    """A CUDA ``device`` (``cuda``, ``cuda:1``) needs CUDA here.
+    """A CUDA `device` (`cuda`, `cuda:1`) needs CUDA here.
 
     Args:
-        device: ``--device``.
+        device: `--device`.
 
     Raises:
-        UsageError: ``device`` is a CUDA device and CUDA is not available.
+        UsageError: `device` is a CUDA device and CUDA is not available.
     """
     if str(device).split(":", 1)[0] != "cuda":
         return
@@ -151,7 +156,7 @@ def open_store_checked(path: Path) -> None:
         path: The store's file, which need not exist.
 
     Raises:
-        CLIError: ``path`` is a directory.
+        CLIError: `path` is a directory.
         gradreg.sweep.store.StoreError: The store is damaged (left unchanged).
     """
     from ..sweep.store import Store

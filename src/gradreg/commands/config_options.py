@@ -1,8 +1,8 @@
-"""Options of ``gradreg train`` derived from the fields of :class:`gradreg.config.TrainConfig`.
+"""Options of `gradreg train` derived from the fields of `gradreg.config.TrainConfig`.
 
-One ``--option`` per field, its help text from :data:`HELP` and its default from the paper's
-presets (``config.PAPER``); :func:`config_from_args` turns the options given back into a
-config. A new field needs only a line in :data:`HELP`.
+One `--option` per field, its help text from `HELP` and its default from the paper's
+presets (`config.PAPER`); `config_from_args` turns the options given back into a
+config. A new field needs only a line in `HELP`.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ HELP = {
 
 
 def _optional(parse):
-    """``parse``, except that ``none`` (any case) is None."""
+    """`parse`, except that `none` (any case) is None."""
 
     def conv(text: str):
         return None if text.lower() == "none" else parse(text)
@@ -82,7 +82,7 @@ def _optional(parse):
 
 
 def _show(value) -> str:
-    """A default as the help text shows it: ``none``, ``on``/``off``, ``0.5 0.75``, ``0.001``."""
+    """A default as the help text shows it: `none`, `on`/`off`, `0.5 0.75`, `0.001`."""
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -93,7 +93,7 @@ def _show(value) -> str:
 
 
 def _paper_default(name: str) -> str:
-    """``default: X``, or ``default: X (mnist), Y (cifar10, sin, sin2)`` where the presets differ."""
+    """`default: X`, or `default: X (mnist), Y (cifar10, sin, sin2)` where the presets differ."""
     base = next(f for f in dataclasses.fields(TrainConfig) if f.name == name).default
     values: dict[str, list[str]] = {}
     for dataset in DATASETS:
@@ -104,13 +104,13 @@ def _paper_default(name: str) -> str:
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
-    """Add one ``--option`` per TrainConfig field (but :data:`SPECIAL`) to ``p``.
+    """Add one `--option` per TrainConfig field (but `SPECIAL`) to `p`.
 
-    Options not given are absent from the namespace (``SUPPRESS``), so the preset's value
-    applies and ``none`` can mean None.
+    Options not given are absent from the namespace (`SUPPRESS`), so the preset's value
+    applies and `none` can mean None.
 
     Args:
-        p: The parser of ``gradreg train``.
+        p: The parser of `gradreg train`.
     """
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -133,18 +133,20 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The paper's preset for ``args.dataset`` with every option given applied.
+    """The paper's preset for `args.dataset` with every option given applied.
 
     Args:
-        args: The parsed options of ``gradreg train``.
+        args: The parsed options of `gradreg train`.
 
     Returns:
         The config of the run.
 
     Raises:
-        UsageError: A model option (``--dropout``, ...) given with an import-path ``--model``,
-            whose factory builds the model. The config's own checks raise ``ValueError`` or
-            ``TypeError``, as :func:`gradreg.config.paper_config` does.
+        UsageError: A model option (`--dropout`, ...) given with an import-path `--model`,
+            whose factory builds the model.
+        ValueError: The config's own checks, as `gradreg.config.paper_config` raises them
+            (also a `--reg` spec that does not parse).
+        TypeError: The config's own checks, as `gradreg.config.paper_config` raises them.
     """
     overrides = {
         f.name: getattr(args, f.name)
@@ -164,13 +166,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def name_the_option(message: str) -> str:
-    """TrainConfig's ``steps must be >= 1`` as ``--steps must be >= 1``: the user typed the option.
+    """TrainConfig's `steps must be >= 1` as `--steps must be >= 1`: the user typed the option.
 
     Args:
         message: An error message of the config's checks.
 
     Returns:
-        ``message`` with a leading field name (``steps``, ``lr_gamma=``) as its option.
+        `message` with a leading field name (`steps`, `lr_gamma=`) as its option.
     """
     for f in sorted(dataclasses.fields(TrainConfig), key=lambda f: -len(f.name)):
         for sep in (" ", "="):

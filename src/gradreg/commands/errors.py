@@ -1,11 +1,11 @@
 """The command line's user errors: one exception hierarchy, chosen where the error is raised.
 
-A command raises :class:`CLIError` (exit status 1) or :class:`UsageError` (a bad argument,
-exit status 2) for a failure the user can act on; ``gradreg`` prints it as one line. The
+A command raises `CLIError` (exit status 1) or `UsageError` (a bad argument,
+exit status 2) for a failure the user can act on; `gradreg` prints it as one line. The
 library's own error types that mean the same (a damaged store, a missing data file, a
-diverged run) are listed in :func:`as_cli_error`. A ``ValueError`` or ``TypeError`` from the
+diverged run) are listed in `as_cli_error`. A `ValueError` or `TypeError` from the
 library is a user error only where a command calls a validation it knows (building the
-config, parsing ``--reg``) and converts it there; anywhere else it is a bug, and its
+config, parsing `--reg`) and converts it there; anywhere else it is a bug, and its
 traceback shows.
 """
 
@@ -15,7 +15,7 @@ import argparse
 
 
 class CLIError(ValueError):
-    """An expected failure of a command: ``str(e)`` is the one line shown, ``code`` the exit status."""
+    """An expected failure of a command: `str(e)` is the one line shown, `code` the exit status."""
 
     code = 1
 
@@ -27,12 +27,12 @@ class UsageError(CLIError):
 
 
 def data_not_found(e, data_dir: str | None, download: bool) -> str:
-    """A :class:`gradreg.data.DataNotFoundError` as one line, worded for the command line.
+    """A `gradreg.data.DataNotFoundError` as one line, worded for the command line.
 
     Args:
-        e: The error, with the file's ``name`` and the ``reasons`` no download happened.
-        data_dir: The ``--data-dir`` given, or None.
-        download: Whether ``--download`` was given.
+        e: The error, with the file's `name` and the `reasons` no download happened.
+        data_dir: The `--data-dir` given, or None.
+        download: Whether `--download` was given.
 
     Returns:
         Where the file was looked for, and what to pass to find or fetch it.
@@ -53,16 +53,16 @@ def data_not_found(e, data_dir: str | None, download: bool) -> str:
 
 
 def as_cli_error(e: BaseException, args: argparse.Namespace) -> CLIError | None:
-    """``e`` as the one-line error ``gradreg`` shows, or None for a bug, whose traceback must show.
+    """`e` as the one-line error `gradreg` shows, or None for a bug, whose traceback must show.
 
     Args:
         e: What a command raised.
         args: The command's arguments (for the wording of a missing data file).
 
     Returns:
-        ``e`` itself for a :class:`CLIError`; a :class:`CLIError` (exit status 1) for the
-        library's error types that name a bad file, a failed download or a diverged run; None
-        for anything else.
+        `e` itself for a `CLIError`; a `CLIError` (exit status 1) for the library's error
+        types that name a bad file, a failed download, a damaged store, a diverged run or an
+        `OSError`; None for anything else.
     """
     from ..data.errors import DataError, DataNotFoundError, DownloadError
     from ..result import TrainingDiverged

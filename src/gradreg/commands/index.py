@@ -1,4 +1,4 @@
-"""``gradreg index``: OUT/README.md, the index of the evidence."""
+"""`gradreg index`: OUT/README.md, the index of the evidence."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``gradreg index`` to ``subparsers``.
+    """Add `gradreg index` to `subparsers`.
 
     Args:
-        subparsers: What ``ArgumentParser.add_subparsers`` returned.
+        subparsers: What `ArgumentParser.add_subparsers` returned.
 
     Returns:
         The command's parser.
@@ -49,13 +49,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the index, after checking the store, ``--out`` and ``--readme``.
+    """Write the index, after checking the store, `--out` and `--readme`.
 
     Args:
-        args: The parsed options of ``gradreg index``.
+        args: The parsed options of `gradreg index`.
 
     Returns:
         The exit status, 0.
+
+    Raises:
+        CLIError: No result store in `--out`, or `--readme` is missing or has no headline
+            block to fill; or a check of the store or the outputs fails.
     """
     from ..sweep.index import HEADLINE_BEGIN, HEADLINE_END, write_index
     from ..sweep.runner import STORE_NAME

@@ -1,4 +1,4 @@
-"""``gradreg list``: the experiments and how many runs each profile trains."""
+"""`gradreg list`: the experiments and how many runs each profile trains."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ DESCRIPTION = "The experiments and how many runs each profile trains."
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``gradreg list`` to ``subparsers``.
+    """Add `gradreg list` to `subparsers`.
 
     Args:
-        subparsers: What ``ArgumentParser.add_subparsers`` returned.
+        subparsers: What `ArgumentParser.add_subparsers` returned.
 
     Returns:
         The command's parser.
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     """Print one line per experiment: its name, its title and its runs per profile.
 
     Args:
-        args: The parsed options of ``gradreg list`` (none).
+        args: The parsed options of `gradreg list` (none).
 
     Returns:
         The exit status, 0.

@@ -1,5 +1,7 @@
-"""Building blocks of the commands' parsers: the subparser itself, argument types, and the
-options several commands share."""
+"""Building blocks of the commands' parsers.
+
+The subparser itself, argument types, and the options several commands share.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +22,16 @@ DEBUG_HELP = "on an error, show the full traceback instead of one line"
 
 
 def add_command_parser(subparsers, name: str, *, summary: str, description: str | None) -> argparse.ArgumentParser:
-    """The parser of ``gradreg NAME``, with ``--debug`` and without abbreviated options.
+    """The parser of `gradreg NAME`, with `--debug` and without abbreviated options.
 
-    Every command is made here, so none accepts a prefix of an option (``--ray`` for
-    ``--ray-address``) and each takes ``--debug`` after its name as well as before it.
+    Every command is made here, so none accepts a prefix of an option (`--ray` for
+    `--ray-address`) and each takes `--debug` after its name as well as before it.
 
     Args:
-        subparsers: What ``ArgumentParser.add_subparsers`` returned.
+        subparsers: What `ArgumentParser.add_subparsers` returned.
         name: The command's name.
-        summary: The one-line summary that ``gradreg --help`` lists.
-        description: The text at the top of ``gradreg NAME --help``.
+        summary: The one-line summary that `gradreg --help` lists.
+        description: The text at the top of `gradreg NAME --help`.
 
     Returns:
         The new parser, for the command's own options.
@@ -40,7 +42,7 @@ def add_command_parser(subparsers, name: str, *, summary: str, description: str 
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
-    """Add ``--data-dir`` and ``--download``: where the datasets are, and whether to fetch them.
+    """Add `--data-dir` and `--download`: where the datasets are, and whether to fetch them.
 
     Args:
         p: A command's parser.
@@ -59,7 +61,7 @@ def positive_int(text: str) -> int:
         The integer.
 
     Raises:
-        argparse.ArgumentTypeError: ``text`` is not an integer >= 1.
+        argparse.ArgumentTypeError: `text` is not an integer >= 1.
     """
     try:
         value = int(text)
@@ -80,7 +82,7 @@ def positive_float(text: str) -> float:
         The number.
 
     Raises:
-        argparse.ArgumentTypeError: ``text`` is not a finite number > 0.
+        argparse.ArgumentTypeError: `text` is not a finite number > 0.
     """
     try:
         value = float(text)

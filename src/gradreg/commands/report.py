@@ -1,4 +1,4 @@
-"""``gradreg report``: an experiment's report, rebuilt from the run records and the result store."""
+"""`gradreg report`: an experiment's report, rebuilt from the run records and the result store."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``gradreg report`` to ``subparsers``.
+    """Add `gradreg report` to `subparsers`.
 
     Args:
-        subparsers: What ``ArgumentParser.add_subparsers`` returned.
+        subparsers: What `ArgumentParser.add_subparsers` returned.
 
     Returns:
         The command's parser.
@@ -54,10 +54,15 @@ def run(args: argparse.Namespace) -> int:
     """Import the records the store lacks, then write the report of each profile asked for.
 
     Args:
-        args: The parsed options of ``gradreg report``.
+        args: The parsed options of `gradreg report`.
 
     Returns:
         The exit status, 0.
+
+    Raises:
+        CLIError: No result store or records in `--out`; the text records are damaged; the
+            store has no plan for the experiment (or the `--profile` asked for); or a check
+            of the store or the outputs fails.
     """
     from ..sweep.records import RUNS_FILE, RecordsError
     from ..sweep.report import write_report
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _import_records(store_path: Path, records: Path) -> None:
-    """Import the runs of ``records`` that the store lacks; a new store is built aside and moved
+    """Import the runs of `records` that the store lacks; a new store is built aside and moved
     into place whole, so a failed import leaves no store behind."""
     from ..sweep.records import RUNS_FILE, import_records
     from ..sweep.store import Store
@@ -112,7 +117,7 @@ def _import_records(store_path: Path, records: Path) -> None:
 
 
 def _profiles(args: argparse.Namespace, store_path: Path) -> list[str | None]:
-    """The profiles to report: ``--profile``, else every one stored (None: a plan without one)."""
+    """The profiles to report: `--profile`, else every one stored (None: a plan without one)."""
     from ..sweep.store import Store
 
     with Store(store_path) as store:

@@ -1,4 +1,4 @@
-"""``gradreg run``: one of the paper's experiments, swept into the result store and reported."""
+"""`gradreg run`: one of the paper's experiments, swept into the result store and reported."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ RECORDS_DIR = "records"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``gradreg run`` to ``subparsers``.
+    """Add `gradreg run` to `subparsers`.
 
     Args:
-        subparsers: What ``ArgumentParser.add_subparsers`` returned.
+        subparsers: What `ArgumentParser.add_subparsers` returned.
 
     Returns:
         The command's parser.
@@ -109,10 +109,16 @@ def run(args: argparse.Namespace) -> int:
     """Sweep the experiment's runs that the store lacks, then write its report.
 
     Args:
-        args: The parsed options of ``gradreg run``.
+        args: The parsed options of `gradreg run`.
 
     Returns:
         The exit status: 0, or 130 when Ctrl-C stopped the sweep (finished runs are stored).
+
+    Raises:
+        UsageError: An unknown experiment or profile; `--executor ray` without Ray
+            installed; `--device cuda` on a Ray cluster without GPUs.
+        CLIError: The text run records in `--out` are damaged, or a check before the sweep
+            (device, outputs, store, data) fails.
     """
     from ..paper.experiments import build
     from ..sweep.report import write_report
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_before_sweep(args: argparse.Namespace, exp) -> Path:
-    """The executor, the device, the outputs, the store and the data; returns ``--out``."""
+    """The executor, the device, the outputs, the store and the data; returns `--out`."""
     from ..sweep.runner import STORE_NAME
 
     if args.executor == "ray":
@@ -161,7 +167,7 @@ def _check_before_sweep(args: argparse.Namespace, exp) -> Path:
 
 
 def _sweep(args: argparse.Namespace, exp, out: Path, command: str):
-    """Train the runs the store lacks, on the executor ``--executor``; a Ctrl-C stops it gracefully."""
+    """Train the runs the store lacks, on the executor `--executor`; a Ctrl-C stops it gracefully."""
     from ..sweep.ray import ClusterTooSmall
     from ..sweep.records import RecordsError
     from ..sweep.runner import run_experiment
@@ -203,9 +209,15 @@ def _executor(args: argparse.Namespace, out: Path, stop: threading.Event):
 
 
 class graceful_interrupt:
-    """Ctrl-C (SIGINT) once: set ``stop`` -- every running part checkpoints and stops within
-    one training step, finished runs are stored, the command exits with status 130. Twice:
-    exit at once (status 130); every file is written atomically, so nothing is corrupted."""
+    """A context manager for a graceful Ctrl-C (SIGINT).
+
+    Once: set `stop` -- every running part checkpoints and stops within one training step,
+    finished runs are stored, the command exits with status 130. Twice: exit at once (status
+    130); every file is written atomically, so nothing is corrupted.
+
+    Args:
+        stop: The event the executor watches.
+    """
 
     def __init__(self, stop: threading.Event):
         self.stop = stop

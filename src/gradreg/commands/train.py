@@ -1,4 +1,4 @@
-"""``gradreg train``: one model with the paper's settings for ``--dataset``, its result as JSON."""
+"""`gradreg train`: one model with the paper's settings for `--dataset`, its result as JSON."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ DESCRIPTION = "Train one model with the paper's settings for --dataset and write
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``gradreg train`` to ``subparsers``: every TrainConfig field is an option.
+    """Add `gradreg train` to `subparsers`: every TrainConfig field is an option.
 
     Args:
-        subparsers: What ``ArgumentParser.add_subparsers`` returned.
+        subparsers: What `ArgumentParser.add_subparsers` returned.
 
     Returns:
         The command's parser.
@@ -75,13 +75,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> str | None:
-    """What argparse cannot check: that ``--model`` fits ``--dataset``.
+    """What argparse cannot check: that `--model` fits `--dataset`.
 
     Args:
-        args: The parsed options of ``gradreg train``.
+        args: The parsed options of `gradreg train`.
 
     Returns:
-        The problem, which ``gradreg`` reports as a usage error, or None.
+        The problem, which `gradreg` reports as a usage error, or None.
     """
     model = getattr(args, "model", None)
     if model is not None and not is_import_path(model) and model not in MODELS_FOR[args.dataset]:
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     """Train, after checking the config, the outputs, the checkpoint and the data.
 
     Args:
-        args: The parsed options of ``gradreg train``.
+        args: The parsed options of `gradreg train`.
 
     Returns:
         The exit status: 0, or 130 when interrupted by Ctrl-C.
@@ -133,7 +133,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _check_fixed_train_size(cfg: TrainConfig) -> None:
-    """sin and sin2 have one training set: ``--train-size`` can only be its size."""
+    """sin and sin2 have one training set: `--train-size` can only be its size."""
     if cfg.dataset not in ("sin", "sin2") or cfg.train_size is None:
         return
     from ..data import make_sin, make_sin2
@@ -147,13 +147,13 @@ def _check_fixed_train_size(cfg: TrainConfig) -> None:
 
 
 def _default_out(cfg: TrainConfig) -> Path:
-    """``runs/<dataset>-<model>-seed<S>-<hash of the config>.json``."""
+    """`runs/<dataset>-<model>-seed<S>-<hash of the config>.json`."""
     tag = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
     return Path("runs") / f"{cfg.dataset}-{cfg.model}-seed{cfg.seed}-{tag}.json"
 
 
 def _checkpoint_path(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> Path | None:
-    """``--checkpoint``, else ``out`` with suffix ``.ckpt`` when checkpoints are written or read."""
+    """`--checkpoint`, else `out` with suffix `.ckpt` when checkpoints are written or read."""
     checkpoint = args.checkpoint
     if checkpoint is not None and not cfg.checkpoint_every and not args.resume:
         raise UsageError("--checkpoint needs --checkpoint-every N (the steps between checkpoints)")
@@ -165,7 +165,7 @@ def _checkpoint_path(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> P
 
 
 def _check_resumable(checkpoint: Path, cfg: TrainConfig) -> None:
-    """The checkpoint ``--resume`` reads must be one, of this config: read it before training."""
+    """The checkpoint `--resume` reads must be one, of this config: read it before training."""
     from ..train import _load_checkpoint
 
     try:
@@ -177,7 +177,7 @@ def _check_resumable(checkpoint: Path, cfg: TrainConfig) -> None:
 
 
 def _train(args: argparse.Namespace, cfg: TrainConfig, out: Path, checkpoint: Path | None) -> int:
-    """Train ``cfg`` and write the result to ``out``; a Ctrl-C writes nothing and says what is kept."""
+    """Train `cfg` and write the result to `out`; a Ctrl-C writes nothing and says what is kept."""
     from ..data.splits import TrainSizeError
     from ..hooks import UnknownSubmodule
     from ..penalties import NoInputGradient

@@ -1,8 +1,8 @@
 """Datasets for gradreg: MNIST, CIFAR-10, SIN/SIN2, with splits, batching and augmentation.
 
-Files are looked up in ``data_dir``, then ``$GRADREG_DATA_DIR``, then ``~/.cache/gradreg``
-(:mod:`gradreg.data.paths`), verified by SHA-256 (:mod:`gradreg.data.integrity`), and
-downloaded only when allowed (:mod:`gradreg.data.download`). Importing this package reads no
+Files are looked up in `data_dir`, then `$GRADREG_DATA_DIR`, then `~/.cache/gradreg`
+(`gradreg.data.paths`), verified by SHA-256 (`gradreg.data.integrity`), and
+downloaded only when allowed (`gradreg.data.download`). Importing this package reads no
 data and touches no network.
 """
 

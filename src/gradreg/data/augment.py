@@ -1,9 +1,9 @@
 """CIFAR augmentation: random translation by up to 4 px with zero fill, and random horizontal flip.
 
-Convention, per example ``i`` with shift ``(dy_i, dx_i)`` and flip bit ``f_i``:
-``shifted[c, h, w] = x[c, h - dy_i, w - dx_i]`` (zero where the source lies outside the image),
-so positive ``dy``/``dx`` move content down/right; then, if ``f_i``, ``out = shifted.flip(-1)``.
-This is the pad-by-``max_shift`` then random-crop scheme, and translation and flip act
+Convention, per example `i` with shift `(dy_i, dx_i)` and flip bit `f_i`:
+`shifted[c, h, w] = x[c, h - dy_i, w - dx_i]` (zero where the source lies outside the image),
+so positive `dy`/`dx` move content down/right; then, if `f_i`, `out = shifted.flip(-1)`.
+This is the pad-by-`max_shift` then random-crop scheme, and translation and flip act
 per example, all on the input's device.
 """
 
@@ -14,10 +14,21 @@ import torch.nn.functional as F
 
 
 def translate_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, max_shift: int = 4) -> torch.Tensor:
-    """Deterministic part: shift each example of ``x`` ``(B, C, H, W)`` then maybe flip it.
+    """Deterministic part: shift each example of `x` then maybe flip it.
 
-    ``shifts`` is an integer ``(B, 2)`` tensor of ``(dy, dx)`` with ``|dy|, |dx| <= max_shift``;
-    ``flips`` a bool ``(B,)``. Vectorized: one zero pad and one gather, no loop over the batch.
+    Vectorized: one zero pad and one gather, no loop over the batch.
+
+    Args:
+        x: Images `(B, C, H, W)`.
+        shifts: Integer `(B, 2)` tensor of `(dy, dx)` with `|dy|, |dx| <= max_shift`.
+        flips: Bool `(B,)`.
+        max_shift: The largest shift, in pixels (default 4).
+
+    Returns:
+        The augmented images, `(B, C, H, W)` on `x`'s device.
+
+    Raises:
+        ValueError: `shifts` or `flips` has the wrong shape, or a shift exceeds `max_shift`.
     """
     b = x.shape[0]
     if shifts.shape != (b, 2) or flips.shape != (b,):
@@ -46,11 +57,20 @@ def _translate_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, 
 def random_translate_flip(
     x: torch.Tensor, generator: torch.Generator, max_shift: int = 4, flip_probability: float = 0.5
 ) -> torch.Tensor:
-    """Randomly translate (zero fill) and horizontally flip each example of ``x`` ``(B, C, H, W)``.
+    """Randomly translate (zero fill) and horizontally flip each example of `x`.
 
-    Draws, in this order, from ``generator`` (which must live on ``x.device``):
-    ``shifts = torch.randint(-max_shift, max_shift + 1, (B, 2))`` as ``(dy, dx)``, then
-    ``flips = torch.rand(B) < flip_probability``; then applies :func:`translate_flip`.
+    Draws, in this order, from `generator`:
+    `shifts = torch.randint(-max_shift, max_shift + 1, (B, 2))` as `(dy, dx)`, then
+    `flips = torch.rand(B) < flip_probability`; then applies `translate_flip`.
+
+    Args:
+        x: Images `(B, C, H, W)`.
+        generator: The source of randomness; it must live on `x.device`.
+        max_shift: The largest shift, in pixels (default 4).
+        flip_probability: The probability of a flip (default 0.5).
+
+    Returns:
+        The augmented images, `(B, C, H, W)`.
     """
     b = x.shape[0]
     shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator, device=x.device)

@@ -1,13 +1,13 @@
 """Seeded, checkpointable mini-batch indices for datasets that live on the device.
 
-The index stream is the concatenation of epoch permutations ``torch.randperm(n, generator=g)``,
-cut into consecutive batches of ``batch_size``; a batch may straddle two epochs, so every batch
-is full and every index appears exactly once per epoch (in the first ``n`` indices, the next
-``n``, ...).
+The index stream is the concatenation of epoch permutations `torch.randperm(n, generator=g)`,
+cut into consecutive batches of `batch_size`; a batch may straddle two epochs, so every batch
+is full and every index appears exactly once per epoch (in the first `n` indices, the next
+`n`, ...).
 
-Generator use, exactly: one ``torch.randperm(n, generator=generator, device=generator.device)``
+Generator use, exactly: one `torch.randperm(n, generator=generator, device=generator.device)`
 call per epoch and nothing else, made lazily when a batch needs the next epoch's indices (the
-first at the first ``next()``). Share the generator with nothing else if the stream must be
+first at the first `next()`). Share the generator with nothing else if the stream must be
 reproducible from the seed alone.
 """
 
@@ -17,11 +17,19 @@ import torch
 
 
 class BatchSampler:
-    """Infinite iterator of int64 index tensors ``(batch_size,)`` on the generator's device.
+    """Infinite iterator of int64 index tensors `(batch_size,)` on the generator's device.
 
-    ``state_dict()`` captures the generator state, the current epoch's permutation and the
-    position in it; ``load_state_dict()`` on a sampler built with the same ``n`` and
-    ``batch_size`` resumes the identical stream.
+    `state_dict()` captures the generator state, the current epoch's permutation and the
+    position in it; `load_state_dict()` on a sampler built with the same `n` and `batch_size`
+    resumes the identical stream.
+
+    Args:
+        n: The dataset's size.
+        batch_size: Indices per batch.
+        generator: The source of the permutations (see the module docstring).
+
+    Raises:
+        ValueError: `n < 1` or `batch_size < 1`.
     """
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator):
@@ -51,7 +59,12 @@ class BatchSampler:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: generator state, permutation, position, epoch."""
+        """Everything needed to resume: generator state, permutation, position, epoch.
+
+        Returns:
+            A dict with `n`, `batch_size`, `epoch`, `position`, `permutation` and
+            `generator_state`.
+        """
         return {
             "n": self.n,
             "batch_size": self.batch_size,
@@ -62,7 +75,14 @@ class BatchSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`; also sets the generator's state."""
+        """Restore a `state_dict`; also sets the generator's state.
+
+        Args:
+            state: What `state_dict` returned.
+
+        Raises:
+            ValueError: `state` is for another `n` or `batch_size`.
+        """
         if (state["n"], state["batch_size"]) != (self.n, self.batch_size):
             raise ValueError(
                 f"state is for n={state['n']}, batch_size={state['batch_size']}; "

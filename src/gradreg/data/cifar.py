@@ -1,10 +1,10 @@
 """CIFAR-10 from the official binary batches or the official python (pickle) batches.
 
-Binary layout, preferred: ``cifar10/cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin``,
-raw or ``.xz``/``.gz``; each record is 1 label byte then 3072 pixel bytes (1024 R, 1024 G,
+Binary layout, preferred: `cifar10/cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin`,
+raw or `.xz`/`.gz`; each record is 1 label byte then 3072 pixel bytes (1024 R, 1024 G,
 1024 B, each 32×32 row-major). Python layout, the fallback:
-``cifar10/cifar-10-batches-py/{data_batch_1..5,test_batch}``, pickled dicts read by
-:class:`RestrictedUnpickler` (never a plain ``pickle.load``). The README gives checksums for the
+`cifar10/cifar-10-batches-py/{data_batch_1..5,test_batch}`, pickled dicts read by
+`RestrictedUnpickler` (never a plain `pickle.load`). The README gives checksums for the
 binary files only, so python batches are checked structurally but not hashed.
 """
 
@@ -39,7 +39,18 @@ RECORD_BYTES = 1 + 3 * 32 * 32
 
 
 def parse_cifar_binary(data: bytes, source: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, np.ndarray]:
-    """Decode a binary batch into uint8 ``(N, 3, 32, 32)`` CHW images and int64 ``(N,)`` labels."""
+    """Decode a binary batch into uint8 `(N, 3, 32, 32)` CHW images and int64 `(N,)` labels.
+
+    Args:
+        data: The file's decompressed bytes.
+        source: The file, for messages.
+
+    Returns:
+        `(images, labels)`.
+
+    Raises:
+        DataError: The length is not a whole number of records, or a label is outside 0..9.
+    """
     if len(data) == 0 or len(data) % RECORD_BYTES:
         raise DataError(
             f"{source}: {len(data)} bytes is not a whole number of "
@@ -60,10 +71,10 @@ def _checked_labels(labels: np.ndarray, source) -> np.ndarray:
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that can rebuild numpy arrays and nothing else callable.
 
-    ``find_class`` allows only the globals an official CIFAR python batch needs (numpy's array
-    reconstructor, ``ndarray``, ``dtype``, and ``_codecs.encode`` used by protocol-2 pickles of
-    bytes) and raises ``pickle.UnpicklingError`` for any other, so a malicious file cannot run
-    code (``os.system``, ``eval``, ...).
+    `find_class` allows only the globals an official CIFAR python batch needs (numpy's array
+    reconstructor, `ndarray`, `dtype`, and `_codecs.encode` used by protocol-2 pickles of bytes)
+    and raises `pickle.UnpicklingError` for any other, so a malicious file cannot run code
+    (`os.system`, `eval`, ...).
     """
 
     ALLOWED = frozenset(
@@ -77,6 +88,18 @@ class RestrictedUnpickler(pickle.Unpickler):
     )
 
     def find_class(self, module: str, name: str):
+        """The global `module.name`, if it is one of `ALLOWED`.
+
+        Args:
+            module: The global's module.
+            name: The global's name.
+
+        Returns:
+            (Any): numpy's array reconstructor, `numpy.ndarray`, `numpy.dtype` or `_codecs.encode`.
+
+        Raises:
+            pickle.UnpicklingError: Any other global.
+        """
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
         if name == "_reconstruct":
@@ -98,8 +121,15 @@ def _numpy_reconstruct():
 def parse_cifar_pickle(data: bytes, source: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, np.ndarray]:
     """Decode a python batch (dict with b'data' uint8 N×3072 and b'labels') safely.
 
-    Returns uint8 ``(N, 3, 32, 32)`` CHW images and int64 ``(N,)`` labels; anything else in the
-    pickle, or a disallowed global, raises :class:`DataError` naming ``source``.
+    Args:
+        data: The file's decompressed bytes.
+        source: The file, for messages.
+
+    Returns:
+        `(images, labels)`: uint8 `(N, 3, 32, 32)` CHW images and int64 `(N,)` labels.
+
+    Raises:
+        DataError: Anything else in the pickle, or a disallowed global (naming `source`).
     """
     try:
         batch = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
@@ -128,11 +158,26 @@ def cifar10_file(
     sources: DataSources = DEFAULT_SOURCES,
     progress: bool = True,
 ) -> Path:
-    """Path of a CIFAR-10 batch (``'data_batch_1'`` .. ``'test_batch'``), downloading if allowed.
+    """Path of a CIFAR-10 batch (`'data_batch_1'` .. `'test_batch'`), downloading if allowed.
 
-    In each data directory, tries the binary layout (``.bin``, ``.bin.xz``, ``.bin.gz``) then the
+    In each data directory, tries the binary layout (`.bin`, `.bin.xz`, `.bin.gz`) then the
     python layout. A download fetches the official binary archive once and installs all six
-    ``.bin`` files (raw) under ``cifar10/cifar-10-batches-bin/``.
+    `.bin` files (raw) under `cifar10/cifar-10-batches-bin/`.
+
+    Args:
+        batch: The batch's name.
+        data_dir: The explicit data directory, or None.
+        download: Whether a missing file may be downloaded; None (default): only into the
+            per-user cache directory (see `gradreg.data.paths.download_allowed`).
+        fetch: The fetcher (default `gradreg.data.download.urllib_fetch`).
+        sources: URLs and checksums (default the official ones).
+        progress: Show a download progress bar.
+
+    Returns:
+        The file found or downloaded.
+
+    Raises:
+        DataNotFoundError: It is nowhere and could not be downloaded.
     """
     candidates = [f"{BIN_DIR}/{batch}.bin{s}" for s in COMPRESSION_SUFFIXES] + [
         f"{PY_DIR}/{batch}{s}" for s in COMPRESSION_SUFFIXES
@@ -151,7 +196,18 @@ def read_cifar10_file(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode one batch file, binary or python by its directory/name; verify it if a hash is known.
 
-    ``data`` may pass the file's already-decompressed bytes.
+    Args:
+        path: The file.
+        verify: Check the SHA-256 where one is known (binary files only; default True).
+        sources: Where the known checksums come from.
+        data: The file's already-decompressed bytes, if read before.
+
+    Returns:
+        `(images, labels)`: uint8 `(N, 3, 32, 32)` and int64 `(N,)`.
+
+    Raises:
+        DataError: The file cannot be decompressed or parsed.
+        ChecksumError: The hash differs from the known one.
     """
     path = Path(path)
     data = read_decompressed(path) if data is None else data
@@ -172,12 +228,30 @@ def load_cifar10(
     sources: DataSources = DEFAULT_SOURCES,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The official CIFAR-10 ``split`` (``'train'``: batches 1..5 = 50,000; ``'test'``: 10,000).
+    """The official CIFAR-10 `split` (`'train'`: batches 1..5 = 50,000; `'test'`: 10,000).
 
-    Returns ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` CHW raw pixels and int64 ``(N,)``
-    labels, in the official batch order. Search, download and verification work as in
-    :func:`gradreg.data.load_mnist`. The (slow, xz) decompression of the train batches runs in
-    threads.
+    Search, download and verification work as in `gradreg.data.load_mnist`. The (slow, xz)
+    decompression of the train batches runs in threads.
+
+    Args:
+        split: `'train'` or `'test'`.
+        data_dir: The explicit data directory, or None.
+        download: Whether a missing file may be downloaded; None (default): only into the
+            per-user cache directory (see `gradreg.data.paths.download_allowed`).
+        verify: Check each binary file's decompressed SHA-256 (default True).
+        fetch: The fetcher (default `gradreg.data.download.urllib_fetch`).
+        sources: URLs and checksums (default the official ones).
+        progress: Show a download progress bar.
+
+    Returns:
+        `(images, labels)`: uint8 `(N, 3, 32, 32)` CHW raw pixels and int64 `(N,)` labels, in
+        the official batch order.
+
+    Raises:
+        ValueError: An unknown split.
+        DataNotFoundError: A file is missing and could not be downloaded.
+        DataError: A file is corrupt.
+        ChecksumError: A file's hash differs from the known one.
     """
     if split not in CIFAR10_BATCHES:
         raise ValueError(f"split must be one of {sorted(CIFAR10_BATCHES)}, got {split!r}")

@@ -1,12 +1,12 @@
 """Fetching missing data files from their official sources, safely.
 
 Every download goes to a temporary file in the destination directory, is checked against the
-known SHA-256 of its decompressed bytes, and only then renamed into place with ``os.replace``
+known SHA-256 of its decompressed bytes, and only then renamed into place with `os.replace`
 (atomic on one filesystem). On any failure the temporary file is deleted, so the destination
 directory never holds a partial or unverified file.
 
-The network access itself is a ``fetch(url, dest_path, progress)`` callable, injectable
-everywhere; the default, :func:`urllib_fetch`, uses :mod:`urllib` with a tqdm progress bar.
+The network access itself is a `fetch(url, dest_path, progress)` callable, injectable
+everywhere; the default, `urllib_fetch`, uses `urllib` with a tqdm progress bar.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from gradreg.data.integrity import read_decompressed, record_verified, require_s
 from gradreg.data.paths import data_dir_candidates, download_allowed, first_existing
 
 Fetch = Callable[[str, Path, bool], None]
-"""``fetch(url, dest_path, progress)``: write the resource at ``url`` to ``dest_path``.
+"""`fetch(url, dest_path, progress)`: write the resource at `url` to `dest_path`.
 
-Raise ``OSError`` (``urllib.error.URLError`` is one) when it cannot be fetched."""
+Raise `OSError` (`urllib.error.URLError` is one) when it cannot be fetched."""
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_BIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
@@ -56,11 +56,11 @@ class DataSources:
     """Where files come from and what they must hash to; override it in tests or for mirrors.
 
     Attributes:
-      checksums: decompressed file name (``'train-images-idx3-ubyte'``, ``'data_batch_1.bin'``)
-        -> hex SHA-256 of the decompressed bytes. Files absent from the table are only checked
-        structurally.
-      mnist_urls: base URLs tried in order; ``<base><name>.gz`` is fetched.
-      cifar10_binary_urls: URLs of the ``cifar-10-binary.tar.gz`` archive, tried in order.
+        checksums: Decompressed file name (`'train-images-idx3-ubyte'`, `'data_batch_1.bin'`)
+            -> hex SHA-256 of the decompressed bytes. Files absent from the table are only
+            checked structurally.
+        mnist_urls: Base URLs tried in order; `<base><name>.gz` is fetched.
+        cifar10_binary_urls: URLs of the `cifar-10-binary.tar.gz` archive, tried in order.
     """
 
     checksums: Mapping[str, str] = dataclasses.field(default_factory=lambda: OFFICIAL_SHA256)
@@ -75,10 +75,18 @@ DEFAULT_SOURCES = DataSources()
 
 
 def urllib_fetch(url: str, dest: Path, progress: bool) -> None:
-    """Default fetcher: stream ``url`` into ``dest`` with :mod:`urllib`.
+    """Default fetcher: stream `url` into `dest` with `urllib`.
 
-    The tqdm bar goes to stderr and only when it is a terminal (``disable=None``); ``progress``
+    The tqdm bar goes to stderr and only when it is a terminal (`disable=None`); `progress`
     false silences it entirely.
+
+    Args:
+        url: The resource.
+        dest: The file to write.
+        progress: Show a progress bar (on a terminal).
+
+    Raises:
+        OSError: The resource cannot be fetched (`urllib.error.URLError` is one).
     """
     from tqdm.auto import tqdm
 
@@ -122,12 +130,25 @@ def download_file(
     fetch: Fetch | None = None,
     progress: bool = True,
 ) -> Path:
-    """Download the first reachable of ``urls`` to ``dest``, verified, atomically.
+    """Download the first reachable of `urls` to `dest`, verified, atomically.
 
-    ``sha256`` is the hash of the *decompressed* content (decompression follows ``dest``'s
-    suffix); None skips the check. Raises :class:`DownloadError` when every URL fails and
-    :class:`ChecksumError` (naming ``dest`` and both hashes) on a mismatch; either way nothing is
-    left in ``dest``'s directory. Returns ``dest``.
+    Either way nothing is left in `dest`'s directory on failure.
+
+    Args:
+        urls: The URLs, tried in order (a mirror whose copy fails its check is passed over like
+            one that fails).
+        dest: The file to install.
+        sha256: The hash of the *decompressed* content (decompression follows `dest`'s suffix);
+            None skips the check.
+        fetch: The fetcher (default `urllib_fetch`).
+        progress: Show a progress bar.
+
+    Returns:
+        (Path): `dest`.
+
+    Raises:
+        DownloadError: Every URL fails.
+        ChecksumError: A download's hash does not match (naming `dest` and both hashes).
     """
     dest = Path(dest)
     made = _make_dirs(dest.parent)
@@ -159,7 +180,7 @@ def download_file(
 
 
 def _make_dirs(directory: Path) -> list[Path]:
-    """``mkdir -p directory``; returns the directories it created, deepest first."""
+    """`mkdir -p directory`; returns the directories it created, deepest first."""
     made = []
     d = directory
     while not d.exists():
@@ -179,8 +200,8 @@ def _remove_empty(dirs: list[Path]) -> None:
 
 
 def _install_verified(tmp: Path, dest: Path, sha256: str | None) -> Path:
-    """Check ``tmp``'s decompressed bytes against ``sha256`` and rename it to ``dest``; on any
-    failure ``tmp`` is deleted, so nothing unverified is left behind."""
+    """Check `tmp`'s decompressed bytes against `sha256` and rename it to `dest`; on any
+    failure `tmp` is deleted, so nothing unverified is left behind."""
     try:
         data = read_decompressed(tmp, compression_from=dest.name)
         require_sha256(dest, data, sha256)  # names dest, the file the user will look for
@@ -203,10 +224,24 @@ def download_tar_members(
 ) -> list[Path]:
     """Download a tar archive and install some of its members, each verified, atomically.
 
-    ``members`` maps a member's path inside the archive to its expected SHA-256 (or None); each
-    is written to ``dest_dir / basename(member)``. The archive itself is a temporary file in
-    ``dest_dir``, deleted afterwards. Members installed before a failing one stay (they passed
-    their check); the failing one leaves nothing behind.
+    The archive itself is a temporary file in `dest_dir`, deleted afterwards. Members installed
+    before a failing one stay (they passed their check); the failing one leaves nothing behind.
+
+    Args:
+        urls: The archive's URLs, tried in order.
+        members: A member's path inside the archive -> its expected SHA-256 (or None); each is
+            written to `dest_dir / basename(member)`.
+        dest_dir: The directory to install into.
+        fetch: The fetcher (default `urllib_fetch`).
+        progress: Show a progress bar.
+
+    Returns:
+        The installed files, in the order of `members`.
+
+    Raises:
+        DownloadError: Every URL fails.
+        DataError: The archive is not a readable tar archive, or lacks a member.
+        ChecksumError: A member's hash does not match.
     """
     dest_dir = Path(dest_dir)
     made = _make_dirs(dest_dir)
@@ -252,11 +287,21 @@ def locate_or_download(
 ) -> Path:
     """Find a data file in the searched directories, else install it by downloading.
 
-    ``relative_candidates`` are paths relative to a data directory, tried in order in each
-    directory of :func:`data_dir_candidates`. When none exists and :func:`download_allowed`,
-    ``install(root)`` downloads into the first (highest-priority) directory and returns the file.
-    Otherwise, or when the download fails, raises :class:`DataNotFoundError` listing every path
-    tried and why nothing was downloaded.
+    Args:
+        name: The file's name, for the error.
+        relative_candidates: Paths relative to a data directory, tried in order in each
+            directory of `data_dir_candidates`.
+        data_dir: The explicit data directory, or None.
+        download: Whether a download is allowed (None: see `download_allowed`).
+        install: `install(root)` downloads into the first (highest-priority) directory and
+            returns the file; called when no candidate exists and a download is allowed.
+
+    Returns:
+        The file found or installed.
+
+    Raises:
+        DataNotFoundError: No candidate exists and no download is allowed, or the download
+            fails; it lists every path tried and why nothing was downloaded.
     """
     dirs = data_dir_candidates(data_dir)
     searched = [d / rel for d in dirs for rel in relative_candidates]

@@ -1,4 +1,4 @@
-"""Exceptions raised by :mod:`gradreg.data`.
+"""Exceptions raised by `gradreg.data`.
 
 All of them name the file concerned, so a bad or missing dataset is never silent.
 """
@@ -15,7 +15,14 @@ class DataError(ValueError):
 
 
 class ChecksumError(DataError):
-    """The SHA-256 of a file's decompressed bytes differs from the expected one."""
+    """The SHA-256 of a file's decompressed bytes differs from the expected one.
+
+    Args:
+        path: The file (or the name of the download).
+        expected: The expected hex digest.
+        actual: The digest found.
+        source: The URL of a fresh download (never installed); None for a file on disk.
+    """
 
     def __init__(self, path: str | os.PathLike, expected: str, actual: str, source: str | None = None):
         self.path = Path(path)
@@ -39,8 +46,10 @@ class TrainSizeError(ValueError):
 class DataNotFoundError(FileNotFoundError):
     """A data file is missing from every place it was looked for (and could not be downloaded).
 
-    ``searched`` lists every path tried, in order; ``reasons`` says why downloading did not
-    happen or failed.
+    Args:
+        name: The file's name.
+        searched: Every path tried, in order (kept as `searched`).
+        reasons: Why downloading did not happen or failed (kept as `reasons`).
     """
 
     def __init__(self, name: str, searched: Sequence[Path], reasons: Sequence[str] = ()):
@@ -65,7 +74,12 @@ class DataNotFoundError(FileNotFoundError):
 
 
 class DownloadError(OSError):
-    """Every URL tried for a file failed (network or server error); ``reasons`` says how."""
+    """Every URL tried for a file failed (network or server error).
+
+    Args:
+        name: The file's name.
+        reasons: How each URL failed (kept as `reasons`).
+    """
 
     def __init__(self, name: str, reasons: Sequence[str]):
         self.name = name

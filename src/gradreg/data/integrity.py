@@ -1,14 +1,14 @@
 """Reading (decompressing) data files and checking them against known SHA-256 sums.
 
 Checksums are always of the *decompressed* bytes, so a file verifies the same whether it is
-stored raw, as ``.gz`` or as ``.xz``.
+stored raw, as `.gz` or as `.xz`.
 
 A successful verification is remembered in a small JSON file keyed by the file's absolute path,
-its size and its ``mtime_ns`` (and the expected hash), so unchanged files are not re-hashed on
-every run. That record is written atomically (temp file + ``os.replace``) next to the data file
-(``.gradreg-verified.json``) when that directory is writable (by access and by its mode bits,
+its size and its `mtime_ns` (and the expected hash), so unchanged files are not re-hashed on
+every run. That record is written atomically (temp file + `os.replace`) next to the data file
+(`.gradreg-verified.json`) when that directory is writable (by access and by its mode bits,
 so a directory marked read-only is never written, even by root), otherwise in the per-user cache
-directory (``verified.json``); if neither is writable nothing is remembered. A file modified in
+directory (`verified.json`); if neither is writable nothing is remembered. A file modified in
 place without changing its size or mtime would escape re-verification; that is the accepted cost.
 """
 
@@ -34,16 +34,30 @@ _cache_lock = threading.Lock()  # read-modify-write of the JSON record within on
 
 
 def sha256_hex(data: bytes) -> str:
-    """Hex SHA-256 of ``data``."""
+    """Hex SHA-256 of `data`.
+
+    Args:
+        data: The bytes.
+
+    Returns:
+        64 lower-case hex digits.
+    """
     return hashlib.sha256(data).hexdigest()
 
 
 def read_decompressed(path: str | os.PathLike, *, compression_from: str | None = None) -> bytes:
-    """All bytes of ``path``, decompressed according to the suffix of ``compression_from``.
+    """All bytes of `path`, decompressed according to the suffix of `compression_from`.
 
-    ``compression_from`` defaults to the file's own name: ``.gz`` is gzip, ``.xz`` is xz, anything
-    else is read raw. Undecodable or truncated compressed data raises :class:`DataError` naming
-    the file.
+    Args:
+        path: The file.
+        compression_from: The name whose suffix decides; defaults to the file's own name:
+            `.gz` is gzip, `.xz` is xz, anything else is read raw.
+
+    Returns:
+        The decompressed bytes.
+
+    Raises:
+        DataError: Undecodable or truncated compressed data (the message names the file).
     """
     path = Path(path)
     name = compression_from or path.name
@@ -60,11 +74,19 @@ def read_decompressed(path: str | os.PathLike, *, compression_from: str | None =
 
 
 def check_sha256(path: str | os.PathLike, data: bytes, expected: str | None, *, verify: bool = True) -> None:
-    """Raise :class:`ChecksumError` unless ``sha256_hex(data) == expected``.
+    """Raise `ChecksumError` unless `sha256_hex(data) == expected`.
 
-    ``data`` are the decompressed bytes of ``path``. Nothing is checked when ``verify`` is false
-    or ``expected`` is None (no known checksum). The hash is skipped when an earlier check of the
-    same unchanged file is on record, and a passing check is recorded.
+    The hash is skipped when an earlier check of the same unchanged file is on record, and a
+    passing check is recorded.
+
+    Args:
+        path: The file.
+        data: The decompressed bytes of `path`.
+        expected: The expected hex digest; None (no known checksum): nothing is checked.
+        verify: False: nothing is checked.
+
+    Raises:
+        ChecksumError: The hash differs.
     """
     if not verify or expected is None:
         return
@@ -75,9 +97,17 @@ def check_sha256(path: str | os.PathLike, data: bytes, expected: str | None, *, 
 
 
 def require_sha256(path: str | os.PathLike, data: bytes, expected: str | None) -> None:
-    """Raise :class:`ChecksumError` naming ``path`` unless ``data`` hashes to ``expected``.
+    """Raise `ChecksumError` naming `path` unless `data` hashes to `expected`.
 
-    Always hashes (no record is consulted or written); None means no known checksum.
+    Always hashes (no record is consulted or written).
+
+    Args:
+        path: The file, for the message.
+        data: The decompressed bytes.
+        expected: The expected hex digest; None means no known checksum (nothing is checked).
+
+    Raises:
+        ChecksumError: The hash differs.
     """
     if expected is None:
         return
@@ -104,14 +134,30 @@ def _read_records(record_file: Path) -> dict:
 
 
 def is_recorded_verified(path: str | os.PathLike, expected: str) -> bool:
-    """Whether ``path``, unchanged (same size and mtime_ns), was verified against ``expected``."""
+    """Whether `path`, unchanged (same size and mtime_ns), was verified against `expected`.
+
+    Args:
+        path: The file.
+        expected: The expected hex digest.
+
+    Returns:
+        True where a record (beside the file or in the cache directory) matches.
+    """
     path = Path(path).resolve()
     fingerprint = _fingerprint(path, expected)
     return any(_read_records(f).get(str(path)) == fingerprint for f in _record_files(path))
 
 
 def record_verified(path: str | os.PathLike, sha256: str) -> None:
-    """Remember that ``path`` (as it is now) has decompressed SHA-256 ``sha256``. Best effort."""
+    """Remember that `path` (as it is now) has decompressed SHA-256 `sha256`. Best effort.
+
+    The record goes beside the file where its directory is writable, else into the cache
+    directory; an `OSError` only skips it.
+
+    Args:
+        path: The file.
+        sha256: Its verified hex digest.
+    """
     path = Path(path).resolve()
     fingerprint = _fingerprint(path, sha256)
     for record_file in _record_files(path):

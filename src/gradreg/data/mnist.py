@@ -1,4 +1,4 @@
-"""MNIST from the official IDX files (raw, ``.gz`` or ``.xz``)."""
+"""MNIST from the official IDX files (raw, `.gz` or `.xz`)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,18 @@ MNIST_SPLITS = {"train": "train", "test": "t10k"}
 def parse_idx(data: bytes, source: str | os.PathLike = "<bytes>") -> np.ndarray:
     """Decode an IDX file of unsigned bytes into a writable uint8 array of its stated shape.
 
-    Checks the magic number (``00 00 08 ndim``) and that the length is exactly header plus
-    ``prod(shape)``; any violation raises :class:`DataError` naming ``source``.
+    Checks the magic number (`00 00 08 ndim`) and that the length is exactly header plus
+    `prod(shape)`.
+
+    Args:
+        data: The file's decompressed bytes.
+        source: The file, for messages.
+
+    Returns:
+        A uint8 array of the shape the header states.
+
+    Raises:
+        DataError: Any violation (naming `source`).
     """
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != IDX_UBYTE or data[3] == 0:
         raise DataError(
@@ -49,10 +59,25 @@ def mnist_file(
     sources: DataSources = DEFAULT_SOURCES,
     progress: bool = True,
 ) -> Path:
-    """Path of the MNIST file ``name`` (e.g. ``'t10k-labels-idx1-ubyte'``), downloading if allowed.
+    """Path of the MNIST file `name` (e.g. `'t10k-labels-idx1-ubyte'`), downloading if allowed.
 
-    Looks for ``mnist/<name>``, ``mnist/<name>.gz``, ``mnist/<name>.xz`` in each data directory
-    (see :mod:`gradreg.data.paths`); a download is stored as ``mnist/<name>.gz``.
+    Looks for `mnist/<name>`, `mnist/<name>.gz`, `mnist/<name>.xz` in each data directory
+    (see `gradreg.data.paths`); a download is stored as `mnist/<name>.gz`.
+
+    Args:
+        name: The decompressed file name.
+        data_dir: The explicit data directory, or None.
+        download: Whether a missing file may be downloaded; None (default): only into the
+            per-user cache directory (see `gradreg.data.paths.download_allowed`).
+        fetch: The fetcher (default `gradreg.data.download.urllib_fetch`).
+        sources: URLs and checksums (default the official ones).
+        progress: Show a download progress bar.
+
+    Returns:
+        The file found or downloaded.
+
+    Raises:
+        DataNotFoundError: It is nowhere and could not be downloaded.
     """
 
     def install(root: Path) -> Path:
@@ -67,7 +92,20 @@ def mnist_file(
 def read_idx_file(
     path: str | os.PathLike, *, verify: bool = True, sources: DataSources = DEFAULT_SOURCES
 ) -> np.ndarray:
-    """Decode one IDX file; with ``verify``, check its decompressed SHA-256 when it is known."""
+    """Decode one IDX file; with `verify`, check its decompressed SHA-256 when it is known.
+
+    Args:
+        path: The file (raw, `.gz` or `.xz`).
+        verify: Check the SHA-256 (default True).
+        sources: Where the known checksums come from.
+
+    Returns:
+        The uint8 array.
+
+    Raises:
+        DataError: The file cannot be decompressed or is not a valid IDX file.
+        ChecksumError: The hash differs from the known one.
+    """
     path = Path(path)
     data = read_decompressed(path)
     array = parse_idx(data, path)
@@ -85,12 +123,30 @@ def load_mnist(
     sources: DataSources = DEFAULT_SOURCES,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The official MNIST ``split`` (``'train'``: 60,000, ``'test'``: 10,000), in file order.
+    """The official MNIST `split` (`'train'`: 60,000, `'test'`: 10,000), in file order.
 
-    Returns ``(images, labels)``: uint8 ``(N, 28, 28)`` raw pixels 0..255 and int64 ``(N,)``
-    labels 0..9. Files are found as described in :mod:`gradreg.data.paths`; ``download=None``
-    downloads only into the per-user cache directory. With ``verify`` (default) each file's
-    decompressed SHA-256 is checked against ``sources.checksums`` (cached per unchanged file).
+    Files are found as described in `gradreg.data.paths`.
+
+    Args:
+        split: `'train'` or `'test'`.
+        data_dir: The explicit data directory, or None.
+        download: Whether a missing file may be downloaded; None (default): only into the
+            per-user cache directory (see `gradreg.data.paths.download_allowed`).
+        verify: Check each file's decompressed SHA-256 against `sources.checksums` (default;
+            cached per unchanged file).
+        fetch: The fetcher (default `gradreg.data.download.urllib_fetch`).
+        sources: URLs and checksums (default the official ones).
+        progress: Show a download progress bar.
+
+    Returns:
+        `(images, labels)`: uint8 `(N, 28, 28)` raw pixels 0..255 and int64 `(N,)` labels
+        0..9.
+
+    Raises:
+        ValueError: An unknown split.
+        DataNotFoundError: A file is missing and could not be downloaded.
+        DataError: A file is corrupt, of the wrong shape, or has labels out of range.
+        ChecksumError: A file's hash differs from the known one.
     """
     if split not in MNIST_SPLITS:
         raise ValueError(f"split must be one of {sorted(MNIST_SPLITS)}, got {split!r}")

@@ -435,7 +435,7 @@ def render(found: list[Check]) -> str:
     if not found:
         return ""
     lines = [
-        "Each sentence the paper writes about this figure, checked against the means of these runs (rules: "
+        "Each sentence the paper writes about these runs' figure or table, checked against their means (rules: "
         "`gradreg/paper/claims.py`).",
         "",
         "| the paper says | these runs show | verdict (on the means) |",

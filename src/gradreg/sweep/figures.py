@@ -1,9 +1,10 @@
-"""PNG figures drawn headless (matplotlib's Agg backend) from report summaries, with the
-paper's published numbers as reference points wherever the paper gives them.
+"""PNG figures drawn headless (matplotlib's Agg backend) from report summaries.
 
-Every figure is written to ``out_dir / f"{stem}.png"``, where the report chooses ``stem``
-(``fig5.quick``: see :func:`gradreg.sweep.report.report_stem`). MSE is shown in the unit of
-the paper's Table 7, 1e-5, as in the reports."""
+The paper's published numbers are reference points wherever the paper gives them. Every
+figure is written to `out_dir / f"{stem}.png"`, where the report chooses `stem`
+(`fig5.quick`: see `gradreg.sweep.report.report_stem`). MSE is shown in the unit of the
+paper's Table 7, 1e-5, as in the reports.
+"""
 
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ def _plt():
 
 
 def _write_png(plt, fig, out_dir: Path, stem: str) -> Path:
-    """Write ``fig`` atomically to ``out_dir / f"{stem}.png"`` and close it; the path written."""
+    """Write `fig` atomically to `out_dir / f"{stem}.png"` and close it; the path written."""
     path = write_atomic(out_dir / f"{stem}.png", lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
 
 
 def _scaled_means_and_errors(summaries, scale: float) -> tuple[list[float], list[float]]:
-    """Each summary's mean and std in display units (``scale`` per natural unit); error bar 0
+    """Each summary's mean and std in display units (`scale` per natural unit); error bar 0
     where the std is undefined (NaN: a single seed)."""
     return (
         [s.mean * scale for s in summaries],
@@ -52,7 +53,17 @@ def _lam_x(lams: list) -> tuple[np.ndarray, float]:
 
 
 def sweep_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
-    """A lambda sweep (Tables 5 and 7): ours with std bars, the paper's numbers as crosses."""
+    """A lambda sweep (Tables 5 and 7): ours with std bars, the paper's numbers as crosses.
+
+    Args:
+        plan: The experiment's plan (its title, metric and paper table).
+        summaries: The report's cell summaries.
+        out_dir: The directory to write into.
+        stem: The file name without `.png`.
+
+    Returns:
+        The path written.
+    """
     plt = _plt()
     table = TABLES.get(plan.get("paper_table") or "")
     scale, unit = metric_scale(plan)
@@ -78,6 +89,19 @@ def sweep_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
 
 
 def fig2_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
+    """Figure 2: test accuracy against the training-set size, one line per regularizer.
+
+    The paper prints numbers for N = 2000 only (Tables 1, 2, 6): they are reference points there.
+
+    Args:
+        plan: The experiment's plan (its title, metric and paper table).
+        summaries: The report's cell summaries.
+        out_dir: The directory to write into.
+        stem: The file name without `.png`.
+
+    Returns:
+        The path written.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in dict.fromkeys(s.row for s in summaries):
@@ -104,6 +128,17 @@ def fig2_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
 
 
 def fig3_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
+    """Figure 3: test-accuracy learning curves, with the paper's final numbers (Table 5) as crosses.
+
+    Args:
+        plan: The experiment's plan (its title, metric and paper table).
+        summaries: The report's cell summaries.
+        out_dir: The directory to write into.
+        stem: The file name without `.png`.
+
+    Returns:
+        The path written.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     t5 = TABLES["table5"].cells
@@ -129,6 +164,19 @@ def fig3_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
 
 
 def fig4_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
+    """Figure 4: the squared weight norm and test accuracy against DataGrad's lambda, a panel per row.
+
+    The dashed line is the paper's phase transition; lambda 0 is drawn at the left.
+
+    Args:
+        plan: The experiment's plan (its title, metric and paper table).
+        summaries: The report's cell summaries.
+        out_dir: The directory to write into.
+        stem: The file name without `.png`.
+
+    Returns:
+        The path written.
+    """
     plt = _plt()
     rows = list(dict.fromkeys(s.row for s in summaries))
     ncols = min(3, max(1, len(rows)))  # the paper's six panels as 2 x 3; fewer panels, fewer axes
@@ -155,6 +203,18 @@ def fig4_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
 
 
 def sin_fits_plot(plan, summaries, out_dir: Path, stem: str, xlim=None) -> Path:
+    """The SIN fits (Figures 5 and 6, SIN2): each cell's predictions over the training points and sin(5x).
+
+    Args:
+        plan: The experiment's plan (its title, metric and paper table).
+        summaries: The report's cell summaries.
+        out_dir: The directory to write into.
+        stem: The file name without `.png`.
+        xlim: The x range to zoom into (the y range follows), or None.
+
+    Returns:
+        The path written.
+    """
     from ..data import make_sin
 
     plt = _plt()
@@ -180,8 +240,20 @@ def sin_fits_plot(plan, summaries, out_dir: Path, stem: str, xlim=None) -> Path:
 
 
 def robust_plot(plan, summaries, out_dir: Path, stem: str) -> Path:
-    """Robust accuracy against the budget, one line per cell and a panel per norm (eps 0: clean
-    accuracy on the probed images); and clean against robust accuracy at L-infinity 0.1."""
+    """Robust accuracy against the budget, one line per cell and a panel per norm.
+
+    Eps 0 is clean accuracy on the probed images; a third panel plots clean against robust
+    accuracy at L-infinity 0.1.
+
+    Args:
+        plan: The experiment's plan (its title, metric and paper table).
+        summaries: The report's cell summaries.
+        out_dir: The directory to write into.
+        stem: The file name without `.png`.
+
+    Returns:
+        The path written.
+    """
     from .robust import robust_cell
 
     plt = _plt()
@@ -228,13 +300,29 @@ _FIGURES: dict[str, Callable[[dict, list, Path, str], Path]] = {
 
 
 def has_figure(name: str) -> bool:
-    """Whether experiment ``name`` has a PNG (the accuracy tables have none: their report is the table)."""
+    """Whether experiment `name` has a PNG (the accuracy tables have none: their report is the table).
+
+    Args:
+        name: The experiment's name.
+
+    Returns:
+        Whether a figure is drawn for it.
+    """
     return name in _FIGURES
 
 
 def draw_figures(plan: dict, summaries: list, out_dir, stem: str | None = None) -> list[Path]:
-    """The PNG of an experiment, ``out_dir / f"{stem}.png"`` (default stem: the plan's name),
-    as a list: empty for the accuracy tables."""
+    """The PNG of an experiment, `out_dir / f"{stem}.png"`.
+
+    Args:
+        plan: The experiment's plan.
+        summaries: The report's cell summaries.
+        out_dir: The directory to write into.
+        stem: The file name without `.png` (default: the plan's name).
+
+    Returns:
+        The paths written, as a list: empty for the accuracy tables.
+    """
     name = plan["name"]
     if name not in _FIGURES:
         return []

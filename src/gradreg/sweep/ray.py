@@ -1,7 +1,7 @@
 """Train a sweep on a Ray cluster: one Ray task per packed chunk.
 
-``RayExecutor`` is an :class:`gradreg.sweep.Executor`. It splits the runs into the same
-chunks as the in-process executor (:func:`gradreg.ensemble.loop.plan_chunks`), so given the same
+`RayExecutor` is a `gradreg.sweep.Executor`. It splits the runs into the same
+chunks as the in-process executor (`gradreg.ensemble.loop.plan_chunks`), so given the same
 runs, every run is trained with the same ensemble neighbours and, on CPU, gives bitwise the
 same result. (A rerun that trains only the missing runs of a sweep may pack them differently,
 and a packed member's result depends on its pack at the level of float rounding.) Each chunk
@@ -11,13 +11,13 @@ driver loses at most the chunks in flight, and a rerun trains only those.
 Failures:
 
 - A worker process that dies (killed, out of memory, its node lost) is a *system* failure:
-  Ray reruns its chunk from the start, up to ``max_retries`` times.
+  Ray reruns its chunk from the start, up to `max_retries` times.
 - A Python exception raised while training (a bad config, missing data) is not retried, since
   it would only fail again. The other chunks still run and are reported; then the first error
   is raised, with a note that says how many chunks failed.
 
-Ray is an optional dependency (``pip install 'gradreg[ray]'``), imported only when a sweep
-runs. On a multi-node cluster every node needs the same gradreg and torch, and ``data_dir``
+Ray is an optional dependency (`pip install 'gradreg[ray]'`), imported only when a sweep
+runs. On a multi-node cluster every node needs the same gradreg and torch, and `data_dir`
 must name a directory that exists on every node.
 """
 
@@ -59,8 +59,17 @@ def _import_ray():
 def train_chunk(
     config_dicts: list[dict], data_dir: str | None, max_members: int | None, num_threads: int
 ) -> list[dict]:
-    """The body of one Ray task: train one packed chunk in this process and return each
-    member's ``RunResult.to_dict()``, in the order of ``config_dicts``."""
+    """The body of one Ray task: train one packed chunk in this process.
+
+    Args:
+        config_dicts: The chunk's configs, as `TrainConfig.to_dict` writes them.
+        data_dir: The data directory on the worker (None: its `GRADREG_DATA_DIR` or cache).
+        max_members: The chunk size cap.
+        num_threads: The torch threads to use (the CPUs Ray reserved for this task).
+
+    Returns:
+        Each member's `RunResult.to_dict()`, in the order of `config_dicts`.
+    """
     torch.set_num_threads(num_threads)  # the CPUs Ray reserved for this task, not the whole node's
     configs = [TrainConfig.from_dict(d) for d in config_dicts]
     return [r.to_dict() for r in train_many(configs, data_dir=data_dir, max_members=max_members)]
@@ -71,18 +80,22 @@ class RayExecutor:
     """Trains each packed chunk as one Ray task (see the module docstring).
 
     Args:
-      address: the Ray cluster to attach to (``"auto"``, ``"ray://host:10001"``, ...). None: the
-        cluster in ``RAY_ADDRESS`` if set, else a new local cluster on this machine's CPUs
-        (and GPUs), which :meth:`run` shuts down when it returns. A Ray already initialized in
-        this process is used as it is and left running.
-      data_dir: the data directory on the workers (None: their ``GRADREG_DATA_DIR`` or cache).
-      max_members: the chunk size cap (None: :func:`gradreg.ensemble.loop.default_max_members`). A
-        chunk is the unit of parallelism: an experiment of n runs gives about n / max_members
-        tasks.
-      num_cpus_per_task: CPUs Ray reserves per chunk; the task uses that many torch threads.
-      num_gpus_per_task: GPUs Ray reserves per chunk (fractions share a GPU). 0: one GPU for a
-        chunk on CUDA, none for a chunk on CPU.
-      max_retries: how often a chunk whose worker died is rerun before the sweep fails.
+        address: The Ray cluster to attach to (`"auto"`, `"ray://host:10001"`, ...). None: the
+            cluster in `RAY_ADDRESS` if set, else a new local cluster on this machine's CPUs (and
+            GPUs), which `run` shuts down when it returns. A Ray already initialized in this
+            process is used as it is and left running.
+        data_dir: The data directory on the workers (None: their `GRADREG_DATA_DIR` or cache).
+        max_members: The chunk size cap (None: `gradreg.ensemble.loop.default_max_members`). A
+            chunk is the unit of parallelism: an experiment of n runs gives about
+            n / max_members tasks.
+        num_cpus_per_task: CPUs Ray reserves per chunk; the task uses that many torch threads.
+        num_gpus_per_task: GPUs Ray reserves per chunk (fractions share a GPU). 0: one GPU for a
+            chunk on CUDA, none for a chunk on CPU.
+        max_retries: How often a chunk whose worker died is rerun before the sweep fails.
+
+    Raises:
+        ValueError: `num_cpus_per_task` is not > 0, `num_gpus_per_task` is negative,
+            `max_retries` is negative, or `max_members` is below 1.
     """
 
     address: str | None = None
@@ -103,8 +116,21 @@ class RayExecutor:
             raise ValueError(f"max_members must be >= 1 or None, got {self.max_members}")
 
     def run(self, configs: Sequence[TrainConfig], on_result: Callable[[int, RunResult], None]) -> None:
-        """Train ``configs``; call ``on_result(index, result)`` in this process for every
-        member of a chunk as soon as that chunk's task finishes."""
+        """Train `configs`, reporting each member of a chunk as soon as that chunk's task finishes.
+
+        Args:
+            configs: The runs to train.
+            on_result: `on_result(index, result)`, called in this process with the index into
+                `configs`.
+
+        Raises:
+            ValueError: A config asks for a CUDA device other than `cuda`/`cuda:0` (each task sees
+                its own GPU as `cuda:0`).
+            ImportError: Ray is not installed.
+            ClusterTooSmall: A task asks for more CPUs or GPUs than the whole cluster has.
+            ray.exceptions.RayError: The first chunk that failed (a training error, or a worker dead
+                for good), after the other chunks ran and were reported.
+        """
         configs = list(configs)
         if not configs:
             return
@@ -168,7 +194,14 @@ class RayExecutor:
                 ray.shutdown()
 
     def gpus_for(self, device: str) -> float:
-        """The GPUs one task asks Ray for when its chunk trains on ``device``."""
+        """The GPUs one task asks Ray for when its chunk trains on `device`.
+
+        Args:
+            device: The chunk's device.
+
+        Returns:
+            `num_gpus_per_task`, or where that is 0, 1 on CUDA and 0 elsewhere.
+        """
         return self.num_gpus_per_task or (1.0 if torch.device(device).type == "cuda" else 0.0)
 
     def _check_resources(self, ray, gpus: float) -> None:

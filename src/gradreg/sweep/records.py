@@ -1,11 +1,11 @@
 """Run records as text, committed beside the code: export from a store, import into one.
 
-``records/runs.jsonl`` holds one JSON line per stored run, sorted by run key: its config,
+`records/runs.jsonl` holds one JSON line per stored run, sorted by run key: its config,
 metrics (accuracy or MSE, penalties, weight norm, smoothness probes, fits), learning curve,
 wall time, steps/s, device and hardware, torch version, gradreg version and git commit, and
-the experiments it belongs to. ``records/plans.json`` holds each experiment's plan per profile.
-Together they are everything a report is built from, so ``gradreg report`` rebuilds the
-committed Markdown from them alone, and ``gradreg run`` on a fresh machine imports them first
+the experiments it belongs to. `records/plans.json` holds each experiment's plan per profile.
+Together they are everything a report is built from, so `gradreg report` rebuilds the
+committed Markdown from them alone, and `gradreg run` on a fresh machine imports them first
 and trains only what is missing.
 
 Import is all or nothing: every line is parsed and checked (fields, types, that the run key is
@@ -44,12 +44,29 @@ class RecordsError(ValueError):
 
 
 def record_of_row(row: dict) -> dict:
+    """A stored row as a text record: its `FIELDS`.
+
+    Args:
+        row: A row of `Store.rows`.
+
+    Returns:
+        The record (missing fields are None).
+    """
     return {k: row.get(k) for k in FIELDS}
 
 
 def export_records(store: Store, directory: Path) -> tuple[Path, Path]:
-    """Write every run and plan of ``store`` to ``directory`` (atomically; sorted, so the
-    files change only where runs were added)."""
+    """Write every run and plan of `store` to `directory`.
+
+    Atomically, and sorted, so the files change only where runs were added.
+
+    Args:
+        store: The store.
+        directory: The records directory.
+
+    Returns:
+        The paths of `runs.jsonl` and `plans.json`.
+    """
     directory = Path(directory)
     rows = sorted(store.rows(), key=lambda r: r["run_key"])
     lines = [json.dumps(record_of_row(r), sort_keys=True, separators=(",", ":")) for r in rows]
@@ -111,13 +128,34 @@ def _check_record(rec: Any, where: str) -> dict:
 
 
 def store_record(rec: dict) -> dict:
-    """A run record in the form :meth:`Store.put` takes."""
+    """A run record in the form `Store.put` takes.
+
+    Args:
+        rec: A text record.
+
+    Returns:
+        Its store fields that are not None.
+    """
     keys = ("config", "metrics", "curve", "wall_time_s", "steps_per_s", "device", "torch_version", "code_version")
     return {k: rec[k] for k in (*keys, "error") if rec.get(k) is not None}
 
 
 def read_records(directory: Path) -> tuple[list[dict], dict]:
-    """Parse and check ``directory``'s records (raises :class:`RecordsError`, touching nothing)."""
+    """Parse and check `directory`'s records, touching nothing.
+
+    Args:
+        directory: The records directory.
+
+    Returns:
+        `(records, plans)`: the run records, in file order, and the plans by
+        `experiment@profile`.
+
+    Raises:
+        RecordsError: No `runs.jsonl`, a cut-off last line, a line that is not JSON or not a
+            valid record (fields, types, a config not in this version's normal form, a run key
+            that is not its config's), a duplicated run key, or a `plans.json` that is not a
+            JSON map of plans.
+    """
     directory = Path(directory)
     runs_path, plans_path = directory / RUNS_FILE, directory / PLANS_FILE
     if not runs_path.is_file():
@@ -151,9 +189,22 @@ def read_records(directory: Path) -> tuple[list[dict], dict]:
 
 
 def import_records(store: Store, directory: Path, *, plans: bool = True) -> int:
-    """Add ``directory``'s runs (and plans) that ``store`` lacks, in one transaction: all or
-    nothing. A run the store holds only as a failure is replaced by a recorded success.
-    Returns how many runs were written."""
+    """Add `directory`'s runs (and plans) that `store` lacks, in one transaction: all or nothing.
+
+    A run the store holds only as a failure is replaced by a recorded success.
+
+    Args:
+        store: The store.
+        directory: The records directory.
+        plans: Also import the plans the store lacks (default True).
+
+    Returns:
+        How many runs were written.
+
+    Raises:
+        RecordsError: The records do not pass `read_records`' checks (nothing is written).
+        StoreError: The write fails.
+    """
     records, plan_map = read_records(directory)
     have = store.keys(include_errors=False)
     runs = [(rec["experiments"][0], store_record(rec)) for rec in records if rec["run_key"] not in have]

@@ -1,10 +1,10 @@
 """The robustness part of a report: what each cell's runs withstand, read from their probes.
 
-Each run with probes (:mod:`gradreg.probes`) holds, per (norm, eps) in pixel units, its PGD, FGSM and
+Each run with probes (`gradreg.probes`) holds, per (norm, eps) in pixel units, its PGD, FGSM and
 transfer accuracy on the first test images, and its PGD accuracy at a large L-infinity budget. Per cell
 this module gives the mean (std) over seeds of each, Welch's t-test of each PGD column against the
 baseline column (Bonferroni over every test of the table), the masking diagnostics
-(:func:`gradreg.probes.masking` on the cell's means, and how many runs were flagged on their own), and
+(`gradreg.probes.masking` on the cell's means, and how many runs were flagged on their own), and
 the cost of a training step against the baseline's, from the runs' own step rates.
 """
 
@@ -21,7 +21,22 @@ ALPHA = 0.05
 
 @dataclass
 class RobustCell:
-    """One cell's probes, over its seeds. ``pgd``/``fgsm``/``transfer``: (norm, eps) -> per-seed accuracies."""
+    """One cell's probes, over its seeds.
+
+    Attributes:
+        row: The cell's row label.
+        col: The cell's column label.
+        lam: Its regularization weight, if any.
+        clean: Per-seed clean accuracies.
+        pgd: (norm, eps) -> per-seed PGD accuracies.
+        fgsm: (norm, eps) -> per-seed FGSM accuracies.
+        transfer: (norm, eps) -> per-seed transfer accuracies.
+        large: Per-seed PGD accuracies at the large L-infinity budget.
+        flagged_runs: How many runs were flagged for masking on their own.
+        steps_per_s: Per-seed training step rates.
+        flags: Masking signs in the cell's means.
+        p_adj: (norm, eps) -> adjusted p against the baseline.
+    """
 
     row: str
     col: str
@@ -46,13 +61,27 @@ def _std(values: list) -> float:
 
 
 def points_of(cells: list[RobustCell]) -> list[tuple[str, float]]:
-    """Every (norm, eps) probed in any cell: L-infinity first, each by eps."""
+    """Every (norm, eps) probed in any cell: L-infinity first, each by eps.
+
+    Args:
+        cells: The cells.
+
+    Returns:
+        The sorted `(norm, eps)` pairs.
+    """
     seen = {p for c in cells for p in c.pgd}
     return sorted(seen, key=lambda p: (p[0] != "linf", p[1]))
 
 
 def robust_cell(summary) -> RobustCell | None:
-    """The probes of a report cell (:class:`gradreg.sweep.report.CellSummary`); None without any."""
+    """The probes of a report cell; None without any.
+
+    Args:
+        summary: A report cell (`gradreg.sweep.report.CellSummary`).
+
+    Returns:
+        The cell's probes, with its masking flags, or None where no run carries probes.
+    """
     runs = [r for r in summary.runs if r["metrics"].get("robust")]
     if not runs:
         return None
@@ -74,8 +103,15 @@ def robust_cell(summary) -> RobustCell | None:
 
 
 def compare(cells: list[RobustCell], baseline_col: str | None) -> None:
-    """Welch's t-test of each cell's PGD accuracy against its row's baseline cell, per (norm, eps),
-    Bonferroni over all of them; sets each cell's ``p_adj``."""
+    """Welch's t-test of each cell's PGD accuracy against its row's baseline cell, per (norm, eps).
+
+    Bonferroni over all of them; sets each cell's `p_adj` (nothing without a baseline column).
+    A test needs at least two seeds on each side.
+
+    Args:
+        cells: The cells, changed in place.
+        baseline_col: The baseline column's label, or None.
+    """
     if not baseline_col:
         return
     base = {c.row: c for c in cells if c.col == baseline_col}
@@ -103,7 +139,18 @@ def _label(norm: str, eps: float) -> str:
 
 
 def section(summaries: list, baseline_col: str | None) -> list[str]:
-    """The report's robustness section (empty when no run carries probes)."""
+    """The report's robustness section (empty when no run carries probes).
+
+    A table of PGD accuracy per cell and budget, with significance marks and the step cost, then
+    the gradient-masking diagnostics.
+
+    Args:
+        summaries: The report's cells.
+        baseline_col: The baseline column's label, or None.
+
+    Returns:
+        The section's Markdown lines.
+    """
     cells = [c for c in (robust_cell(s) for s in summaries) if c is not None]
     if not cells:
         return []

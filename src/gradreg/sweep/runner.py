@@ -1,10 +1,9 @@
-"""Run an experiment: its plan and every missing run go into the store, then the report is
-rebuilt from the store.
+"""Run an experiment: its plan and every missing run go into the store, then the report is rebuilt from the store.
 
 Restartable by construction: a run is stored in its own transaction as soon as its chunk
-finishes, and a rerun of the same command trains only the runs the store lacks. An
-executor decides where chunks train: :class:`InProcessExecutor` here (the default, no extra
-dependencies) or :class:`gradreg.sweep.ray.RayExecutor` on a Ray cluster.
+finishes, and a rerun of the same command trains only the runs the store lacks. An executor
+decides where chunks train: `InProcessExecutor` here (the default, no extra dependencies) or
+`gradreg.sweep.ray.RayExecutor` on a Ray cluster.
 """
 
 from __future__ import annotations
@@ -28,7 +27,15 @@ STORE_NAME = "gradreg.sqlite"
 
 
 def result_record(result: RunResult) -> dict:
-    """A :class:`RunResult` as a store record (config, metrics, curve, timings, device)."""
+    """A `RunResult` as a store record (config, metrics, curve, timings, device).
+
+    Args:
+        result: A finished run.
+
+    Returns:
+        The record `Store.put` takes; `error` only for a failed run, `robust` in the metrics
+        only with probes.
+    """
     metrics = {
         "metric": result.metric,
         "dev": result.dev,
@@ -61,19 +68,32 @@ OnResult = Callable[[int, RunResult], None]
 
 
 class Executor(Protocol):
+    """Where the chunks of a sweep train: anything with this `run` method."""
+
     def run(self, configs: Sequence[TrainConfig], on_result: OnResult) -> None:
-        """Train ``configs``; call ``on_result(index, result)`` as each finishes."""
+        """Train `configs`; call `on_result(index, result)` as each finishes.
+
+        Args:
+            configs: The runs to train.
+            on_result: Called with the index into `configs` and the run's result.
+        """
 
 
 @dataclass
 class InProcessExecutor:
     """Trains in this process with the ensemble engine.
 
-    ``checkpoint_dir``: where each running part of a chunk is checkpointed every
-    ``checkpoint_seconds`` of wall time (a rerun resumes it; None: no checkpoints).
-    ``stop``: an event that, once set, makes every part checkpoint and raise
-    :class:`~gradreg.ensemble.loop.Interrupted` within one step. ``progress``: one overall
-    progress line on stderr (None: only on a terminal)."""
+    Args:
+        data_dir: The data directory (None: `GRADREG_DATA_DIR` or the cache).
+        max_members: The chunk size cap (None: the engine's default).
+        progress: One overall progress line on stderr (None: only on a terminal).
+        checkpoint_dir: Where each running part of a chunk is checkpointed every
+            `checkpoint_seconds` of wall time (a rerun resumes it; None: no checkpoints).
+        checkpoint_seconds: The checkpoint period, in seconds of wall time.
+        stop: An event that, once set, makes every part checkpoint and raise
+            `gradreg.ensemble.loop.Interrupted` within one step.
+        download: Whether missing data may be downloaded (None: only into the cache).
+    """
 
     data_dir: str | None = None
     max_members: int | None = None
@@ -84,6 +104,15 @@ class InProcessExecutor:
     download: bool | None = None
 
     def run(self, configs: Sequence[TrainConfig], on_result: OnResult) -> None:
+        """Train `configs` chunk by chunk; call `on_result(index, result)` as each run finishes.
+
+        Args:
+            configs: The runs to train.
+            on_result: Called with the index into `configs` and the run's result.
+
+        Raises:
+            gradreg.ensemble.loop.Interrupted: `stop` was set (the running parts are checkpointed).
+        """
         configs = list(configs)
         chunks = plan_chunks(configs, self.max_members)
         line = ProgressLine(len(configs), len(chunks), sum(c.steps for c in configs), enabled=self.progress)
@@ -113,6 +142,17 @@ class InProcessExecutor:
 
 @dataclass
 class SweepSummary:
+    """What a sweep did.
+
+    Attributes:
+        experiment: The experiment's name.
+        planned: The runs in its plan.
+        already_stored: The runs found in the store before training.
+        trained: The runs trained and stored now.
+        wall_time_s: The sweep's wall time, in seconds.
+        interrupted: Whether a stop request ended it early.
+    """
+
     experiment: str
     planned: int
     already_stored: int
@@ -130,12 +170,32 @@ def run_experiment(
     records_dir: Path | None = None,
     export_every_s: float = 0.0,
 ) -> SweepSummary:
-    """Store ``exp``'s plan (with ``meta``, e.g. the command), train the runs the store lacks,
-    store each as it finishes.
+    """Store `exp`'s plan (with `meta`), train the runs the store lacks, store each as it finishes.
 
-    ``records_dir``: text run records (:mod:`gradreg.sweep.records`). Records found there are
-    imported first (so a fresh machine trains only what is missing), and the store is exported
-    there as runs finish (at most every ``export_every_s`` seconds) and at the end."""
+    Before training, the store is verified and its run keys migrated to this version's
+    normalization.
+
+    Args:
+        exp: The experiment.
+        out_dir: The directory of the store (`gradreg.sqlite`).
+        executor: Where the runs train.
+        log: Where progress lines go (default `print`).
+        meta: Stored with the plan, e.g. the command.
+        records_dir: Text run records (`gradreg.sweep.records`). Records found there are
+            imported first (so a fresh machine trains only what is missing), and the store is
+            exported there as runs finish (at most every `export_every_s` seconds) and at the
+            end. None: no records.
+        export_every_s: The least time between two exports, in seconds (default 0: after every
+            run).
+
+    Returns:
+        The summary; `interrupted` when a stop request ended the sweep (finished runs are
+        stored).
+
+    Raises:
+        StoreError: The store is damaged or cannot be written.
+        RecordsError: The text records cannot be imported.
+    """
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     with Store(out_dir / STORE_NAME) as store:

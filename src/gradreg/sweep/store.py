@@ -1,30 +1,32 @@
 """The result store: one SQLite file, one row per finished run.
 
 Experiments are data: spec → runs → **store** → report. A run is identified by
-:func:`run_key`, a hash of its full config dict, so re-running an experiment skips every run
-that is already stored and never duplicates one::
+`run_key`, a hash of its full config dict, so re-running an experiment skips every run
+that is already stored and never duplicates one:
 
-    with Store(out_dir / "results.sqlite") as store:
-        for cfg in configs:
-            if not store.has(cfg):
-                store.put("table1", run(cfg))   # {"config": ..., "metrics": ..., ...}
-        rows = store.rows("table1")
+```python
+with Store(out_dir / "results.sqlite") as store:
+    for cfg in configs:
+        if not store.has(cfg):
+            store.put("table1", run(cfg))   # {"config": ..., "metrics": ..., ...}
+    rows = store.rows("table1")
+```
 
 Guarantees:
 
-- Every write is one transaction (``BEGIN IMMEDIATE`` … ``COMMIT``): a row is stored whole or
+- Every write is one transaction (`BEGIN IMMEDIATE` … `COMMIT`): a row is stored whole or
   not at all, also when the process is killed mid-write or the disk fills up.
-- Several processes may write to one file at once (WAL journal, ``busy_timeout``, and retries
-  with jittered exponential backoff on "database is locked"). Open one :class:`Store` per
-  process; a ``Store`` is not shared across threads or a fork.
+- Several processes may write to one file at once (WAL journal, `busy_timeout`, and retries
+  with jittered exponential backoff on "database is locked"). Open one `Store` per
+  process; a `Store` is not shared across threads or a fork.
 - One run may belong to several experiments (two tables can share a baseline config): it is
-  stored once, and ``keys/rows/count(experiment)`` see it in each.
+  stored once, and `keys/rows/count(experiment)` see it in each.
 
-Failure runs: a record with an ``error`` is stored too, and a later *successful* record of the
-same config replaces it (a success never gets replaced). ``has(config)`` counts failures as
-present, so a re-run skips them; pass ``include_errors=False`` to retry them.
+Failure runs: a record with an `error` is stored too, and a later *successful* record of the
+same config replaces it (a success never gets replaced). `has(config)` counts failures as
+present, so a re-run skips them; pass `include_errors=False` to retry them.
 
-:func:`run_key` is :func:`gradreg.identity.run_key`, re-exported: the experiment specs name runs by
+`run_key` is `gradreg.identity.run_key`, re-exported: the experiment specs name runs by
 it too, and they sit below the sweeps. Importing this module has no side effects; it needs only
 the standard library.
 """
@@ -119,9 +121,14 @@ class StoreError(RuntimeError):
 
 @functools.cache
 def code_version() -> str:
-    """The package version, plus ``+g<short commit>`` when the source is a git checkout
-    (``git rev-parse --short HEAD``, 5 s timeout). Falls back silently to the version alone
-    (no git, not a checkout, an installed copy). Cached for the life of the process.
+    """The package version, plus `+g<short commit>` when the source is a git checkout.
+
+    The commit comes from `git rev-parse --short HEAD` (5 s timeout). Falls back silently to the
+    version alone (no git, not a checkout, an installed copy). Cached for the life of the
+    process.
+
+    Returns:
+        E.g. `"0.2.0+gabc1234"`, or `"unknown"` where the package is not installed.
     """
     version = _package_version()
     commit = _git_commit(Path(__file__).resolve().parent)
@@ -160,7 +167,23 @@ def _utc_now() -> str:
 
 
 def encode_record(experiment: str, record: dict, version: str, created_at: str) -> tuple:
-    """Validate one record and turn it into the ``runs`` columns, in ``_COLUMNS`` order."""
+    """Validate one record and turn it into the `runs` columns, in `_COLUMNS` order.
+
+    Args:
+        experiment: The experiment's name, non-empty.
+        record: The record, as `Store.put` takes it.
+        version: The code version used where the record has none.
+        created_at: The ISO timestamp to store.
+
+    Returns:
+        The row: run key, experiment, canonical config JSON, seed, metrics and curve JSON,
+        timings, code version, device, torch version, time and error.
+
+    Raises:
+        ValueError: An empty experiment name, unknown keys, or missing required keys.
+        TypeError: A record that is not a dict, or a value of the wrong type (`error`, `config`,
+            `metrics`, `curve`, `seed`, the timings, the version strings).
+    """
     if not isinstance(experiment, str) or not experiment:
         raise ValueError(f"experiment must be a non-empty string, got {experiment!r}")
     if not isinstance(record, dict):
@@ -255,7 +278,7 @@ def _explain(e: BaseException) -> str:
 
 
 def _is_damage(e: BaseException) -> bool:
-    """Whether ``e`` says the file's bytes are wrong (as opposed to locks, permissions, space)."""
+    """Whether `e` says the file's bytes are wrong (as opposed to locks, permissions, space)."""
     if isinstance(e, ValueError):  # json / UTF-8 decoding of a stored record
         return True
     low = str(e).lower()
@@ -287,18 +310,19 @@ class Store:
     """An embedded SQLite result store in one file (see the module docstring).
 
     Args:
-      path: the ``.sqlite`` file; its parent directories are created.
-      busy_timeout_s: how long SQLite itself waits for another writer's lock.
-      retry_timeout_s: how long a write keeps retrying "database is locked" beyond that,
-        with jittered exponential backoff (10 ms doubling up to 1 s), before giving up.
+        path: The `.sqlite` file; its parent directories are created.
+        busy_timeout_s: How long SQLite itself waits for another writer's lock.
+        retry_timeout_s: How long a write keeps retrying "database is locked" beyond that, with
+            jittered exponential backoff (10 ms doubling up to 1 s), before giving up.
 
     Attributes:
-      journal_mode: ``"wal"``, or what SQLite fell back to where the file system has no WAL
-        support (network file systems: keep the store on a local disk).
+        journal_mode: `"wal"`, or what SQLite fell back to where the file system has no WAL
+            support (network file systems: keep the store on a local disk).
 
     Raises:
-      StoreError: the file cannot be created, opened or written (read-only, missing
-        permissions, not a database, disk full), or holds a newer schema version.
+        StoreError: The file cannot be created, opened or written (read-only, missing
+            permissions, not a database, disk full), or holds a newer schema version; also
+            from any method, on a closed store or a failed read or write.
     """
 
     def __init__(self, path: str | os.PathLike, *, busy_timeout_s: float = 10.0, retry_timeout_s: float = 60.0):
@@ -370,34 +394,71 @@ class Store:
     # ------------------------------------------------------------------ writing
 
     def put(self, experiment: str, record: dict) -> bool:
-        """Store one finished run of ``experiment`` in one transaction.
+        """Store one finished run of `experiment` in one transaction.
 
-        ``record`` keys: ``config`` (dict), ``metrics`` (dict), ``curve`` (list),
-        ``wall_time_s``, ``steps_per_s``, ``device``, ``torch_version``; optional ``error``
-        (str; then only ``config`` is required), ``seed`` (default ``config["seed"]``) and
-        ``code_version`` (default :func:`code_version`). Unknown keys are an error.
+        A stored failure is replaced by a success.
 
-        Returns True when the run was written; False when it was already stored (the run is
-        then only added to ``experiment``'s runs). A stored failure is replaced by a success.
+        Args:
+            experiment: The experiment's name.
+            record: `config` (dict), `metrics` (dict), `curve` (list), `wall_time_s`,
+                `steps_per_s`, `device`, `torch_version`; optional `error` (str; then only
+                `config` is required), `seed` (default `config["seed"]`) and `code_version`
+                (default `code_version()`). Unknown keys are an error.
+
+        Returns:
+            True when the run was written; False when it was already stored (the run is then only
+            added to `experiment`'s runs).
+
+        Raises:
+            ValueError: An invalid record (see `encode_record`).
+            TypeError: A value of the wrong type (see `encode_record`).
+            StoreError: The write fails.
         """
         return self.put_many(experiment, [record])[0]
 
     def put_many(self, experiment: str, records: Iterable[dict]) -> list[bool]:
-        """:meth:`put` for several records, all in one transaction: all are stored or none.
-        Returns one flag per record (False for a run already stored, also earlier in ``records``)."""
+        """`put` for several records, all in one transaction: all are stored or none.
+
+        Args:
+            experiment: The experiment's name.
+            records: The records, as `put` takes them.
+
+        Returns:
+            One flag per record (False for a run already stored, also earlier in `records`).
+
+        Raises:
+            ValueError: An invalid record (nothing is written).
+            TypeError: A value of the wrong type (nothing is written).
+            StoreError: The write fails.
+        """
         return self.put_batch([(experiment, r) for r in records])
 
     def link(self, experiment: str, configs: Iterable[dict]) -> None:
-        """Add already-stored runs of ``configs`` to ``experiment`` (one transaction)."""
+        """Add already-stored runs of `configs` to `experiment` (one transaction).
+
+        Args:
+            experiment: The experiment's name.
+            configs: Config dicts; those not stored are ignored.
+
+        Raises:
+            StoreError: The write fails.
+        """
         self.put_batch(links=[(experiment, c) for c in configs])
 
     def put_plan(self, experiment: str, plan: dict) -> None:
-        """Store the experiment's plan (its cells and the run keys of each), which reports
-        are rebuilt from. A later plan for the same experiment and profile replaces it.
+        """Store the experiment's plan (its cells and the run keys of each), which reports are rebuilt from.
 
-        A plan with a ``"profile"`` key is kept per profile, so a quick run never replaces
-        the paper-profile plan of the same experiment; :meth:`plan` without a profile returns
-        the plan stored last."""
+        A later plan for the same experiment and profile replaces it. A plan with a `"profile"` key
+        is kept per profile, so a quick run never replaces the paper-profile plan of the same
+        experiment; `plan` without a profile returns the plan stored last.
+
+        Args:
+            experiment: The experiment's name.
+            plan: The plan, a JSON-able dict.
+
+        Raises:
+            StoreError: The write fails.
+        """
         self.put_batch(plans=[(experiment, plan)])
 
     def put_batch(
@@ -406,11 +467,25 @@ class Store:
         links: Iterable[tuple[str, dict]] = (),
         plans: Iterable[tuple[str, dict]] = (),
     ) -> list[bool]:
-        """Store ``runs`` (``(experiment, record)``, as :meth:`put`), add the stored runs of
-        ``links`` (``(experiment, config)``) to those experiments, and store ``plans``
-        (``(experiment, plan)``, as :meth:`put_plan`): one transaction, every record validated
-        before anything is written, so all of it is stored or none. One flag per run: whether
-        it was written (new, or a success replacing a stored failure)."""
+        """Store runs, links and plans in one transaction: all of it is stored or none.
+
+        Every record is validated before anything is written.
+
+        Args:
+            runs: `(experiment, record)` pairs, as `put` takes them.
+            links: `(experiment, config)` pairs: the stored runs of `config` are added to those
+                experiments.
+            plans: `(experiment, plan)` pairs, as `put_plan` takes them.
+
+        Returns:
+            One flag per run: whether it was written (new, or a success replacing a stored
+            failure).
+
+        Raises:
+            ValueError: An invalid record (nothing is written).
+            TypeError: A value of the wrong type (nothing is written).
+            StoreError: The write fails.
+        """
         now, version = _utc_now(), code_version()
         rows = [(exp, encode_record(exp, r, version, now)) for exp, r in runs]  # validate before writing
         pairs = [(exp, run_key(c)) for exp, c in links]
@@ -439,8 +514,18 @@ class Store:
         return self._write(insert, "write to")
 
     def plan(self, experiment: str, profile: str | None = None) -> dict | None:
-        """The stored plan of ``experiment`` (of that ``profile``; None: the plan stored
-        last), or None."""
+        """The stored plan of `experiment`, or None.
+
+        Args:
+            experiment: The experiment's name.
+            profile: The plan of that profile; None: the plan stored last.
+
+        Returns:
+            The plan dict, or None.
+
+        Raises:
+            StoreError: The stored plan cannot be decoded (the store is damaged).
+        """
         key = f"plan:{experiment}" if profile is None else f"plan:{experiment}@{profile}"
         row = self._read(lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
         if row is None and profile is not None:  # a plan stored before plans were kept per profile
@@ -449,7 +534,14 @@ class Store:
         return None if row is None else self._decode_text(row[0], f"the plan of {experiment!r}")
 
     def profiles(self, experiment: str) -> list[str]:
-        """The profiles with a stored plan of ``experiment``, sorted."""
+        """The profiles with a stored plan of `experiment`, sorted.
+
+        Args:
+            experiment: The experiment's name.
+
+        Returns:
+            The profile names.
+        """
         prefix = f"plan:{experiment}@"
         found = self._read(
             lambda c: [
@@ -463,10 +555,21 @@ class Store:
         return sorted(found)
 
     def migrate_keys(self, normalize: Callable[[dict], dict]) -> int:
-        """Re-key runs whose config a newer gradreg normalizes differently (``normalize``:
-        config dict -> its normal form), in one transaction; returns how many moved. A run whose
-        new key is already stored is dropped in favour of the stored one (same config), unless
-        the stored one is a failure and it a success (the rule of :meth:`put`)."""
+        """Re-key runs whose config a newer gradreg normalizes differently, in one transaction.
+
+        A run whose new key is already stored is dropped in favour of the stored one (same config),
+        unless the stored one is a failure and it a success (the rule of `put`). A config this
+        version cannot read is left alone.
+
+        Args:
+            normalize: Config dict -> its normal form.
+
+        Returns:
+            How many runs moved.
+
+        Raises:
+            StoreError: The write fails.
+        """
 
         def move(conn: sqlite3.Connection) -> int:
             moved = 0
@@ -504,28 +607,57 @@ class Store:
     # ------------------------------------------------------------------ reading
 
     def has(self, config: dict, *, include_errors: bool = True) -> bool:
-        """Whether a run of ``config`` is stored (in any experiment). With
-        ``include_errors=False`` only a successful run counts."""
+        """Whether a run of `config` is stored (in any experiment).
+
+        Args:
+            config: The run's config dict.
+            include_errors: Whether a stored failure counts (default True); False: only a
+                successful run counts.
+
+        Returns:
+            Whether it is stored.
+        """
         sql = "SELECT 1 FROM runs WHERE run_key = ?" + ("" if include_errors else " AND error IS NULL")
         key = run_key(config)
         return self._read(lambda c: c.execute(sql, (key,)).fetchone() is not None)
 
     def keys(self, experiment: str | None = None, *, include_errors: bool = True) -> set[str]:
-        """The run keys stored (for ``experiment``, or all)."""
+        """The run keys stored (for `experiment`, or all).
+
+        Args:
+            experiment: The experiment's name; None: every run.
+            include_errors: Whether failures count (default True).
+
+        Returns:
+            The run keys.
+        """
         sql, args = self._select("r.run_key", experiment, include_errors)
         return self._read(lambda c: {row[0] for row in c.execute(sql, args)})
 
     def count(self, experiment: str | None = None, *, include_errors: bool = True) -> int:
-        """The number of runs stored (for ``experiment``, or all)."""
+        """The number of runs stored (for `experiment`, or all).
+
+        Args:
+            experiment: The experiment's name; None: every run.
+            include_errors: Whether failures count (default True).
+
+        Returns:
+            The number of runs.
+        """
         sql, args = self._select("COUNT(*)", experiment, include_errors)
         return self._read(lambda c: c.execute(sql, args).fetchone()[0])
 
     def rows(self, experiment: str | None = None, *, include_errors: bool = True) -> list[dict]:
-        """The stored runs (for ``experiment``, or all), ordered by ``run_key``, JSON decoded.
+        """The stored runs (for `experiment`, or all), ordered by `run_key`, JSON decoded.
 
-        Each dict has the ``runs`` columns, with ``config``/``metrics``/``curve`` decoded in
-        place of the ``*_json`` columns, and ``experiments``: every experiment the run belongs
-        to, sorted (``experiment`` is the one that first stored it).
+        Args:
+            experiment: The experiment's name; None: every run.
+            include_errors: Whether failures count (default True).
+
+        Returns:
+            One dict per run, with the `runs` columns, `config`/`metrics`/`curve` decoded in place
+            of the `*_json` columns, and `experiments`: every experiment the run belongs to, sorted
+            (`experiment` is the one that first stored it).
         """
         sql, args = self._select("r.*", experiment, include_errors)
 
@@ -543,17 +675,29 @@ class Store:
         return self._read(read)
 
     def experiments(self) -> list[str]:
-        """The experiment names with at least one run, sorted."""
+        """The experiment names with at least one run, sorted.
+
+        Returns:
+            The names.
+        """
         return self._read(lambda c: [r[0] for r in c.execute("SELECT DISTINCT experiment FROM memberships ORDER BY 1")])
 
     def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check``: ``"ok"``, or the problems found."""
+        """SQLite's `PRAGMA integrity_check`.
+
+        Returns:
+            `"ok"`, or the problems found, one per line.
+        """
         return self._read(lambda c: "\n".join(r[0] for r in c.execute("PRAGMA integrity_check")))
 
     def verify(self) -> None:
-        """Check, without writing, that every stored page, run and plan can be read back:
-        SQLite's ``quick_check``, then every record decoded. Raises :class:`StoreError`
-        saying the file is damaged and what to do; a sweep calls this before it trains."""
+        """Check, without writing, that every stored page, run and plan can be read back.
+
+        SQLite's `quick_check`, then every record decoded; a sweep calls this before it trains.
+
+        Raises:
+            StoreError: The file is damaged (the message says what to do).
+        """
         problems = self._read(lambda c: [r[0] for r in c.execute("PRAGMA quick_check")])
         if problems != ["ok"]:
             detail = (
