@@ -112,48 +112,14 @@ def main(argv=None) -> int:
         "| # | signal | after (s) | exit | runs stored | checkpoints on disk | lost steps, worst part |",
         "|---|---|---|---|---|---|---|",
     ]
-    bad = []
-    log = kill_dir / "steps.log"
-
-    def logged() -> int:
-        return log.read_text().count("\n") if log.exists() else 0
-
-    for n in range(1, args.kills + 2):
-        before = logged()
-        p = run_driver(kill_dir, env)
-        if n > args.kills:
-            _, err = p.communicate()
-            lines.append(f"| {n} | none (final run) | – | {p.returncode} | {len(records(kill_dir))} | – | – |")
-            if p.returncode != 0:
-                bad.append(f"final run exited {p.returncode}: {err[-300:]}")
+    bad: list[str] = []
+    for n in range(1, args.kills + 1):
+        row = kill_once(n, kill_dir, env, rng, bad)
+        if row is None:
             break
-        sig = signal.SIGINT if n % 2 else signal.SIGKILL
-        target = rng.randint(10, 110)  # kill after this many new progress lines (10 steps each) of training
-        t0 = time.time()
-        while logged() < before + target and p.poll() is None:
-            time.sleep(0.02)
-        if p.poll() is not None:
-            _, err = p.communicate()
-            bad.append(f"kill {n}: the sweep finished before the kill (exit {p.returncode}); use more steps")
-            break
-        p.send_signal(sig)
-        try:
-            _, err = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            _, err = p.communicate()
-            bad.append(f"kill {n}: the process did not stop within 60 s of {sig.name}")
-        expected = 130 if sig == signal.SIGINT else -signal.SIGKILL
-        if p.returncode != expected:
-            bad.append(f"kill {n}: exit {p.returncode}, expected {expected}: {err.strip()[-300:]}")
-        ckpts = sorted((kill_dir / "checkpoints").glob("part-*.pt")) if (kill_dir / "checkpoints").exists() else []
-        lost, allowed = lost_steps(kill_dir, before)
-        if lost > allowed:
-            bad.append(f"kill {n}: lost {lost} steps, more than one checkpoint interval ({allowed} steps)")
-        lines.append(
-            f"| {n} | {sig.name} | {time.time() - t0:.1f} | {p.returncode} | {len(records(kill_dir))} "
-            f"| {len(ckpts)} | {lost} (interval: {allowed}) |"
-        )
+        lines.append(row)
+    else:
+        lines.append(final_run(args.kills + 1, kill_dir, env, bad))
     ref, got = records(ref_dir), records(kill_dir)
     same = ref.keys() == got.keys() and all(ref[k] == got[k] for k in ref)
     lines += [
@@ -172,6 +138,58 @@ def main(argv=None) -> int:
     (args.out / "kill_record.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 1 if bad else 0
+
+
+def logged_lines(out: Path) -> int:
+    """The progress lines the driver has logged under `out` (one per 10 steps of a part)."""
+    log = out / "steps.log"
+    return log.read_text().count("\n") if log.exists() else 0
+
+
+def kill_once(n: int, kill_dir: Path, env: dict, rng: random.Random, bad: list[str]) -> str | None:
+    """Start the sweep, stop it after a random stretch of training, and check what the stop lost.
+
+    Kill `n` sends SIGINT when `n` is odd and SIGKILL when it is even. A problem is appended to
+    `bad`. Returns the kill's table row, or None where the sweep finished before the kill.
+    """
+    before = logged_lines(kill_dir)
+    p = run_driver(kill_dir, env)
+    sig = signal.SIGINT if n % 2 else signal.SIGKILL
+    target = rng.randint(10, 110)  # kill after this many new progress lines (10 steps each) of training
+    t0 = time.time()
+    while logged_lines(kill_dir) < before + target and p.poll() is None:
+        time.sleep(0.02)
+    if p.poll() is not None:
+        p.communicate()
+        bad.append(f"kill {n}: the sweep finished before the kill (exit {p.returncode}); use more steps")
+        return None
+    p.send_signal(sig)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+        bad.append(f"kill {n}: the process did not stop within 60 s of {sig.name}")
+    expected = 130 if sig == signal.SIGINT else -signal.SIGKILL
+    if p.returncode != expected:
+        bad.append(f"kill {n}: exit {p.returncode}, expected {expected}: {err.strip()[-300:]}")
+    ckpts = sorted((kill_dir / "checkpoints").glob("part-*.pt")) if (kill_dir / "checkpoints").exists() else []
+    lost, allowed = lost_steps(kill_dir, before)
+    if lost > allowed:
+        bad.append(f"kill {n}: lost {lost} steps, more than one checkpoint interval ({allowed} steps)")
+    return (
+        f"| {n} | {sig.name} | {time.time() - t0:.1f} | {p.returncode} | {len(records(kill_dir))} "
+        f"| {len(ckpts)} | {lost} (interval: {allowed}) |"
+    )
+
+
+def final_run(n: int, kill_dir: Path, env: dict, bad: list[str]) -> str:
+    """The last start, left to finish the sweep; a nonzero exit is appended to `bad`. Returns its table row."""
+    p = run_driver(kill_dir, env)
+    _, err = p.communicate()
+    if p.returncode != 0:
+        bad.append(f"final run exited {p.returncode}: {err[-300:]}")
+    return f"| {n} | none (final run) | – | {p.returncode} | {len(records(kill_dir))} | – | – |"
 
 
 def lost_steps(out: Path, skip: int) -> tuple[int, int]:

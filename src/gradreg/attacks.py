@@ -38,7 +38,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -301,7 +301,7 @@ def fgsm(
     return _project(x + eps * _direction(grad, norm), x, eps, norm, box)
 
 
-def pgd(
+def pgd(  # noqa: PLR0913 (the attack's options are its public, keyword-only interface, each documented)
     model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -355,48 +355,60 @@ def pgd(
     x = x.detach()
     alpha = 2.5 * eps / steps if step_size is None else float(step_size)
     with _eval_mode(model):
-        run = (model, x, y, eps, norm, steps, alpha, random_start, loss, generator, box, early_stop)
-        best, best_loss, best_wrong = _pgd_run(*run)
+        run = _PGDRun(eps, norm, steps, alpha, random_start, loss, generator, box, early_stop)
+        best, best_loss, best_wrong = _pgd_run(model, x, y, run)
         for _ in range(restarts - 1):
-            x_adv, value, wrong = _pgd_run(*run)
+            x_adv, value, wrong = _pgd_run(model, x, y, run)
             better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (value > best_loss))
             best = torch.where(_per_example(better, x), x_adv, best)
             best_loss, best_wrong = torch.where(better, value, best_loss), best_wrong | wrong
     return best
 
 
-def _pgd_run(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    norm: Norm,
-    steps: int,
-    alpha: float,
-    random_start: bool,
-    loss: Loss,
-    generator: torch.Generator | None,
-    box: tuple[Tensor, Tensor] | None,
-    early_stop: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One PGD run; returns the final iterate, its per-example loss and whether it is misclassified."""
-    x_adv = _project(_random_start(x, eps, norm, generator), x, eps, norm, box) if random_start else x.clone()
+class _PGDRun(NamedTuple):
+    """The settings of one PGD run, checked by `pgd` (see there)."""
+
+    eps: float
+    norm: Norm
+    steps: int
+    alpha: float  # the step size, in input units
+    random_start: bool
+    loss: Loss
+    generator: torch.Generator | None
+    box: tuple[Tensor, Tensor] | None
+    early_stop: bool
+
+
+def _pgd_run(model: nn.Module, x: Tensor, y: Tensor, run: _PGDRun) -> tuple[Tensor, Tensor, Tensor]:
+    """One PGD run from `x`.
+
+    Args:
+        model: The network, in eval mode.
+        x: The clean inputs `(B, ...)`, detached.
+        y: Their labels `(B,)`.
+        run: The attack's settings.
+
+    Returns:
+        The final iterate, its per-example loss and whether it is misclassified.
+    """
+    eps, norm, box = run.eps, run.norm, run.box
+    x_adv = _project(_random_start(x, eps, norm, run.generator), x, eps, norm, box) if run.random_start else x.clone()
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    for _ in range(steps if eps > 0 else 0):
+    for _ in range(run.steps if eps > 0 else 0):
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        grad, logits = _input_grad(model, x_adv[idx], y[idx], loss)
+        grad, logits = _input_grad(model, x_adv[idx], y[idx], run.loss)
         wrong = logits.argmax(1) != y[idx]
-        if not early_stop:
+        if not run.early_stop:
             wrong = torch.zeros_like(wrong)
         active[idx[wrong]] = False
         move, grad = idx[~wrong], grad[~wrong]
-        stepped = x_adv[move] + alpha * _direction(grad, norm)
+        stepped = x_adv[move] + run.alpha * _direction(grad, norm)
         x_adv[move] = _project(stepped, x[move], eps, norm, None if box is None else _select(box, x, move))
     with torch.no_grad():
         logits = _logits(model, x_adv, y)
-        return x_adv, _per_example_loss(logits, y, loss), logits.argmax(1) != y
+        return x_adv, _per_example_loss(logits, y, run.loss), logits.argmax(1) != y
 
 
 def _select(box: tuple[Tensor, Tensor], x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:

@@ -102,76 +102,13 @@ class TrainConfig:
         _choice("dataset", self.dataset, DATASETS)
         check_model_name(self.model, self.dataset)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
-        for name in (
-            "seed",
-            "steps",
-            "batch_size",
-            "eval_batch_size",
-            "penalty_window",
-            "eval_every",
-            "checkpoint_every",
-            "adversarial_steps",
-            "robust_steps",
-            "robust_examples",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} must be an integer, got {v!r}")
-        for name in ("steps", "batch_size", "eval_batch_size", "penalty_window", "adversarial_steps", "robust_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.eval_limit is not None and self.eval_limit < 1:
-            raise ValueError(f"eval_limit must be >= 1 or None, got {self.eval_limit}")
-        if self.train_size is not None and self.train_size < 1:
-            raise ValueError(f"train_size must be >= 1, got {self.train_size}")
-        for name in _FLOAT_FIELDS:  # identity: 0 and 0.0 are one config
-            v = getattr(self, name)
-            if v is not None:
-                if isinstance(v, bool) or not isinstance(v, Real):
-                    raise TypeError(f"{name} must be a number, got {v!r}")
-                object.__setattr__(self, name, float(v))
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1) or None, got {self.dropout}")
+        _check_counts(self)
+        _check_floats(self)
         check_model_options(self)
-        if self.augment and self.dataset not in IMAGE_DATASETS:
-            raise ValueError(
-                f"augment translates and flips images, and dataset {self.dataset!r} has none; "
-                f"it works on {', '.join(IMAGE_DATASETS)}"
-            )
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if not 0 < self.lr_gamma < math.inf:
-            raise ValueError(f"lr_gamma must be a finite number > 0, got {self.lr_gamma}")
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
-        _check_device(self.device)
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.wrt is not None and (not isinstance(self.wrt, str) or not self.wrt):
-            raise ValueError(f"wrt must be a submodule name (e.g. 'pool1') or None, got {self.wrt!r}")
+        _check_values(self)
         _check_adversarial(self)
-        regs = tuple(self.regularizers)
-        if self.wrt is not None and any(getattr(r, "finite_difference", False) for r in regs):
-            raise ValueError(
-                "finite-difference penalties perturb the input; with wrt (a hidden layer) use the exact method"
-            )
-        for r in regs:
-            if not isinstance(r, R.Regularizer):
-                raise TypeError(f"regularizers must be gradreg regularizers, got {type(r).__name__}")
-            if r.on_softmax and self.dataset in ("sin", "sin2"):
-                raise ValueError(
-                    f"{r.name} is a function of the softmax, which is constant for {self.dataset}'s one output "
-                    "(it would be 0); use it on mnist or cifar10"
-                )
-        object.__setattr__(self, "regularizers", regs)
-        milestones = tuple(self.lr_milestones)
-        for m in milestones:
-            if isinstance(m, bool) or not isinstance(m, Real) or not 0 <= m <= 1:
-                raise ValueError(f"lr_milestones must be fractions of the steps in [0, 1], got {m!r}")
-        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in milestones))
+        _check_regularizers(self)
+        _check_milestones(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with `changes` applied (validated again).
@@ -236,6 +173,138 @@ class TrainConfig:
             if name in d:
                 d[name] = tuple(d[name])
         return cls(**d)
+
+
+_COUNT_FIELDS = (
+    "seed",
+    "steps",
+    "batch_size",
+    "eval_batch_size",
+    "penalty_window",
+    "eval_every",
+    "checkpoint_every",
+    "adversarial_steps",
+    "robust_steps",
+    "robust_examples",
+)
+
+
+def _check_counts(cfg: TrainConfig) -> None:
+    """The integer fields: integers, and at least 1 (or 0 where 0 means "never").
+
+    Args:
+        cfg: The config being validated.
+
+    Raises:
+        TypeError: A count is not an integer (a bool is not one).
+        ValueError: A count, `eval_limit` or `train_size` is below its minimum.
+    """
+    for name in _COUNT_FIELDS:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an integer, got {v!r}")
+    for name in ("steps", "batch_size", "eval_batch_size", "penalty_window", "adversarial_steps", "robust_steps"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("eval_every", "checkpoint_every"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.eval_limit is not None and cfg.eval_limit < 1:
+        raise ValueError(f"eval_limit must be >= 1 or None, got {cfg.eval_limit}")
+    if cfg.train_size is not None and cfg.train_size < 1:
+        raise ValueError(f"train_size must be >= 1, got {cfg.train_size}")
+
+
+def _check_floats(cfg: TrainConfig) -> None:
+    """The float fields: numbers, stored as floats (so 0 and 0.0 are one config), and `dropout` in [0, 1).
+
+    Args:
+        cfg: The config being validated; its float fields are replaced by floats.
+
+    Raises:
+        TypeError: A float field is not a real number.
+        ValueError: `dropout` is not in [0, 1) or None.
+    """
+    for name in _FLOAT_FIELDS:  # identity: 0 and 0.0 are one config
+        v = getattr(cfg, name)
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, Real):
+                raise TypeError(f"{name} must be a number, got {v!r}")
+            object.__setattr__(cfg, name, float(v))
+    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1) or None, got {cfg.dropout}")
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    """The ranges of `augment`, `lr`, `lr_gamma`, `seed`, `device`, `weight_decay` and `wrt`.
+
+    Args:
+        cfg: The config being validated.
+
+    Raises:
+        ValueError: `augment` on a dataset without images; `lr` or `lr_gamma` not a finite
+            number > 0; `seed` outside [0, 2**32); an unknown device; a negative
+            `weight_decay`; `wrt` neither None nor a non-empty string.
+    """
+    if cfg.augment and cfg.dataset not in IMAGE_DATASETS:
+        raise ValueError(
+            f"augment translates and flips images, and dataset {cfg.dataset!r} has none; "
+            f"it works on {', '.join(IMAGE_DATASETS)}"
+        )
+    if not 0 < cfg.lr < math.inf:
+        raise ValueError(f"lr must be a finite number > 0, got {cfg.lr}")
+    if not 0 < cfg.lr_gamma < math.inf:
+        raise ValueError(f"lr_gamma must be a finite number > 0, got {cfg.lr_gamma}")
+    if not 0 <= cfg.seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {cfg.seed}")
+    _check_device(cfg.device)
+    if not cfg.weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.wrt is not None and (not isinstance(cfg.wrt, str) or not cfg.wrt):
+        raise ValueError(f"wrt must be a submodule name (e.g. 'pool1') or None, got {cfg.wrt!r}")
+
+
+def _check_regularizers(cfg: TrainConfig) -> None:
+    """The regularizers: gradreg regularizers that the dataset and `wrt` allow, stored as a tuple.
+
+    Args:
+        cfg: The config being validated; its `regularizers` are replaced by a tuple.
+
+    Raises:
+        TypeError: An element is not a `gradreg.Regularizer`.
+        ValueError: A finite-difference penalty with `wrt`, or a function of the softmax on a
+            SIN dataset (one output).
+    """
+    regs = tuple(cfg.regularizers)
+    if cfg.wrt is not None and any(getattr(r, "finite_difference", False) for r in regs):
+        raise ValueError(
+            "finite-difference penalties perturb the input; with wrt (a hidden layer) use the exact method"
+        )
+    for r in regs:
+        if not isinstance(r, R.Regularizer):
+            raise TypeError(f"regularizers must be gradreg regularizers, got {type(r).__name__}")
+        if r.on_softmax and cfg.dataset in ("sin", "sin2"):
+            raise ValueError(
+                f"{r.name} is a function of the softmax, which is constant for {cfg.dataset}'s one output "
+                "(it would be 0); use it on mnist or cifar10"
+            )
+    object.__setattr__(cfg, "regularizers", regs)
+
+
+def _check_milestones(cfg: TrainConfig) -> None:
+    """`lr_milestones`: fractions of the steps in [0, 1], stored as a tuple of floats.
+
+    Args:
+        cfg: The config being validated; its `lr_milestones` are replaced.
+
+    Raises:
+        ValueError: A milestone is not a number in [0, 1].
+    """
+    milestones = tuple(cfg.lr_milestones)
+    for m in milestones:
+        if isinstance(m, bool) or not isinstance(m, Real) or not 0 <= m <= 1:
+            raise ValueError(f"lr_milestones must be fractions of the steps in [0, 1], got {m!r}")
+    object.__setattr__(cfg, "lr_milestones", tuple(float(m) for m in milestones))
 
 
 ADVERSARIAL = ("fgsm", "pgd")

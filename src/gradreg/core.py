@@ -339,6 +339,35 @@ def regularize(
     """
     check_grad_mode("gradreg.regularize")
     regs = check_regularizers(regularizers)
+    y = _check_forward_pass(logits, y, regs, loss, generator, validate)
+    active = _exact_terms(regs, step)
+    xs = _inputs_to_differentiate(wrt, logits, active)
+    pel = per_example_loss(logits, y, loss)
+    x_arg = None if xs is None else (xs if isinstance(wrt, (tuple, list)) else xs[0])
+    fwd = Forward(x_arg, logits, y, pel)  # type: ignore[arg-type]
+    return _add_exact_penalties(batch_data_loss(pel, loss), fwd, active, generator)
+
+
+def _check_forward_pass(logits, y, regs: list[Regularizer], loss, generator, validate) -> Tensor:
+    """`regularize`'s checks of its options and of the forward pass it is handed, in the order it runs them.
+
+    Args:
+        logits: The model's output; it must be 2-D `(B, m)`.
+        y: The targets.
+        regs: The regularizers, as `check_regularizers` returns them.
+        loss: The data loss, a name or a callable.
+        generator: The projections' generator, or None.
+        validate: The label-range check option: `"auto"`, `True` or `False`.
+
+    Returns:
+        `y`, with integer class labels converted to int64 for `"cross_entropy"`.
+
+    Raises:
+        TypeError: As `regularize` raises for `loss`, `generator`, `logits` and `y`.
+        ValueError: `loss` or `validate` is not valid; the logits are not 2-D; as
+            `check_logits_and_targets` raises; a regularizer needs class labels or more than
+            one output and does not get them.
+    """
     _check_loss(loss)
     _check_generator(generator)
     if validate not in VALIDATE:
@@ -351,50 +380,125 @@ def regularize(
         )
     check_logits_and_targets(logits, y, loss, validate=validate)
     _check_labels_needed(regs, loss, logits)
-    names = _term_names(regs)
-    active = [(n, r) for n, r in zip(names, regs) if r.active(step)]
+    return y
+
+
+def _exact_terms(regs: list[Regularizer], step: int | None) -> list[tuple[str, Regularizer]]:
+    """The regularizers that apply at `step`, under their term names; none may use finite differences.
+
+    Args:
+        regs: The regularizers, in list order.
+        step: The training step, or None (see `Regularizer.active`).
+
+    Returns:
+        `(term name, regularizer)` of each active regularizer, in list order.
+
+    Raises:
+        ValueError: An active regularizer has `method="finite_difference"`, which `regularize`
+            cannot run; or as `Regularizer.active` raises for a lazy one without `step`.
+    """
+    active = [(n, r) for n, r in zip(_term_names(regs), regs) if r.active(step)]
     fd = [r.name for _, r in active if getattr(r, "finite_difference", False)]
     if fd:
         raise ValueError(
             f"{', '.join(fd)}: method='finite_difference' re-runs the model on a shifted input, which regularize() "
             "cannot do on a forward pass it did not run; use gr.regularized_loss(model, x, y, ...)"
         )
-    xs: tuple[Tensor, ...] | None = None
-    if any(r.needs_input_grad for _, r in active):
-        if wrt is None:
-            raise ValueError(
-                "wrt is None, but "
-                + ", ".join(r.name for _, r in active if r.needs_input_grad)
-                + " differentiate(s) by the input: pass wrt"
-            )
-        xs = _check_wrt(wrt, logits.shape[:-1])
-        P.check_differentiable(logits, xs)
-    pel = per_example_loss(logits, y, loss)
-    data = batch_data_loss(pel, loss)
+    return active
+
+
+def _inputs_to_differentiate(wrt, logits: Tensor, active: list[tuple[str, Regularizer]]) -> tuple[Tensor, ...] | None:
+    """The checked tensors of `wrt`, where an active regularizer differentiates by them.
+
+    Args:
+        wrt: `regularize`'s `wrt`: a tensor, a tuple or list of them, or None.
+        logits: The model's output `(B, m)`, which must depend on every tensor of `wrt`.
+        active: The active regularizers, as `_exact_terms` returns them.
+
+    Returns:
+        The tensors of `wrt` as a tuple, or None where no active regularizer needs an input
+        gradient (`wrt` is then not looked at).
+
+    Raises:
+        ValueError: `wrt` is None or empty, or its shapes do not match the logits'.
+        TypeError: An element of `wrt` is not a floating-point tensor.
+        NoInputGradient: A tensor of `wrt` does not require grad, or the logits do not depend
+            on it.
+    """
+    if not any(r.needs_input_grad for _, r in active):
+        return None
+    if wrt is None:
+        raise ValueError(
+            "wrt is None, but "
+            + ", ".join(r.name for _, r in active if r.needs_input_grad)
+            + " differentiate(s) by the input: pass wrt"
+        )
+    xs = _check_wrt(wrt, logits.shape[:-1])
+    P.check_differentiable(logits, xs)
+    return xs
+
+
+def _add_exact_penalties(
+    data: Tensor, fwd: Forward, active: list[tuple[str, Regularizer]], generator: torch.Generator | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`data + sum_j weight_j * penalty_j` with every penalty exact, and the detached terms.
+
+    Args:
+        data: The batch data loss.
+        fwd: The shared forward pass.
+        active: The active regularizers, as `_exact_terms` returns them; each penalty is drawn
+            in this order.
+        generator: The source of the random projections, or None (the global RNG).
+
+    Returns:
+        `(loss, terms)`, as `regularize` returns them.
+
+    Raises:
+        RuntimeError: An operation of the model has no double backward (the message names the
+            fix; for `method="auto"` it adds that only `regularized_loss` falls back).
+    """
     terms: dict[str, Tensor] = {"loss": data.detach()}
     total = data
-    x_arg = None if xs is None else (xs if isinstance(wrt, (tuple, list)) else xs[0])
-    fwd = Forward(x_arg, logits, y, pel)  # type: ignore[arg-type]
     for name, reg in active:
-        try:
-            try:
-                value = reg.value(fwd, generator).mean()
-            except RuntimeError as e:
-                raise _explain_double_backward(e, reg.name) from e
-            if reg.needs_input_grad:
-                check_double_differentiable(value, reg.name)
-        except RuntimeError as e:
-            if not reg.auto_method:
-                raise
-            raise RuntimeError(
-                f"{e} (method='auto' falls back to finite differences in gr.regularized_loss only, which runs the "
-                "model itself)"
-            ) from e
+        value = _exact_penalty(reg, fwd, generator)
         warn_if_projection_vanishes(reg, fwd, value)
         terms[name] = value.detach()
         if reg.weight != 0:
             total = total + reg.effective_weight * value
     return total, terms
+
+
+def _exact_penalty(reg: Regularizer, fwd: Forward, generator: torch.Generator | None) -> Tensor:
+    """The batch mean of `reg`'s exact penalty, refused now where it could not be trained.
+
+    Args:
+        reg: An active regularizer, not by finite differences.
+        fwd: The shared forward pass.
+        generator: The source of its random projection, or None.
+
+    Returns:
+        The scalar penalty, with its graph.
+
+    Raises:
+        RuntimeError: An operation of the model has no double backward (see
+            `check_double_differentiable`); for `method="auto"` the message adds that only
+            `regularized_loss`, which runs the model itself, falls back to finite differences.
+    """
+    try:
+        try:
+            value = reg.value(fwd, generator).mean()
+        except RuntimeError as e:
+            raise _explain_double_backward(e, reg.name) from e
+        if reg.needs_input_grad:
+            check_double_differentiable(value, reg.name)
+    except RuntimeError as e:
+        if not reg.auto_method:
+            raise
+        raise RuntimeError(
+            f"{e} (method='auto' falls back to finite differences in gr.regularized_loss only, which runs the "
+            "model itself)"
+        ) from e
+    return value
 
 
 def check_double_differentiable(value: Tensor, name: str) -> None:

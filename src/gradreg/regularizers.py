@@ -469,7 +469,7 @@ class DataGrad(ProjectedGradient):
             given with `method="double_backprop"`; `every` is not an integer >= 1.
     """
 
-    norm: str = "l2"
+    norm: P.Norm = "l2"
     aliases: ClassVar[tuple[str, ...]] = ("dg",)
     fuses_fd_step: ClassVar[bool] = True
 
@@ -546,10 +546,10 @@ class SpectReg(ProjectedGradient):
             integer >= 1.
     """
 
-    projection: str = "batch"
+    projection: P.Projection = "batch"
     normalize: bool = False
     n_proj: int = 1
-    norm: str = "l2"
+    norm: P.Norm = "l2"
     aliases: ClassVar[tuple[str, ...]] = ("spect", "sr")
 
     def __post_init__(self) -> None:
@@ -651,7 +651,7 @@ class FrobReg(Regularizer):
             `every` is not an integer >= 1.
     """
 
-    method: str = "auto"
+    method: P.Method = "auto"
     aliases: ClassVar[tuple[str, ...]] = ("frob",)
 
     def __post_init__(self) -> None:
@@ -695,7 +695,7 @@ class JacReg(Regularizer):
             `every` is not an integer >= 1.
     """
 
-    method: str = "auto"
+    method: P.Method = "auto"
     aliases: ClassVar[tuple[str, ...]] = ("jac",)
     on_softmax: ClassVar[bool] = True
 
@@ -742,7 +742,7 @@ class OneHot(ProjectedGradient):
             given with `method="double_backprop"`; `every` is not an integer >= 1.
     """
 
-    norm: str = "l2"
+    norm: P.Norm = "l2"
     needs_labels: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -807,8 +807,8 @@ class RandomOneHot(ProjectedGradient):
             integer >= 1.
     """
 
-    projection: str = "batch"
-    norm: str = "l2"
+    projection: P.Projection = "batch"
+    norm: P.Norm = "l2"
     aliases: ClassVar[tuple[str, ...]] = ("random_onehot", "rndonehot")
 
     def __post_init__(self) -> None:

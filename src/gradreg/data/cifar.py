@@ -11,6 +11,7 @@ binary files only, so python batches are checked structurally but not hashed.
 from __future__ import annotations
 
 import _codecs
+import importlib
 import io
 import os
 import pickle
@@ -112,10 +113,10 @@ class RestrictedUnpickler(pickle.Unpickler):
 def _numpy_reconstruct():
     # numpy 2 renamed numpy.core to numpy._core; old pickles name either.
     try:
-        from numpy._core.multiarray import _reconstruct
+        multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    return multiarray._reconstruct
 
 
 def parse_cifar_pickle(data: bytes, source: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, np.ndarray]:

@@ -163,7 +163,7 @@ def set_statistics(x_train: np.ndarray, x_other: np.ndarray, per_set_standardiza
     return pixel_mean_std(x_other if per_set_standardization else x_train)
 
 
-def split_and_standardize(
+def split_and_standardize(  # noqa: PLR0913 (three sets' images and labels, then the run's options)
     x_pool: np.ndarray,
     y_pool: np.ndarray,
     x_dev: np.ndarray,
@@ -212,7 +212,7 @@ def split_and_standardize(
     return Splits(sets[0], labels[0], sets[1], labels[1], sets[2], labels[2], mean, std)
 
 
-def load_mnist_splits(
+def load_mnist_splits(  # noqa: PLR0913 (public loader: the split's options, then load_mnist's file options)
     train_size: int,
     seed: int,
     data_dir: str | os.PathLike | None = None,
@@ -270,7 +270,7 @@ def load_mnist_splits(
     )
 
 
-def load_cifar10_splits(
+def load_cifar10_splits(  # noqa: PLR0913 (public loader: the split's options, then load_cifar10's file options)
     train_size: int | None = None,
     seed: int = 1,
     data_dir: str | os.PathLike | None = None,

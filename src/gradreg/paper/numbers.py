@@ -110,7 +110,7 @@ class Claim:
 # --------------------------------------------------------------------------- builders
 
 
-def _table(
+def _table(  # noqa: PLR0913 (one argument per PaperTable field: the tables below are literal data)
     name: str,
     caption: str,
     dataset: str,

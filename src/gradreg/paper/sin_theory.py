@@ -279,6 +279,22 @@ def _e5(v: float) -> str:
     return f"{v / 1e-5:.1f}"
 
 
+#: The λ of Table 7 where the amplitude oracle is the reference point (low) and where the
+#: minimizer of the coded objective is (high).
+_LOW_LAMS = (0.003, 0.01, 0.03, 0.1)
+_HIGH_LAMS = (1.0, 3.0, 10.0)
+
+
+def _lams_text(values: list[float]) -> str:
+    """λ values as ``"0.003, 0.01"``."""
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def _fmt_map(d: Mapping[float, float], spec: str) -> str:
+    """``{λ: value}`` as ``"λ=0.3: 12.5, λ=1: 40.1"``, each value formatted with ``spec``."""
+    return ", ".join(f"λ={k:g}: {format(v, spec)}" for k, v in d.items())
+
+
 def table7_explanation(ours: Mapping[float, float]) -> str:
     """The Table 7 reference points beside our numbers, as a Markdown section.
 
@@ -296,64 +312,15 @@ def table7_explanation(ours: Mapping[float, float]) -> str:
     ours = dict(ours)
     paper = paper_table7()
     x, y = sin_training_points(10)
-    m = sin_target_mean_square()
-    a_hat = oracle_amplitude(x, y)
     oracle = oracle_test_mse(x, y)
-    oracle_cond = oracle_conditional_expected_mse(x)
-    oracle_exp = oracle_expected_test_mse()
     lams = sorted(set(paper) | set(ours))
-
-    rows = []
-    for lam in lams:
-        disc = "basis-dep."
-        if lam > 0:
-            vals = [discrete_optimum_test_mse(lam, x, y, degree=d) for d in (15, 20, 25)]
-            if (max(vals) - min(vals)) / vals[1] < 0.1:
-                disc = _e5(vals[1])
-        rows.append(
-            f"| {lam:g} | {_e5(ours[lam]) if lam in ours else '—'} | {_e5(paper[lam]) if lam in paper else '—'} "
-            f"| {_e5(oracle)} | {_e5(optimum_test_mse(lam))} | {disc} |"
-        )
-
-    low = [lam for lam in (0.003, 0.01, 0.03, 0.1) if lam in paper]
-    low_paper = [paper[lam] for lam in low]
-    high = [lam for lam in (1.0, 3.0, 10.0) if lam in paper]
-    above = [lam for lam in lams if lam in paper and lam > 0 and optimum_test_mse(lam) > paper[lam]]
-    strong = [lam for lam in lams if lam in paper and lam >= 0.3]
-    scales = {lam: implied_penalty_scale(lam, paper[lam]) for lam in strong}
-    factors = {lam: optimum_test_mse(lam) / paper[lam] for lam in strong}
-    amp_se = SIN_NOISE_STD / math.sqrt(float(np.sum(np.sin(SIN_FREQUENCY * x) ** 2)))
-    best_paper = min(low_paper)
-    ours_ratio = {lam: ours[lam] / optimum_test_mse(lam) for lam in high if lam in ours}
-    top = max(high)
-
-    def fmt_map(d: Mapping[float, float], spec: str) -> str:
-        return ", ".join(f"λ={k:g}: {format(v, spec)}" for k, v in d.items())
-
-    def lams_text(values: list[float]) -> str:
-        return ", ".join(f"{v:g}" for v in values)
-
     said = [
-        f"**Low λ, the amplitude oracle** f(x) = Â·sin(5x), Â fitted by least squares on the seed-10 draw "
-        f"(Â = {a_hat:.4f}, standard error {amp_se:.4f}): test MSE {_e5(oracle)}e-5; expected "
-        f"{_e5(oracle_cond)}e-5 given these inputs, {_e5(oracle_exp)}e-5 over draws of inputs and noise. The paper "
-        f"prints {', '.join(_e5(v) for v in low_paper)}e-5 at λ = {lams_text(low)}: the oracle is "
-        f"{oracle / max(low_paper):.1f}–{oracle / min(low_paper):.1f}× those, its expectation over draws "
-        f"{oracle_exp / max(low_paper):.1f}–{oracle_exp / min(low_paper):.1f}×. Reaching {_e5(best_paper)}e-5 needs "
-        f"a fitted sin(5x) amplitude within {math.sqrt(best_paper / m):.4f} of 1; the data's own least-squares "
-        f"amplitude is {abs(a_hat - 1):.4f} away.",
-        f"**High λ, the minimizer of the coded objective** (continuum limit, no noise): its test MSE is above the "
-        f"paper's at λ = {lams_text(above)}, by {min(factors.values()):.0f}× or more at λ ≥ 0.3 (optimum / paper: "
-        f"{fmt_map(factors, '.1f')})."
-        + (
-            f" Ours is {', '.join(f'{r:.2f}×' for r in ours_ratio.values())} the optimum's at "
-            f"λ = {lams_text(list(ours_ratio))}."
-            if ours_ratio
-            else ""
-        ),
+        _oracle_finding(x, y, paper),
+        _optimum_finding(lams, ours, paper),
         f"**A smaller penalty** would have to differ from column to column: the scale s with optimum(s·λ) = the "
-        f"paper's number is {fmt_map(scales, '.3g')}.",
+        f"paper's number is {_fmt_map(_implied_scales(lams, paper), '.3g')}.",
     ]
+    top = max(lam for lam in _HIGH_LAMS if lam in paper)
     return "\n".join(
         [
             "## Why our SIN Table 7 disagrees with the paper",
@@ -367,7 +334,7 @@ def table7_explanation(ours: Mapping[float, float]) -> str:
             "",
             "| λ | ours | paper | oracle (seed 10) | continuum optimum | discrete optimum |",
             "|---|---|---|---|---|---|",
-            *rows,
+            *(_table7_row(lam, ours, paper, x, y, oracle) for lam in lams),
             "",
             "The discrete optimum minimizes the same objective on the 100 noisy points over Legendre polynomials of "
             "degree 20 (coefficient ridge 1e-8); it is shown where degrees 15–25 agree within 10%. At "
@@ -376,3 +343,101 @@ def table7_explanation(ours: Mapping[float, float]) -> str:
             "",
         ]
     )
+
+
+def _table7_row(
+    lam: float, ours: Mapping[float, float], paper: Mapping[float, float], x: np.ndarray, y: np.ndarray, oracle: float
+) -> str:
+    """One row of the Table 7 comparison, MSEs in the paper's 1e-5 units.
+
+    Args:
+        lam: The row's λ.
+        ours: λ → our mean test MSE (natural units).
+        paper: λ → the paper's test MSE (natural units).
+        x: The training inputs (seed 10).
+        y: Their noisy targets.
+        oracle: The amplitude oracle's test MSE on this draw.
+
+    Returns:
+        The Markdown row: λ, ours, paper, oracle, continuum optimum and discrete optimum
+        ("basis-dep." where degrees 15, 20 and 25 disagree by 10% or more, and at λ = 0).
+    """
+    disc = "basis-dep."
+    if lam > 0:
+        vals = [discrete_optimum_test_mse(lam, x, y, degree=d) for d in (15, 20, 25)]
+        if (max(vals) - min(vals)) / vals[1] < 0.1:
+            disc = _e5(vals[1])
+    return (
+        f"| {lam:g} | {_e5(ours[lam]) if lam in ours else '—'} | {_e5(paper[lam]) if lam in paper else '—'} "
+        f"| {_e5(oracle)} | {_e5(optimum_test_mse(lam))} | {disc} |"
+    )
+
+
+def _oracle_finding(x: np.ndarray, y: np.ndarray, paper: Mapping[float, float]) -> str:
+    """The low-λ finding: the amplitude oracle beside the paper's low-λ numbers.
+
+    Args:
+        x: The training inputs (seed 10).
+        y: Their noisy targets.
+        paper: λ → the paper's test MSE (natural units).
+
+    Returns:
+        The finding, one Markdown paragraph.
+    """
+    m = sin_target_mean_square()
+    a_hat = oracle_amplitude(x, y)
+    oracle = oracle_test_mse(x, y)
+    oracle_cond = oracle_conditional_expected_mse(x)
+    oracle_exp = oracle_expected_test_mse()
+    low = [lam for lam in _LOW_LAMS if lam in paper]
+    low_paper = [paper[lam] for lam in low]
+    amp_se = SIN_NOISE_STD / math.sqrt(float(np.sum(np.sin(SIN_FREQUENCY * x) ** 2)))
+    best_paper = min(low_paper)
+    return (
+        f"**Low λ, the amplitude oracle** f(x) = Â·sin(5x), Â fitted by least squares on the seed-10 draw "
+        f"(Â = {a_hat:.4f}, standard error {amp_se:.4f}): test MSE {_e5(oracle)}e-5; expected "
+        f"{_e5(oracle_cond)}e-5 given these inputs, {_e5(oracle_exp)}e-5 over draws of inputs and noise. The paper "
+        f"prints {', '.join(_e5(v) for v in low_paper)}e-5 at λ = {_lams_text(low)}: the oracle is "
+        f"{oracle / max(low_paper):.1f}–{oracle / min(low_paper):.1f}× those, its expectation over draws "
+        f"{oracle_exp / max(low_paper):.1f}–{oracle_exp / min(low_paper):.1f}×. Reaching {_e5(best_paper)}e-5 needs "
+        f"a fitted sin(5x) amplitude within {math.sqrt(best_paper / m):.4f} of 1; the data's own least-squares "
+        f"amplitude is {abs(a_hat - 1):.4f} away."
+    )
+
+
+def _optimum_finding(lams: list[float], ours: Mapping[float, float], paper: Mapping[float, float]) -> str:
+    """The high-λ finding: the continuum optimum of the coded objective beside the paper and ours.
+
+    Args:
+        lams: Every λ of the table, sorted.
+        ours: λ → our mean test MSE (natural units).
+        paper: λ → the paper's test MSE (natural units).
+
+    Returns:
+        The finding, one Markdown paragraph.
+    """
+    high = [lam for lam in _HIGH_LAMS if lam in paper]
+    above = [lam for lam in lams if lam in paper and lam > 0 and optimum_test_mse(lam) > paper[lam]]
+    factors = {lam: optimum_test_mse(lam) / paper[lam] for lam in _strong_lams(lams, paper)}
+    ours_ratio = {lam: ours[lam] / optimum_test_mse(lam) for lam in high if lam in ours}
+    return (
+        f"**High λ, the minimizer of the coded objective** (continuum limit, no noise): its test MSE is above the "
+        f"paper's at λ = {_lams_text(above)}, by {min(factors.values()):.0f}× or more at λ ≥ 0.3 (optimum / paper: "
+        f"{_fmt_map(factors, '.1f')})."
+        + (
+            f" Ours is {', '.join(f'{r:.2f}×' for r in ours_ratio.values())} the optimum's at "
+            f"λ = {_lams_text(list(ours_ratio))}."
+            if ours_ratio
+            else ""
+        )
+    )
+
+
+def _strong_lams(lams: list[float], paper: Mapping[float, float]) -> list[float]:
+    """The λ ≥ 0.3 that the paper prints, in the order of ``lams``."""
+    return [lam for lam in lams if lam in paper and lam >= 0.3]
+
+
+def _implied_scales(lams: list[float], paper: Mapping[float, float]) -> dict[float, float]:
+    """λ → :func:`implied_penalty_scale` at the paper's number, for each λ ≥ 0.3 it prints."""
+    return {lam: implied_penalty_scale(lam, paper[lam]) for lam in _strong_lams(lams, paper)}

@@ -75,6 +75,24 @@ def train_chunk(
     return [r.to_dict() for r in train_many(configs, data_dir=data_dir, max_members=max_members)]
 
 
+def _check_devices(configs: list[TrainConfig]) -> None:
+    """Refuse a CUDA device other than `cuda`/`cuda:0`: each Ray task sees its own GPU as `cuda:0`.
+
+    Args:
+        configs: The runs to train.
+
+    Raises:
+        ValueError: A config asks for `cuda:1` or another index.
+    """
+    for i, c in enumerate(configs):
+        device = torch.device(c.device)
+        if device.type == "cuda" and device.index not in (None, 0):
+            raise ValueError(
+                f"configs[{i}] asks for device {c.device!r}; Ray gives each task its own GPU, which the "
+                "task sees as cuda:0. Use device 'cuda'."
+            )
+
+
 @dataclass
 class RayExecutor:
     """Trains each packed chunk as one Ray task (see the module docstring).
@@ -134,54 +152,17 @@ class RayExecutor:
         configs = list(configs)
         if not configs:
             return
-        for i, c in enumerate(configs):
-            device = torch.device(c.device)
-            if device.type == "cuda" and device.index not in (None, 0):
-                raise ValueError(
-                    f"configs[{i}] asks for device {c.device!r}; Ray gives each task its own GPU, which the "
-                    "task sees as cuda:0. Use device 'cuda'."
-                )
+        _check_devices(configs)
         ray = _import_ray()
         chunks = plan_chunks(configs, self.max_members)
         gpus = [self.gpus_for(configs[chunk[0]].device) for chunk in chunks]  # a chunk shares one device
-        data_dir = None if self.data_dir is None else os.path.abspath(os.path.expanduser(str(self.data_dir)))
-        threads = max(1, int(self.num_cpus_per_task))
 
         started = self._connect(ray)
-        pending: dict = {}
+        pending: dict = {}  # task ref -> its chunk, until reported; what a failure cancels
         try:
             self._check_resources(ray, max(gpus))
-            task = ray.remote(train_chunk)
-            for n, chunk in enumerate(chunks):
-                ref = task.options(
-                    name=f"gradreg-chunk-{n}",
-                    num_cpus=self.num_cpus_per_task,
-                    num_gpus=gpus[n],
-                    max_retries=self.max_retries,
-                    retry_exceptions=False,
-                ).remote([configs[i].to_dict() for i in chunk], data_dir, self.max_members, threads)
-                pending[ref] = chunk
-
-            failed: list = []
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    chunk = pending.pop(ref)
-                    try:
-                        dicts = ray.get(ref)
-                    except ray.exceptions.RayError as e:  # a training error, or a worker dead for good
-                        failed.append(e)
-                        continue
-                    for i, d in zip(chunk, dicts):
-                        on_result(i, RunResult(**d))
-            if failed:
-                first = failed[0]
-                if hasattr(first, "add_note"):  # Python >= 3.11
-                    first.add_note(
-                        f"gradreg: {len(failed)} of {len(chunks)} chunks failed; the other chunks' runs were "
-                        "reported (and so stored by a sweep), and a rerun trains only the missing ones"
-                    )
-                raise first
+            self._submit(ray, configs, chunks, gpus, pending)
+            self._collect(ray, pending, on_result, len(chunks))
         except BaseException:
             for ref in pending:  # on Ctrl-C or a store error, free the cluster
                 try:
@@ -192,6 +173,65 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+    def _submit(self, ray, configs: list[TrainConfig], chunks: list, gpus: list[float], pending: dict) -> None:
+        """Start one Ray task per chunk.
+
+        Args:
+            ray: The `ray` module.
+            configs: The runs to train.
+            chunks: Indices into `configs`, one list per task (`plan_chunks`).
+            gpus: The GPUs each chunk's task asks for.
+            pending: Filled with task ref -> chunk as each task starts, so that a failure
+                part-way cancels the tasks already started.
+        """
+        data_dir = None if self.data_dir is None else os.path.abspath(os.path.expanduser(str(self.data_dir)))
+        threads = max(1, int(self.num_cpus_per_task))
+        task = ray.remote(train_chunk)
+        for n, chunk in enumerate(chunks):
+            ref = task.options(
+                name=f"gradreg-chunk-{n}",
+                num_cpus=self.num_cpus_per_task,
+                num_gpus=gpus[n],
+                max_retries=self.max_retries,
+                retry_exceptions=False,
+            ).remote([configs[i].to_dict() for i in chunk], data_dir, self.max_members, threads)
+            pending[ref] = chunk
+
+    @staticmethod
+    def _collect(ray, pending: dict, on_result: Callable[[int, RunResult], None], n_chunks: int) -> None:
+        """Report each chunk's runs as its task finishes, then raise the first failure.
+
+        Args:
+            ray: The `ray` module.
+            pending: Task ref -> chunk; each is removed once its task has finished.
+            on_result: `on_result(index, result)`, as `run` takes it.
+            n_chunks: The number of chunks, for the failure's note.
+
+        Raises:
+            ray.exceptions.RayError: The first chunk that failed, after every other chunk was
+                reported.
+        """
+        failed: list = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                chunk = pending.pop(ref)
+                try:
+                    dicts = ray.get(ref)
+                except ray.exceptions.RayError as e:  # a training error, or a worker dead for good
+                    failed.append(e)
+                    continue
+                for i, d in zip(chunk, dicts):
+                    on_result(i, RunResult(**d))
+        if failed:
+            first = failed[0]
+            if hasattr(first, "add_note"):  # Python >= 3.11
+                first.add_note(
+                    f"gradreg: {len(failed)} of {n_chunks} chunks failed; the other chunks' runs were "
+                    "reported (and so stored by a sweep), and a rerun trains only the missing ones"
+                )
+            raise first
 
     def gpus_for(self, device: str) -> float:
         """The GPUs one task asks Ray for when its chunk trains on `device`.

@@ -162,7 +162,8 @@ def section(summaries: list, baseline_col: str | None) -> list[str]:
         "",
         "Mean (std) over seeds. PGD: 20 steps of 2.5 eps / 20, random start, margin loss. `*`: differs from the "
         f"{baseline_col or 'baseline'} column after Bonferroni over every PGD comparison (Welch, alpha {ALPHA}). "
-        "Cost: seconds per training step against the baseline's, from the runs' own step rates.",
+        "Cost: seconds per training step against the baseline's, from the runs' own step rates, which move with "
+        "the machine's load while they ran; `gradreg bench` measures the ratios side by side.",
         "",
         "| cell | n | clean | " + " | ".join(_label(*p) for p in pts) + " | cost |",
         "|---" * (len(pts) + 4) + "|",

@@ -166,6 +166,38 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
+def _check_record_keys(experiment: str, record: dict) -> str | None:
+    """Check the experiment name, and that a record has the keys its kind of run needs.
+
+    Args:
+        experiment: The experiment's name.
+        record: The record, as `Store.put` takes it.
+
+    Returns:
+        The record's `error`: its message for a failed run, None for a successful one.
+
+    Raises:
+        ValueError: An empty experiment name, unknown keys, or missing required keys (a failed
+            run needs only `config`).
+        TypeError: A record that is not a dict, or an `error` that is not a string.
+    """
+    if not isinstance(experiment, str) or not experiment:
+        raise ValueError(f"experiment must be a non-empty string, got {experiment!r}")
+    if not isinstance(record, dict):
+        raise TypeError(f"record must be a dict, got {type(record).__name__}")
+    unknown = set(record) - set(_REQUIRED) - set(_OPTIONAL)
+    if unknown:
+        raise ValueError(f"record has unknown keys {sorted(unknown)}; allowed: {list(_REQUIRED + _OPTIONAL)}")
+    error = record.get("error")
+    if error is not None and not isinstance(error, str):
+        raise TypeError(f"record['error'] must be a string or None, got {type(error).__name__}")
+    needed = ("config",) if error is not None else _REQUIRED
+    missing = [k for k in needed if k not in record]
+    if missing:
+        raise ValueError(f"record is missing {missing} (a successful run needs {list(_REQUIRED)})")
+    return error
+
+
 def encode_record(experiment: str, record: dict, version: str, created_at: str) -> tuple:
     """Validate one record and turn it into the `runs` columns, in `_COLUMNS` order.
 
@@ -184,21 +216,7 @@ def encode_record(experiment: str, record: dict, version: str, created_at: str) 
         TypeError: A record that is not a dict, or a value of the wrong type (`error`, `config`,
             `metrics`, `curve`, `seed`, the timings, the version strings).
     """
-    if not isinstance(experiment, str) or not experiment:
-        raise ValueError(f"experiment must be a non-empty string, got {experiment!r}")
-    if not isinstance(record, dict):
-        raise TypeError(f"record must be a dict, got {type(record).__name__}")
-    unknown = set(record) - set(_REQUIRED) - set(_OPTIONAL)
-    if unknown:
-        raise ValueError(f"record has unknown keys {sorted(unknown)}; allowed: {list(_REQUIRED + _OPTIONAL)}")
-    error = record.get("error")
-    if error is not None and not isinstance(error, str):
-        raise TypeError(f"record['error'] must be a string or None, got {type(error).__name__}")
-    needed = ("config",) if error is not None else _REQUIRED
-    missing = [k for k in needed if k not in record]
-    if missing:
-        raise ValueError(f"record is missing {missing} (a successful run needs {list(_REQUIRED)})")
-
+    error = _check_record_keys(experiment, record)
     config = record["config"]
     metrics = record.get("metrics", {})
     curve = record.get("curve", [])
