@@ -45,20 +45,21 @@ cells = tuple(Cell(c.row, c.col, tuple((lam, short(cfg)) for lam, cfg in c.candi
 exp = dataclasses.replace(exp, name="kill_record", cells=cells, seeds=(1, 2))
 # progress log: (wall clock, part, step) every 50 steps, for the loss accounting
 log = open(out / "steps.log", "a")
-orig = loop.train_part
-def traced(cfgs, *a, on_steps=None, **kw):
-    key = loop.part_key(cfgs, a[2], a[1])
-    ck = kw.get("checkpoint")
-    base = torch.load(ck, weights_only=False)["step"] if ck is not None and ck.exists() else 0
-    count = {"n": base}
-    def on(n, k):
-        count["n"] += 1
-        if count["n"] % 10 == 0:
-            log.write(json.dumps({"t": time.time(), "part": key, "step": count["n"]}) + "\n"); log.flush()
-    out = orig(cfgs, *a, on_steps=on, **kw)
-    log.write(json.dumps({"t": time.time(), "part": key, "step": count["n"], "finished": True}) + "\n"); log.flush()
+orig = loop.train_model  # on CPU every run of a chunk trains through train_model
+def traced(cfg, *, run=None, **kw):
+    key = loop.part_key([cfg], "single", torch.float32)
+    inner = run.on_step if run is not None else None
+    def on(done):  # done: the run's absolute step, resumed steps included
+        if inner is not None:
+            inner(done)
+        if done % 10 == 0:
+            log.write(json.dumps({"t": time.time(), "part": key, "step": done}) + "\n"); log.flush()
+    if run is not None:
+        run.on_step = on
+    out = orig(cfg, run=run, **kw)
+    log.write(json.dumps({"t": time.time(), "part": key, "step": cfg.steps, "finished": True}) + "\n"); log.flush()
     return out
-loop.train_part = traced
+loop.train_model = traced
 stop = threading.Event()
 def handler(s, f):
     stop.set()
@@ -173,7 +174,7 @@ def kill_once(n: int, kill_dir: Path, env: dict, rng: random.Random, bad: list[s
     expected = 130 if sig == signal.SIGINT else -signal.SIGKILL
     if p.returncode != expected:
         bad.append(f"kill {n}: exit {p.returncode}, expected {expected}: {err.strip()[-300:]}")
-    ckpts = sorted((kill_dir / "checkpoints").glob("part-*.pt")) if (kill_dir / "checkpoints").exists() else []
+    ckpts = sorted((kill_dir / "checkpoints").glob("run-*.pt")) if (kill_dir / "checkpoints").exists() else []
     lost, allowed = lost_steps(kill_dir, before)
     if lost > allowed:
         bad.append(f"kill {n}: lost {lost} steps, more than one checkpoint interval ({allowed} steps)")
@@ -210,7 +211,7 @@ def lost_steps(out: Path, skip: int) -> tuple[int, int]:
             allowed = max(allowed, int(rate * CHECKPOINT_SECONDS) + 20)
         if rs[-1].get("finished"):
             continue
-        ck = out / "checkpoints" / f"part-{part}.pt"
+        ck = out / "checkpoints" / f"run-{part}.pt"
         resume = torch.load(ck, weights_only=False)["step"] if ck.exists() else 0
         worst = max(worst, rs[-1]["step"] + 10 - resume)
     return worst, allowed

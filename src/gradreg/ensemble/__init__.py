@@ -1,1 +1,1 @@
-"""Train many runs at once: the ensemble engine (see :mod:`gradreg.ensemble.loop`)."""
+"""Train many runs at once: the ensemble engine (see `gradreg.ensemble.loop`)."""

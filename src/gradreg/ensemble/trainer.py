@@ -1,13 +1,16 @@
 """One training step for K members at once, every penalty through the regularizer objects.
 
-:class:`EnsembleTrainer` holds the members' ensemble model (packed, or ``torch.func``), their
-optimizer and their random streams. :meth:`EnsembleTrainer.step` runs one forward pass for
-all members, the data loss, and each regularizer *kind* once for all members through
-``Regularizer.per_example`` -- the code :func:`gradreg.regularized_loss` runs -- with each
-member's own weight and each member's own random draws (``Regularizer.draw`` from the
-member's generator, so ``projection="batch"`` means one r per member's batch). All members of
-a chunk have the same regularizer kinds (:mod:`gradreg.ensemble.plan`), so none pays for a
-penalty it does not have, and none takes an input gradient when no active kind needs one.
+`EnsembleTrainer` holds the members' ensemble model (packed, or `torch.func`), their optimizer
+and their random streams. `EnsembleTrainer.step` runs one forward pass for all members, the
+data loss, and each regularizer *kind* once for all members through `Regularizer.per_example`
+-- the code `gradreg.regularized_loss` runs -- with each member's own weight and each member's
+own random draws (`Regularizer.draw` from the member's generator, so `projection="batch"` means
+one r per member's batch). All members of a chunk have the same regularizer kinds
+(`gradreg.ensemble.plan`), so none pays for a penalty it does not have, and none takes an input
+gradient when no active kind needs one.
+
+The bookkeeping around the step (evaluation, loss windows, divergence, checkpoints, probes) is
+the single run's, `gradreg.train.RunState`, driven by `gradreg.ensemble.loop.train_part`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ STRATEGIES = ("auto", "packed", "vmap", "sequential")
 
 
 def input_shape(cfg: TrainConfig) -> tuple:
+    """The shape of one input of `cfg`'s dataset, without the batch axis."""
     return datasets.INPUT_SHAPES[cfg.dataset]
 
 
@@ -42,8 +46,19 @@ EnsembleModel = Union[PackedModel, FunctionalEnsemble]  # noqa: UP007 (a runtime
 
 
 def build_ensemble(models: Sequence[nn.Module], strategy: str) -> EnsembleModel:
-    """``"packed"``: :class:`PackedModel` (raises :class:`NotPackable`); ``"vmap"``:
-    :class:`FunctionalEnsemble`."""
+    """The members as one ensemble model.
+
+    Args:
+        models: The members, one architecture.
+        strategy: `"packed"`: a `PackedModel`; `"vmap"`: a `FunctionalEnsemble`.
+
+    Returns:
+        The ensemble model, mapping `(K, B, *in)` to `(K, B, m)`.
+
+    Raises:
+        NotPackable: `"packed"`, and a layer the packer does not know.
+        ValueError: Another strategy.
+    """
     if strategy == "packed":
         return PackedModel(models)
     if strategy == "vmap":
@@ -52,8 +67,13 @@ def build_ensemble(models: Sequence[nn.Module], strategy: str) -> EnsembleModel:
 
 
 def choose_strategy(cfg: TrainConfig) -> tuple[str, str]:
-    """``("packed" | "vmap" | "sequential", why)`` for ``strategy="auto"``: the packer where it
-    knows every layer, else ``torch.func`` if a 2-member trial step works, else one run at a time."""
+    """What `strategy="auto"` trains `cfg`'s runs with on a GPU.
+
+    Returns:
+        `(strategy, why)`: `"packed"` where the packer knows every layer, else `"vmap"` if a
+        2-member trial step through `torch.func` works, else `"sequential"` (one run at a
+        time); `why` says why the packer (and vmap) could not be used, `""` where it could.
+    """
     singles = [build_model(cfg.replace(seed=s), torch.Generator().manual_seed(s)) for s in (1, 2)]
     try:
         PackedModel(singles)
@@ -77,8 +97,17 @@ def choose_strategy(cfg: TrainConfig) -> tuple[str, str]:
 
 
 class EnsembleTrainer:
-    """K members' ensemble model, optimizer and per-member random streams; :meth:`step` does
-    one training step on a member-major batch. Used by the engine and by ``gradreg bench``."""
+    """K members' ensemble model, optimizer and per-member random streams.
+
+    `step` does one training step on a member-major batch. Used by the engine and by
+    `gradreg bench`.
+
+    Args:
+        cfgs: The members' configs: one ensemble key (`gradreg.ensemble.plan.ensemble_key`).
+        device: Where they train.
+        dtype: The compute dtype.
+        strategy: `"packed"` or `"vmap"` (`build_ensemble`).
+    """
 
     def __init__(self, cfgs: Sequence[TrainConfig], device: torch.device, dtype: torch.dtype, strategy: str = "packed"):
         c0 = cfgs[0]
@@ -104,10 +133,20 @@ class EnsembleTrainer:
         self.base_lr = torch.tensor([c.lr for c in cfgs], device=device, dtype=torch.float64)
 
     def active(self, step: int) -> list[int]:
+        """The regularizer slots applied at `step` (a lazy one skips steps)."""
         return [s for s, r in enumerate(self.kinds) if r.active(step)]
 
     def _draws(self, s: int, b: int, m: int) -> Tensor | None:
-        """Slot ``s``'s draws for every member, each from its own generator, stacked ``(K, ...)``."""
+        """Slot `s`'s draws for every member, each from its own generator, stacked `(K, ...)`.
+
+        Args:
+            s: The slot.
+            b: The batch size.
+            m: The number of outputs.
+
+        Returns:
+            The draws, or None where the slot's kind draws nothing.
+        """
         first = self.regs[0][s].draw(b, m, self.proj_gens[0], self.device, self.dtype)
         if first is None:
             return None
@@ -115,34 +154,28 @@ class EnsembleTrainer:
         return torch.stack([first, *cast(list[Tensor], rest)])  # one kind per slot: all draw, or none
 
     def step(self, xb: Tensor, yb: Tensor, step: int) -> tuple[Tensor, list[int]]:
-        """One step on ``xb`` (K, B, *in), ``yb`` (K, B[, ...]). Returns the detached terms
-        (K, 1 + slots) -- the data loss, then each slot's unweighted penalty, NaN where a lazy
-        slot was skipped -- and the active slots."""
+        """One training step of every member.
+
+        Args:
+            xb: The members' batches, `(K, B, *in)`.
+            yb: Their targets, `(K, B[, ...])`.
+            step: The step, from 0 (the learning-rate schedule and lazy regularizers).
+
+        Returns:
+            `(terms, active)`: the detached terms `(K, 1 + slots)` -- the data loss, then each
+            slot's unweighted penalty, NaN where a lazy slot was skipped -- and the active slots.
+        """
         c0, k = self.c0, self.k
         lr = self.base_lr * piecewise_lr(step, 1.0, c0.steps, c0.lr_milestones, c0.lr_gamma)
         if c0.augment:
             xb = torch.stack([D.random_translate_flip(xb[mi], self.aug_gens[mi]) for mi in range(k)])
         active = self.active(step)
-        hidden = self.c0.wrt is not None
-        if not hidden:  # a hidden-layer penalty is exact (finite differences perturb the input)
-            self._resolve_auto(active, xb, yb)
-        needs_grad = any(self.kinds[s].needs_input_grad for s in active)
+        logits, wrt, rerun = self._forward(xb, yb, active)
         fd = [s for s in active if getattr(self.kinds[s], "finite_difference", False)]
-        x = xb.detach().requires_grad_(needs_grad and not hidden)
-        rerun = None
-        if hidden:
-            assert self.c0.wrt is not None
-            logits, wrt = self._forward_capturing(x, self.c0.wrt)
-        elif fd:
-            rerun = FD.Rerun(self.model, lambda z, t: per_example_loss(z, t, c0.loss), self.device, self.dropout_gens)
-            with rerun.first_pass():
-                logits = self.model(x)
-        else:
-            logits = self.model(x)
         b, m = logits.shape[1], logits.shape[2]
         pel = per_example_loss(logits, yb, c0.loss)
         data_loss = batch_data_loss(pel, c0.loss)  # (K,)
-        fwd = Forward(wrt if hidden else x, logits, yb, pel)
+        fwd = Forward(wrt, logits, yb, pel)
         terms = torch.full((k, 1 + len(self.kinds)), float("nan"), dtype=data_loss.dtype, device=data_loss.device)
         terms[:, 0] = data_loss.detach()
         total = data_loss
@@ -158,7 +191,7 @@ class EnsembleTrainer:
             if fused is not None:
                 total, terms[:, 1 + s] = fused
                 if self.any_wd:
-                    total = total + (self.wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in self.decayed)).sum()
+                    total = total + self._decay().sum()
                 self._apply(total, lr)
                 return terms, active
         for s in active:
@@ -177,12 +210,43 @@ class EnsembleTrainer:
             warn_if_projection_vanishes(reg, fwd, pen)
             terms[:, 1 + s] = pen.detach()
         if self.any_wd:
-            total = total + self.wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in self.decayed)
+            total = total + self._decay()
         self._apply(total.sum(), lr)
         return terms, active
 
+    def _forward(self, xb: Tensor, yb: Tensor, active: list[int]) -> tuple[Tensor, Tensor, FD.Rerun | None]:
+        """The members' forward pass, after resolving the active `method="auto"` slots.
+
+        Args:
+            xb: The batch, `(K, B, *in)`.
+            yb: Its targets.
+            active: The slots applied at this step.
+
+        Returns:
+            `(logits, wrt, rerun)`: the logits `(K, B, m)`; what the penalties differentiate by
+            (the input, which requires grad when an active slot needs an input gradient, or the
+            `wrt` submodule's output); and, when a slot takes finite differences, the rerun whose
+            first pass this was (else None).
+        """
+        wrt = self.c0.wrt
+        if wrt is not None:  # a hidden-layer penalty is exact (finite differences perturb the input)
+            return *self._forward_capturing(xb.detach(), wrt), None
+        self._resolve_auto(active, xb, yb)
+        needs_grad = any(self.kinds[s].needs_input_grad for s in active)
+        x = xb.detach().requires_grad_(needs_grad)
+        if any(getattr(self.kinds[s], "finite_difference", False) for s in active):
+            loss = self.c0.loss
+            rerun = FD.Rerun(self.model, lambda z, t: per_example_loss(z, t, loss), self.device, self.dropout_gens)
+            with rerun.first_pass():
+                return self.model(x), x, rerun
+        return self.model(x), x, None
+
+    def _decay(self) -> Tensor:
+        """Each member's weight-decay term, `wd * 1/2 sum ||w||^2`, `(K,)`."""
+        return self.wd * 0.5 * sum(p.pow(2).flatten(1).sum(1) for p in self.decayed)
+
     def _apply(self, objective: Tensor, lr: Tensor) -> None:
-        """Backpropagate ``objective`` and take the optimizer step.
+        """Backpropagate `objective` and take the optimizer step.
 
         Args:
             objective: A scalar whose gradient is the step's.
@@ -194,12 +258,13 @@ class EnsembleTrainer:
         self.opt.step(lr)
 
     def _resolve_auto(self, active: list[int], xb: Tensor, yb: Tensor) -> None:
-        """Resolve each active ``method="auto"`` slot once, for every member at once
-        (:func:`gradreg.core.resolve_method` on the ensemble model; it warns where it falls back).
+        """Resolve each active `method="auto"` slot once, for every member at once.
+
+        This is `gradreg.core.resolve_method` on the ensemble model; it warns where it falls back.
 
         Args:
             active: The slots applied at this step.
-            xb: The batch, ``(K, B, *in)``.
+            xb: The batch, `(K, B, *in)`.
             yb: Its targets.
         """
         for s in active:
@@ -213,8 +278,20 @@ class EnsembleTrainer:
             self.kinds = self.regs[0]
 
     def _forward_capturing(self, x: Tensor, name: str) -> tuple[Tensor, Tensor]:
-        """The logits, and submodule ``name``'s output laid out ``(K, B, ...)`` such that the
-        rest of the forward pass depends on that very tensor (so it can be differentiated by)."""
+        """The logits, and submodule `name`'s output laid out `(K, B, ...)`.
+
+        The rest of the forward pass depends on that very tensor, so it can be differentiated by.
+
+        Args:
+            x: The inputs, `(K, B, *in)`.
+            name: The submodule, as the single model names it.
+
+        Returns:
+            `(logits, activation)`.
+
+        Raises:
+            ValueError: The model is not packed, has no such submodule, or runs it other than once.
+        """
         if not isinstance(self.model, PackedModel):
             raise ValueError("wrt (a hidden layer) needs the packed strategy in the engine")
         module = dict(self.model.net.named_modules()).get(name)
@@ -240,6 +317,7 @@ class EnsembleTrainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
+        """The model, optimizer and every member's random streams, for a checkpoint."""
         return {
             "model": {n: t.detach().clone() for n, t in self.model.state_dict().items()},
             "opt": self.opt.state_dict(),
@@ -249,6 +327,7 @@ class EnsembleTrainer:
         }
 
     def load_state_dict(self, sd: dict) -> None:
+        """Restore what `state_dict` returned."""
         self.model.load_state_dict(sd["model"])
         self.opt.load_state_dict(sd["opt"])
         for gens, key in (
@@ -261,7 +340,16 @@ class EnsembleTrainer:
 
 
 def measure_member_bytes(cfg: TrainConfig, device: torch.device, strategy: str = "packed") -> int:
-    """Peak CUDA memory of one training step per member, from a 2-member trial step."""
+    """Peak CUDA memory of one training step per member, from a 2-member trial step.
+
+    Args:
+        cfg: The runs' config.
+        device: The CUDA device.
+        strategy: `"packed"` or `"vmap"`.
+
+    Returns:
+        Bytes per member.
+    """
     k = 2
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
@@ -282,4 +370,5 @@ def measure_member_bytes(cfg: TrainConfig, device: torch.device, strategy: str =
 
 
 def warn_sequential(cfg: TrainConfig, n: int, why: str) -> None:
+    """Warn that `n` runs of `cfg`'s model train one at a time, and why."""
     warnings.warn(f"{cfg.model}: training its {n} runs one at a time: {why}", stacklevel=3)
