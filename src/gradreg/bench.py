@@ -267,6 +267,16 @@ def regularizer_cost(device: torch.device, quick: bool, log=print) -> list:
     return rows
 
 
+def _classifier_setup(bm: BenchModel, device: torch.device) -> tuple:
+    """A seeded classifier of `bm` in train mode, its Adam, a random batch with labels, a generator."""
+    torch.manual_seed(0)
+    model = bm.make().to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(bm.batch, *bm.input_shape, device=device)
+    y = torch.randint(0, bm.classes, (bm.batch,), device=device)
+    return model, opt, x, y, torch.Generator(device=device).manual_seed(0)
+
+
 def _frob_floor_step(model: nn.Module, opt, x, y) -> Callable[[], None]:
     """The floor of an exact FrobReg step, hand-written: the plain step's forward, m input VJPs
     (one per class, keeping their graphs) and one backward through them all -- the work every
@@ -330,12 +340,7 @@ def frobreg_methods(device: torch.device, quick: bool, log=print) -> list:
     without dropout. Each row: step time and its ratio to the plain step and to the floor.
     """
     bm = next(m for m in BENCH_MODELS if m.name == "lenet5")
-    torch.manual_seed(0)
-    model = bm.make().to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(bm.batch, *bm.input_shape, device=device)
-    y = torch.randint(0, bm.classes, (bm.batch,), device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
+    model, opt, x, y, gen = _classifier_setup(bm, device)
     fns = {
         "plain": plain_step(model, opt, x, y, bm.loss),
         "floor (m VJPs + backward)": _frob_floor_step(model, opt, x, y),
@@ -399,12 +404,7 @@ def fast_regularization_cost(device: torch.device, quick: bool, log=print) -> li
 
 def _fast_single_run_rows(bm: BenchModel, device: torch.device, quick: bool, log) -> list:
     """`fast_regularization_cost`'s rows for one model trained alone, with the two-pass floor."""
-    torch.manual_seed(0)
-    model = bm.make().to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(bm.batch, *bm.input_shape, device=device)
-    y = torch.randint(0, bm.classes, (bm.batch,), device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
+    model, opt, x, y, gen = _classifier_setup(bm, device)
     regs = _fast_regularizers()
     fns: dict[str | tuple[str, str], Callable[[], None]] = {
         "plain": plain_step(model, opt, x, y, bm.loss),
