@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 from scipy import stats as sps
 
+from gradreg.paper.plan import ReportPlan
 from gradreg.sweep.agreement import MIN_SEEDS, TOO_FEW, count, paper_agreement, tally, verdict
 from gradreg.sweep.index import status
-from gradreg.sweep.plan import ReportPlan
 from gradreg.sweep.report import render_markdown, significance, summarize_cell
 
 ROOT = Path(__file__).resolve().parents[1]

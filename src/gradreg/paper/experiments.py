@@ -24,6 +24,7 @@ from .. import regularizers as R
 from ..config import TrainConfig, paper_config
 from ..identity import run_key
 from .numbers import LAMBDA_GRIDS, TABLES
+from .plan import PlanCandidate, PlanCell, ReportPlan
 
 # The specs' names for the regularizers, resolved through the one registry.
 REG_CLASSES = {
@@ -127,32 +128,35 @@ class Experiment:
         return out
 
     def plan(self) -> dict:
-        """What the report needs, as data: cells, candidates and the run keys per seed."""
-        return {
-            "name": self.name,
-            "title": self.title,
-            "kind": self.kind,
-            "metric": self.metric,
-            "paper_table": self.paper_table,
-            "baseline_col": self.baseline_col,
-            "comparisons": [list(map(list, c)) for c in self.comparisons],
-            "seeds": list(self.seeds),
-            "description": self.description,
-            "profile": self.profile,
-            "profile_note": self.profile_note,
-            "cells": [
-                {
-                    "row": c.row,
-                    "col": c.col,
-                    "x": c.x,
-                    "candidates": [
-                        {"lambda": lam, "runs": [run_key(cfg.replace(seed=s).to_dict()) for s in self.seeds]}
-                        for lam, cfg in c.candidates
-                    ],
-                }
-                for c in self.cells
-            ],
-        }
+        """What the report needs, as data (the stored form of `ReportPlan`): cells, candidates
+        and the run keys per seed."""
+        cells = tuple(
+            PlanCell(
+                c.row,
+                c.col,
+                c.x,
+                tuple(
+                    PlanCandidate(lam, tuple(run_key(cfg.replace(seed=s).to_dict()) for s in self.seeds))
+                    for lam, cfg in c.candidates
+                ),
+            )
+            for c in self.cells
+        )
+        pairs = tuple((tuple(a), tuple(b)) for a, b in self.comparisons)
+        return ReportPlan(
+            name=self.name,
+            title=self.title,
+            kind=self.kind,
+            metric=self.metric,
+            cells=cells,
+            seeds=tuple(self.seeds),
+            paper_table=self.paper_table,
+            baseline_col=self.baseline_col,
+            comparisons=pairs,
+            description=self.description,
+            profile=self.profile,
+            profile_note=self.profile_note,
+        ).to_dict()
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -33,10 +33,10 @@ from typing import Any, NamedTuple
 from .. import stats
 from ..atomic import write_text_atomic
 from ..paper.numbers import TABLES
+from ..paper.plan import PlanCell, ReportPlan
 from . import robust
 from .agreement import ALPHA, DIFFERS, RULE, TOO_FEW, Agreement, paper_agreement
 from .figures import draw_figures, has_figure
-from .plan import PlanCell, ReportPlan
 from .store import Store
 from .units import metric_scale
 
