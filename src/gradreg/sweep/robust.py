@@ -176,7 +176,9 @@ def section(summaries: list, baseline_col: str | None) -> list[str]:
         rate = base_rate.get(c.row, math.nan)
         cost = rate / _mean(c.steps_per_s) if c.steps_per_s else math.nan
         lines.append(
-            f"| {c.row} / {c.col} | {len(c.clean)} | {_pct(c.clean)} | " + " | ".join(vals) + f" | {cost:.2f}× |"
+            f"| {c.row} / {c.col} | {len(c.clean)} | {_pct(c.clean)} | "
+            + " | ".join(vals)
+            + (" | – |" if math.isnan(cost) else f" | {cost:.2f}× |")  # –: no baseline column probed
         )
     lines += ["", *_masking_lines(cells, pts)]
     return lines
