@@ -193,7 +193,9 @@ def test_the_headline_has_one_row_per_experiment_with_the_verdicts_of_its_cells(
             if thin == n
             else said[0].replace(" ", f" of {n} cells ", 1) + "".join(f", {x}" for x in said[1:])
         )
-        assert head[name][2] == want, name
+        if re.fullmatch(r"running: \d+ of \d+ runs", head[name][2]):
+            continue  # an experiment still training reports its progress, not yet its cells
+        assert head[name][2].split("; the paper's")[0] == want, name  # Table 6 adds its claims after
     assert head["table1"][2] == "8 of 9 cells consistent, 1 differs"  # the BatchNorm DataGrad cell
     # Figure 2 is judged by its 4 claims once its runs are in, and says how far it got before
     assert re.fullmatch(r"the paper's 4 claims: .*|running: \d+ of 75 runs", head["fig2"][2]), head["fig2"][2]
